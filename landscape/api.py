@@ -1,0 +1,259 @@
+"""The Python functions behind every `landscape` subcommand.
+
+Each returns a JSON-able dict (what `--json` prints) and, given `out`, stores its result in an
+HDF5 store under `name`, resumable: rerun with the same arguments, only missing points are computed.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .checkpoints import Snapshot, check_same_architecture, load_snapshot
+from .data import TensorData, load_data
+from .directions import plane_through, random_direction
+from .engine import Evaluator, LossFn, resolve_device
+from .errors import LandscapeError
+from .grid import MemoryGrid, line_alphas, parse_range
+from .lines import compute_barrier_matrix, compute_line, curve_barriers
+from .models import build_model
+from .planes import compute_plane, project_snapshots
+from .store import Store, read_attrs
+
+METRICS = ("train_loss", "train_acc", "test_loss", "test_acc")
+
+
+@dataclass
+class Setup:
+    """Model template, data and evaluator shared by the analysis commands."""
+
+    model: nn.Module
+    model_spec: str
+    train: TensorData | None
+    test: TensorData | None
+    evaluator: Evaluator
+
+    def provenance(self) -> dict[str, Any]:
+        return {"model_spec": self.model_spec,
+                "data_spec": self.train.spec if self.train is not None else None,
+                "test_data_spec": self.test.spec if self.test is not None else None,
+                "bn_mode": self.evaluator.bn_mode, "dtype": "float32"}
+
+
+def setup(model: str | nn.Module, data: str | TensorData | None, test_data: str | TensorData | None = None, *,
+          num_classes: int | None = None, bn: str = "keep", device: str = "auto", batch_size: int = 250,
+          bn_samples: int = 2000, loss_fn: LossFn | None = None) -> Setup:
+    train = load_data(data, "train") if isinstance(data, str) else data
+    test = load_data(test_data, "test") if isinstance(test_data, str) else test_data
+    if train is None and test is None:
+        raise LandscapeError("give --data (training data), --test-data, or both")
+    ref = train if train is not None else test
+    if isinstance(model, nn.Module):
+        module, spec = model, type(model).__name__
+    else:
+        module, spec = build_model(model, num_classes or ref.num_classes, ref.input_shape), model
+    ev = Evaluator(module, train, test, bn_mode=bn, loss_fn=loss_fn, device=resolve_device(device),
+                   batch_size=batch_size, bn_samples=bn_samples)
+    return Setup(module, spec, train, test, ev)
+
+
+def snapshot_fingerprint(s: Snapshot) -> str:
+    h = hashlib.sha1(s.params.detach().cpu().numpy().tobytes())
+    for k in sorted(s.buffers):
+        h.update(s.buffers[k].detach().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _snapshots(refs: Sequence[str | Snapshot], model: nn.Module) -> list[Snapshot]:
+    snaps = [r if isinstance(r, Snapshot) else load_snapshot(r, model) for r in refs]
+    check_same_architecture(snaps)
+    return snaps
+
+
+def _open_store(out: str | None):
+    if out is None:
+        return nullcontext(None)
+    parent = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(parent):
+        raise LandscapeError(f"output folder {parent!r} does not exist")
+    return Store(out, mode="a")
+
+
+def _grid(store: Store | None, kind: str, name: str, shape, metrics, arrays, config, attrs, overwrite):
+    if store is None:
+        return MemoryGrid(shape, metrics, arrays)
+    return store.open_grid(kind, name, shape, metrics, arrays, config, attrs, overwrite)
+
+
+def _round(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _round(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_round(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _round(x.tolist())
+    if isinstance(x, (float, np.floating)):
+        return float(x) if np.isfinite(x) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
+def interpolate(a: str | Snapshot, b: str | Snapshot, *, model: str | nn.Module, data=None, test_data=None,
+                alphas: np.ndarray | None = None, num: int = 21, bn: str = "keep", out: str | None = None,
+                name: str = "interpolate", overwrite: bool = False, device: str = "auto",
+                num_classes: int | None = None, batch_size: int = 250, bn_samples: int = 2000,
+                quiet: bool = True, loss_fn: LossFn | None = None) -> dict[str, Any]:
+    """Metrics along θ(α) = (1−α)·θa + α·θb, and the loss and error barriers."""
+    s = setup(model, data, test_data, num_classes=num_classes, bn=bn, device=device, batch_size=batch_size,
+              bn_samples=bn_samples, loss_fn=loss_fn)
+    sa, sb = _snapshots([a, b], s.model)
+    alphas = line_alphas(num) if alphas is None else np.asarray(alphas, dtype=np.float64)
+    metrics = s.evaluator.metric_names
+    config = {**s.provenance(), **s.evaluator.config, "a": snapshot_fingerprint(sa), "b": snapshot_fingerprint(sb),
+              "alphas": alphas.tolist()}
+    with _open_store(out) as store:
+        grid = _grid(store, "curves", name, (len(alphas),), metrics, {"alphas": alphas}, config,
+                     {**s.provenance(), "a": sa.name, "b": sb.name}, overwrite)
+        curve = compute_line(s.evaluator, sa, sb, alphas, grid, quiet=quiet)
+        barriers = curve_barriers(alphas, curve)
+        grid.set_attrs({"barriers": barriers})
+    return _round({"kind": "curve", "name": name, "a": sa.name, "b": sb.name, "bn_mode": bn, "alphas": alphas,
+                   **{m: curve[m] for m in metrics}, "barriers": barriers, "store": out})
+
+
+def barriers(snapshots: Sequence[str | Snapshot], *, model: str | nn.Module, data=None, test_data=None,
+             num: int = 11, bn: str = "keep", out: str | None = None, name: str = "barriers",
+             overwrite: bool = False, device: str = "auto", num_classes: int | None = None,
+             batch_size: int = 250, bn_samples: int = 2000, quiet: bool = True,
+             loss_fn: LossFn | None = None) -> dict[str, Any]:
+    """Loss and error barriers between every pair of snapshots, as matrices."""
+    if len(snapshots) < 2:
+        raise LandscapeError("barriers needs at least two snapshots")
+    s = setup(model, data, test_data, num_classes=num_classes, bn=bn, device=device, batch_size=batch_size,
+              bn_samples=bn_samples, loss_fn=loss_fn)
+    snaps = _snapshots(snapshots, s.model)
+    alphas = line_alphas(num)
+    n = len(snaps)
+    pairs = np.array([(i, j) for i in range(n) for j in range(i + 1, n)], dtype=np.int64)
+    metrics = s.evaluator.metric_names
+    names = [sn.name for sn in snaps]
+    config = {**s.provenance(), **s.evaluator.config, "snapshots": [snapshot_fingerprint(x) for x in snaps],
+              "alphas": alphas.tolist()}
+    with _open_store(out) as store:
+        grid = _grid(store, "barriers", name, (len(pairs), len(alphas)), metrics,
+                     {"alphas": alphas, "pairs": pairs, "names": np.array(names, dtype="S")}, config,
+                     s.provenance(), overwrite)
+        result = compute_barrier_matrix(s.evaluator, snaps, alphas, grid, quiet=quiet)
+    matrices = {k: v for k, v in result.items() if k.endswith("_barrier")}
+    return _round({"kind": "barriers", "name": name, "snapshots": names, "bn_mode": bn, **matrices, "store": out})
+
+
+def plane(center: str | Snapshot, *, model: str | nn.Module, data=None, test_data=None,
+          through: Sequence[str | Snapshot] | None = None, random: str | None = None, seed: int = 0,
+          ignore_bias_bn: bool = True, x: str | np.ndarray | None = None, y: str | np.ndarray | None = None,
+          project_onto: Sequence[str | Snapshot] = (), bn: str = "keep", out: str | None = None,
+          name: str = "plane", overwrite: bool = False, device: str = "auto", num_classes: int | None = None,
+          batch_size: int = 250, bn_samples: int = 2000, quiet: bool = True,
+          loss_fn: LossFn | None = None) -> dict[str, Any]:
+    """A 2D loss plane around `center`: through two more snapshots, or on two random directions."""
+    if (through is None) == (random is None):
+        raise LandscapeError("give either --through B C or --random filter|layer|none")
+    if through is not None and len(through) != 2:
+        raise LandscapeError("--through needs exactly two snapshots")
+    s = setup(model, data, test_data, num_classes=num_classes, bn=bn, device=device, batch_size=batch_size,
+              bn_samples=bn_samples, loss_fn=loss_fn)
+    snaps = _snapshots([center, *(through or []), *project_onto], s.model)
+    c = snaps[0]
+    if through is not None:
+        pl = plane_through(c.params, snaps[1].params, snaps[2].params)
+        directions = pl.directions
+        dir_attrs = {"kind": "plane", "points": [sn.name for sn in snaps[:3]]}
+        xs, ys = _default_range(x, pl.coords[:, 0].numpy()), _default_range(y, pl.coords[:, 1].numpy())
+    else:
+        layout = s.evaluator.layout
+        directions = torch.stack([random_direction(layout, c.params, random, seed, ignore_bias_bn),
+                                  random_direction(layout, c.params, random, seed + 1, ignore_bias_bn)])
+        dir_attrs = {"kind": "random", "normalization": random, "seeds": [seed, seed + 1],
+                     "ignore_bias_bn": ignore_bias_bn}
+        xs = parse_range(x or "-1:1:11", "--x grid") if not isinstance(x, np.ndarray) else x
+        ys = parse_range(y or "-1:1:11", "--y grid") if not isinstance(y, np.ndarray) else y
+    names, coords, dists = project_snapshots(snaps, c.params, directions)
+    metrics = s.evaluator.metric_names
+    config = {**s.provenance(), **s.evaluator.config, **dir_attrs, "x": xs.tolist(), "y": ys.tolist(),
+              "snapshots": [snapshot_fingerprint(sn) for sn in snaps[: 3 if through else 1]]}
+    with _open_store(out) as store:
+        if store is not None:
+            store.write_directions(name, directions, {**dir_attrs, "center": c.name}, overwrite=True)
+        grid = _grid(store, "surfaces", name, (len(xs), len(ys)), metrics,
+                     {"xcoordinates": xs, "ycoordinates": ys}, config,
+                     {**s.provenance(), **dir_attrs, "center": c.name, "directions": name}, overwrite)
+        surface = compute_plane(s.evaluator, c, directions, xs, ys, grid, quiet=quiet)
+        grid.put("projection_names", np.array(names, dtype="S"))
+        grid.put("projection_coords", coords)
+        grid.put("projection_distances", dists)
+    return _round({"kind": "surface", "name": name, "center": c.name, "bn_mode": bn, **dir_attrs,
+                   "xcoordinates": xs, "ycoordinates": ys, **{m: surface[m] for m in metrics},
+                   "projections": [{"name": nm, "x": cc[0], "y": cc[1], "distance": d}
+                                   for nm, cc, d in zip(names, coords, dists)], "store": out})
+
+
+def _default_range(spec: str | np.ndarray | None, coords: np.ndarray, num: int = 11) -> np.ndarray:
+    """A grid covering the projected points with a 25% margin, unless the user gave one."""
+    if isinstance(spec, np.ndarray):
+        return spec
+    if spec:
+        return parse_range(spec, "grid")
+    lo, hi = float(coords.min()), float(coords.max())
+    margin = 0.25 * max(hi - lo, 1e-3)
+    return np.linspace(lo - margin, hi + margin, num)
+
+
+def info(path: str) -> dict[str, Any]:
+    """What a store holds: per kind and name, dataset shapes and key attributes."""
+    with Store(path, mode="r") as store:
+        return _round(store.describe())
+
+
+def plot(path: str, name: str, *, out: str | None = None, metric: str | None = None, style: str = "contour",
+         log: bool = False) -> dict[str, Any]:
+    """Draw a stored curve, surface, barrier matrix or ensemble to PNG/PDF."""
+    from . import plots
+
+    with Store(path, mode="r") as store:
+        kind = next((k for k in ("surfaces", "curves", "barriers", "ensembles") if store.has(k, name)), None)
+        if kind is None:
+            raise LandscapeError(f"store {path!r} has no curve, surface, barrier matrix or ensemble named {name!r}")
+        g = store.get(kind, name)
+        data = {k: g[k][()] for k in g.keys() if hasattr(g[k], "shape")}
+        attrs = read_attrs(g)
+    out = out or os.path.join(os.path.dirname(os.path.abspath(path)), f"{name}.png")
+    title = f"{name} (BN {attrs.get('bn_mode', '?')})"
+    if kind == "curves":
+        plots.plot_curve(data["alphas"], data, out, title, log=log)
+    elif kind == "surfaces":
+        metric = metric or next(m for m in ("test_loss", "train_loss") if m in data)
+        if metric not in data:
+            raise LandscapeError(f"surface {name!r} has no metric {metric!r}")
+        markers = []
+        if "projection_names" in data:
+            markers = [(n.decode() if isinstance(n, bytes) else str(n), float(c[0]), float(c[1]))
+                       for n, c in zip(data["projection_names"], data["projection_coords"])]
+        plots.plot_plane(data["xcoordinates"], data["ycoordinates"], data[metric], out, style, log, title,
+                         [(os.path.basename(m[0]), m[1], m[2]) for m in markers], metric)
+    elif kind == "barriers":
+        metric = metric or next(m for m in ("test_loss_barrier", "train_loss_barrier") if m in data)
+        names = [os.path.basename(n.decode() if isinstance(n, bytes) else str(n)) for n in data["names"]]
+        plots.plot_matrix(names, data[metric], out, title, metric)
+    else:
+        metric = metric or "nll"
+        if metric not in data:
+            raise LandscapeError(f"ensemble {name!r} has no metric {metric!r}")
+        plots.plot_by_size({name: data[metric]}, out, metric, title)
+    return {"kind": kind[:-1], "name": name, "figure": out}

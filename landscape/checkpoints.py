@@ -1,0 +1,116 @@
+"""Loading weights into a model: `.pt`/`.pth` state dicts (weights_only) and store snapshots."""
+from __future__ import annotations
+
+import os
+import pickle
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import torch
+from torch import nn
+
+from .errors import LandscapeError
+from .params import ParamLayout, get_buffers, parameters_to_vector
+
+_WRAPPER_KEYS = ("state_dict", "model_state", "model_state_dict", "model")
+
+
+@dataclass
+class Snapshot:
+    """A point in weight space: the flat parameter vector, its layout, the buffers and metadata."""
+
+    name: str
+    params: torch.Tensor
+    layout: ParamLayout
+    buffers: dict[str, torch.Tensor]
+    meta: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_model(cls, model: nn.Module, name: str = "model", **meta) -> "Snapshot":
+        return cls(name, parameters_to_vector(model).clone(), ParamLayout.of(model), get_buffers(model), dict(meta))
+
+    def load_into(self, model: nn.Module) -> nn.Module:
+        from .params import set_buffers, vector_to_model
+
+        ParamLayout.of(model).check_same(self.layout, "model", f"snapshot {self.name!r}")
+        vector_to_model(self.params, model)
+        set_buffers(model, self.buffers)
+        return model
+
+
+def read_state_dict(path: str) -> dict[str, torch.Tensor]:
+    """A tensor state dict from a checkpoint file, loaded with weights_only=True only."""
+    if not os.path.isfile(path):
+        raise LandscapeError(f"checkpoint {path!r} does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise LandscapeError(f"checkpoint {path!r} needs arbitrary code to load (not weights-only); "
+                             "refused") from None
+    except Exception as exc:  # noqa: BLE001
+        raise LandscapeError(f"checkpoint {path!r} cannot be read: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    for key in _WRAPPER_KEYS:
+        if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
+            obj = obj[key]
+            break
+    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise LandscapeError(f"checkpoint {path!r} does not hold a state_dict of tensors")
+    out = OrderedDict()
+    for k, v in obj.items():
+        out[k[len("module."):] if k.startswith("module.") else k] = v
+    return out
+
+
+def apply_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
+    """Load `state` into `model`, with one-line errors for missing, unexpected or misshapen keys."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing:
+        raise LandscapeError(f"checkpoint {source!r} does not fit the model: missing key {missing[0]!r}"
+                             + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
+    if unexpected:
+        raise LandscapeError(f"checkpoint {source!r} does not fit the model: unexpected key {unexpected[0]!r}"
+                             + (f" and {len(unexpected) - 1} more" if len(unexpected) > 1 else ""))
+    for k, v in own.items():
+        if tuple(state[k].shape) != tuple(v.shape):
+            raise LandscapeError(f"checkpoint {source!r} does not fit the model: {k!r} has shape "
+                                 f"{list(state[k].shape)}, the model needs {list(v.shape)}")
+    model.load_state_dict(state)
+
+
+def is_store_ref(ref: str) -> bool:
+    path, sep, name = ref.rpartition(":")
+    return bool(sep) and path.endswith((".h5", ".hdf5")) and bool(name)
+
+
+def load_snapshot(ref: str, model: nn.Module) -> Snapshot:
+    """A `.pt` checkpoint or `FILE.h5:NAME` store snapshot as a Snapshot for `model`'s architecture.
+
+    `model` is used as the template (its own weights are left untouched).
+    """
+    if is_store_ref(ref):
+        from .store import Store
+
+        path, _, name = ref.rpartition(":")
+        with Store(path, mode="r") as store:
+            snap = store.read_snapshot(name)
+        ParamLayout.of(model).check_same(snap.layout, "model", f"snapshot {ref!r}")
+        own_buffers = dict(model.named_buffers())
+        if set(snap.buffers) != set(own_buffers):
+            raise LandscapeError(f"snapshot {ref!r} does not fit the model: its buffers differ")
+        snap.name = ref
+        return snap
+    import copy
+
+    state = read_state_dict(ref)
+    clone = copy.deepcopy(model)
+    apply_state_dict(clone, state, ref)
+    return Snapshot.from_model(clone, name=ref, source=os.path.abspath(ref))
+
+
+def check_same_architecture(snapshots: list[Snapshot]) -> None:
+    first = snapshots[0]
+    for s in snapshots[1:]:
+        first.layout.check_same(s.layout, f"snapshot {first.name!r}", f"snapshot {s.name!r}")

@@ -1,0 +1,183 @@
+"""The `landscape` command: argparse subcommands over the functions in landscape.api.
+
+Other packages add subcommands through the `landscape.commands` entry-point group (a callable
+taking the subparsers object), so `landscape` never imports them directly.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from importlib.metadata import entry_points
+from typing import Any, Callable, Sequence
+
+from . import api
+from .errors import LandscapeError
+
+
+def add_common(p: argparse.ArgumentParser, evaluation: bool = True) -> None:
+    """Options every analysis command shares."""
+    if evaluation:
+        p.add_argument("--model", required=True, help="built-in name (small_cnn, tiny_cnn, mlp), "
+                       "torchvision:NAME or package.module:factory")
+        p.add_argument("--num-classes", type=int, default=None, help="classes of the model's head")
+        p.add_argument("--data", default=None, help="training data: tensors:PATH, cifar10:ROOT, cifar100:ROOT, "
+                       "imagefolder:ROOT or synthetic[:k=v,...]")
+        p.add_argument("--test-data", default=None, help="test data, same forms as --data")
+        p.add_argument("--bn", choices=("keep", "recompute"), default="keep",
+                       help="BatchNorm statistics: keep the buffers or recompute them at each point")
+        p.add_argument("--bn-samples", type=int, default=2000, help="training samples for BN recompute")
+        p.add_argument("--batch-size", type=int, default=250)
+        p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+        p.add_argument("--out", default=None, help="HDF5 store to write (resumable)")
+        p.add_argument("--overwrite", action="store_true", help="replace a result of the same name")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def _eval_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    return dict(model=args.model, data=args.data, test_data=args.test_data, bn=args.bn, out=args.out,
+                overwrite=args.overwrite, device=args.device, num_classes=args.num_classes,
+                batch_size=args.batch_size, bn_samples=args.bn_samples, quiet=args.quiet)
+
+
+def _fmt_barriers(barriers: dict) -> str:
+    return "\n".join(f"  {k:<12} barrier {v['barrier']:+.4f} at α={v['alpha']:.3f}" for k, v in barriers.items())
+
+
+def cmd_interpolate(args: argparse.Namespace) -> tuple[dict, str]:
+    res = api.interpolate(args.a, args.b, num=args.num, name=args.name or "interpolate", **_eval_kwargs(args))
+    lines = [f"line {res['a']} -> {res['b']} ({len(res['alphas'])} points, BN {res['bn_mode']})",
+             _fmt_barriers(res["barriers"])]
+    return res, "\n".join(lines)
+
+
+def cmd_barriers(args: argparse.Namespace) -> tuple[dict, str]:
+    res = api.barriers(args.snapshots, num=args.num, name=args.name or "barriers", **_eval_kwargs(args))
+    names = res["snapshots"]
+    lines = []
+    for key in [k for k in res if k.endswith("_barrier")]:
+        lines.append(f"{key}:")
+        for i, row in enumerate(res[key]):
+            lines.append(f"  [{i}] " + " ".join(f"{v:8.4f}" for v in row) + f"   {names[i]}")
+    return res, "\n".join(lines)
+
+
+def cmd_plane(args: argparse.Namespace) -> tuple[dict, str]:
+    res = api.plane(args.center, through=args.through, random=args.random, seed=args.seed,
+                    ignore_bias_bn=not args.include_bias_bn, x=args.x, y=args.y, project_onto=args.project or (),
+                    name=args.name or "plane", **_eval_kwargs(args))
+    key = next(k for k in ("test_loss", "train_loss") if k in res)
+    vals = [v for row in res[key] for v in row if v is not None]
+    lines = [f"plane {res['name']}: {len(res['xcoordinates'])} x {len(res['ycoordinates'])} points, "
+             f"{key} min {min(vals):.4f} max {max(vals):.4f}"]
+    lines += [f"  {p['name']}: ({p['x']:.4f}, {p['y']:.4f}), distance {p['distance']:.4g}" for p in res["projections"]]
+    return res, "\n".join(lines)
+
+
+def cmd_plot(args: argparse.Namespace) -> tuple[dict, str]:
+    res = api.plot(args.file, args.name, out=args.output, metric=args.metric, style=args.style, log=args.log)
+    return res, f"wrote {res['figure']}"
+
+
+def cmd_info(args: argparse.Namespace) -> tuple[dict, str]:
+    res = api.info(args.file)
+    lines = [f"{res['path']} (schema {res['schema_version']})"]
+    for kind in ("snapshots", "directions", "curves", "surfaces", "barriers", "ensembles"):
+        for name, entry in res.get(kind, {}).items():
+            shapes = ", ".join(f"{k}{v}" for k, v in entry["datasets"].items() if "/" not in k)
+            keys = ("method", "member", "bn_mode", "complete", "kind", "normalization", "center", "meta")
+            attrs = ", ".join(f"{k}={entry['attrs'][k]}" for k in keys if k in entry["attrs"])
+            lines.append(f"  {kind[:-1]:<10} {name}: {shapes}" + (f"  [{attrs}]" if attrs else ""))
+    return res, "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="landscape", description="Loss-landscape analysis for PyTorch models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("interpolate", help="metrics and barriers on the line between two snapshots")
+    p.add_argument("a"), p.add_argument("b")
+    p.add_argument("--num", type=int, default=21, help="points on [0, 1]")
+    p.add_argument("--name", default=None)
+    add_common(p)
+    p.set_defaults(func=cmd_interpolate)
+
+    p = sub.add_parser("barriers", help="barrier matrices between every pair of snapshots")
+    p.add_argument("snapshots", nargs="+")
+    p.add_argument("--num", type=int, default=11, help="points per line")
+    p.add_argument("--name", default=None)
+    add_common(p)
+    p.set_defaults(func=cmd_barriers)
+
+    p = sub.add_parser("plane", help="a 2D loss plane around a snapshot")
+    p.add_argument("center")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--through", nargs=2, metavar=("B", "C"), help="the plane through CENTER, B and C")
+    g.add_argument("--random", choices=("filter", "layer", "none"), help="two random normalised directions")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--include-bias-bn", action="store_true", help="random directions also move biases and BN")
+    p.add_argument("--x", default=None, help="MIN:MAX:NUM")
+    p.add_argument("--y", default=None, help="MIN:MAX:NUM")
+    p.add_argument("--project", nargs="+", default=None, help="more snapshots to project onto the plane")
+    p.add_argument("--name", default=None)
+    add_common(p)
+    p.set_defaults(func=cmd_plane)
+
+    p = sub.add_parser("plot", help="draw a stored result")
+    p.add_argument("file"), p.add_argument("name")
+    p.add_argument("--output", "-o", default=None, help="figure file (.png, .pdf, .svg)")
+    p.add_argument("--metric", default=None)
+    p.add_argument("--style", choices=("contour", "filled", "heatmap", "3d"), default="contour")
+    p.add_argument("--log", action="store_true", help="log colour/axis scale")
+    add_common(p, evaluation=False)
+    p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("info", help="list what a store holds")
+    p.add_argument("file")
+    add_common(p, evaluation=False)
+    p.set_defaults(func=cmd_info)
+
+    for ep in entry_points(group="landscape.commands"):
+        try:
+            register: Callable[[Any], None] = ep.load()
+        except ImportError:
+            continue
+        register(sub)
+    return parser
+
+
+def _join_negative_ranges(argv: Sequence[str]) -> list[str]:
+    """Let `--x -1:1:21` through: argparse would take the leading '-' for an option."""
+    out: list[str] = []
+    it = iter(argv)
+    for tok in it:
+        if tok in ("--x", "--y"):
+            nxt = next(it, None)
+            out.append(tok if nxt is None else f"{tok}={nxt}")
+        else:
+            out.append(tok)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(_join_negative_ranges(sys.argv[1:] if argv is None else argv))
+    try:
+        result, text = args.func(args)
+    except LandscapeError as exc:
+        print(f"landscape: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("landscape: interrupted (finished chunks are saved; rerun the same command to resume)",
+              file=sys.stderr)
+        return 130
+    if args.json:
+        print(json.dumps(result, indent=1))
+    else:
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

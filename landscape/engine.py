@@ -1,0 +1,218 @@
+"""The evaluation engine: metrics of a model at a batch of weight points.
+
+Every analysis (a line, a plane, a barrier matrix) hands the engine an affine family of points
+θ(c) = θ0 + Σ_j c_j·D_j (buffers likewise: b0 + Σ_j c_j·B_j) and a list of coefficient rows.
+The engine cuts the rows into chunks, the unit of progress and of resume, and calls back with
+each finished chunk.
+
+CPU path, chosen by measurement (DESIGN.md): data moved to the device once and cut into
+slices (no DataLoader), loss and correct counts accumulated on the device with one host sync
+per point, BatchNorm folded into the convolutions in eval mode, channels_last for 4-D inputs,
+exact fp32.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .bn import BN_MODES, FoldedEval, bn_modules, recompute_bn
+from .data import TensorData, check_labels
+from .errors import LandscapeError
+from .params import ParamLayout, set_buffers, vector_to_model
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise LandscapeError(f"unknown device {device!r}: use auto, cpu or cuda") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise LandscapeError("--device cuda was asked for but CUDA is not available")
+    return dev
+
+
+@dataclass
+class AffineFamily:
+    """Points θ0 + c·D with buffers b0 + c·B (floating buffers only; integer ones stay b0's)."""
+
+    origin: torch.Tensor  # [P]
+    directions: torch.Tensor  # [d, P]
+    buffer_origin: dict[str, torch.Tensor] = field(default_factory=dict)
+    buffer_directions: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> [d, *shape]
+
+    @property
+    def ndim(self) -> int:
+        return int(self.directions.shape[0])
+
+    def params_at(self, coeffs: torch.Tensor) -> torch.Tensor:
+        c = coeffs.to(self.directions.dtype)
+        return torch.addmv(self.origin, self.directions.T, c) if self.ndim else self.origin.clone()
+
+    def buffers_at(self, coeffs: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = {}
+        for name, b0 in self.buffer_origin.items():
+            bd = self.buffer_directions.get(name)
+            if bd is not None and b0.is_floating_point():
+                out[name] = b0 + torch.tensordot(coeffs.to(bd.dtype), bd, dims=1)
+            else:
+                out[name] = b0
+        return out
+
+    @classmethod
+    def line(cls, a_params: torch.Tensor, b_params: torch.Tensor, a_buffers: Mapping[str, torch.Tensor],
+             b_buffers: Mapping[str, torch.Tensor]) -> "AffineFamily":
+        """θ(α) = θa + α(θb − θa): coefficient α on one direction; buffers interpolated alike."""
+        bdirs = {k: (b_buffers[k] - v).unsqueeze(0) for k, v in a_buffers.items() if v.is_floating_point()}
+        return cls(a_params, (b_params - a_params).unsqueeze(0), dict(a_buffers), bdirs)
+
+
+def default_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits, target)
+
+
+class Evaluator:
+    """Evaluates a model's loss and accuracy at weight points, on train and/or test data.
+
+    bn_mode `keep` uses each point's buffers; `recompute` re-estimates BN statistics at each
+    point on the first `bn_samples` training samples in batches of `batch_size` (as update_bn).
+    `loss_fn(logits, y)` must return the mean loss over the batch (as torch's losses do).
+    """
+
+    def __init__(self, model: nn.Module, train: TensorData | None = None, test: TensorData | None = None, *,
+                 bn_mode: str = "keep", loss_fn: LossFn | None = None, device: str | torch.device = "cpu",
+                 batch_size: int = 250, bn_samples: int = 2000) -> None:
+        if bn_mode not in BN_MODES:
+            raise LandscapeError(f"unknown BN mode {bn_mode!r}: choose keep or recompute")
+        if train is None and test is None:
+            raise LandscapeError("nothing to evaluate on: give training data, test data or both")
+        if bn_mode == "recompute" and train is None and bn_modules(model):
+            raise LandscapeError("BN mode 'recompute' needs training data")
+        self.device = resolve_device(device)
+        self.bn_mode = bn_mode
+        self.loss_fn = loss_fn or default_loss
+        self.batch_size = int(batch_size)
+        self.bn_samples = int(bn_samples)
+        self.model = copy.deepcopy(model).to(self.device)
+        self.layout = ParamLayout.of(self.model)
+        self.has_bn = bool(bn_modules(self.model))
+        self.channels_last = False
+        self.datasets: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        for split, data in (("train", train), ("test", test)):
+            if data is None:
+                continue
+            x = data.x.to(self.device)
+            if x.ndim == 4 and self.device.type == "cpu":
+                x = x.contiguous(memory_format=torch.channels_last)
+                self.channels_last = True
+            self.datasets[split] = (x, data.y.to(self.device))
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.model.eval()
+        self._check_data(train, test)
+        self.folded = FoldedEval(self.model)
+
+    def _check_data(self, train: TensorData | None, test: TensorData | None) -> None:
+        x = next(iter(self.datasets.values()))[0][:1]
+        try:
+            with torch.no_grad():
+                out = self.model(x)
+        except Exception as exc:  # noqa: BLE001 - the model does not fit the data
+            raise LandscapeError(f"the model does not accept the data: {str(exc).splitlines()[0]}") from None
+        if out.ndim != 2:
+            raise LandscapeError(f"the model must return logits [batch, classes], got shape {list(out.shape)}")
+        self.num_classes = int(out.shape[1])
+        for data in (train, test):
+            if data is not None:
+                check_labels(data, self.num_classes)
+
+    @property
+    def metric_names(self) -> list[str]:
+        return [f"{split}_{m}" for split in self.datasets for m in ("loss", "acc")]
+
+    @property
+    def config(self) -> dict:
+        return {"bn_mode": self.bn_mode, "batch_size": self.batch_size,
+                "bn_samples": self.bn_samples if self.bn_mode == "recompute" else None,
+                "loss": getattr(self.loss_fn, "__name__", type(self.loss_fn).__name__)}
+
+    # -- one point ---------------------------------------------------------------------
+    @torch.no_grad()
+    def load(self, params: torch.Tensor, buffers: Mapping[str, torch.Tensor] | None = None) -> None:
+        """Put a weight point (and its buffers) into the model, recomputing BN if asked."""
+        vector_to_model(params.to(self.device), self.model)
+        if buffers:
+            set_buffers(self.model, {k: v.to(self.device) for k, v in buffers.items()})
+        if self.bn_mode == "recompute" and self.has_bn:
+            x = self.datasets["train"][0][: self.bn_samples]
+            recompute_bn(self.model, x, self.batch_size)
+        self.model.eval()
+        self.folded.refresh()
+
+    @torch.no_grad()
+    def metrics_of_loaded(self) -> dict[str, float]:
+        """Loss and accuracy of the currently loaded point, one host sync for all splits."""
+        sums = []
+        for x, y in self.datasets.values():
+            loss = torch.zeros((), dtype=torch.float64, device=self.device)
+            correct = torch.zeros((), dtype=torch.int64, device=self.device)
+            for start in range(0, x.shape[0], self.batch_size):
+                logits = self.folded(x[start:start + self.batch_size])
+                yb = y[start:start + self.batch_size]
+                loss += self.loss_fn(logits, yb).double() * yb.shape[0]
+                correct += (logits.argmax(1) == yb).sum()
+            sums += [loss / x.shape[0], correct.double() / x.shape[0]]
+        values = torch.stack(sums).tolist()
+        return dict(zip(self.metric_names, values))
+
+    def evaluate(self, params: torch.Tensor, buffers: Mapping[str, torch.Tensor] | None = None) -> dict[str, float]:
+        self.load(params, buffers)
+        return self.metrics_of_loaded()
+
+    # -- many points -------------------------------------------------------------------
+    def run(self, family: AffineFamily, coeffs: np.ndarray | torch.Tensor, indices: Sequence[int] | None = None,
+            chunk_size: int = 8, on_chunk: Callable[[np.ndarray, dict[str, np.ndarray]], None] | None = None,
+            quiet: bool = True, desc: str = "points") -> dict[str, np.ndarray]:
+        """Evaluate the rows `coeffs[indices]` of the family; `on_chunk(indices, metrics)` after each chunk.
+
+        Returns the metrics of the evaluated rows, in the order of `indices`.
+        """
+        coeffs = torch.as_tensor(np.asarray(coeffs, dtype=np.float64)).reshape(len(coeffs), -1)
+        if coeffs.shape[1] != family.ndim:
+            raise LandscapeError(f"{coeffs.shape[1]} coefficients per point for {family.ndim} directions")
+        indices = np.arange(len(coeffs)) if indices is None else np.asarray(indices, dtype=np.int64)
+        family = AffineFamily(family.origin.to(self.device), family.directions.to(self.device),
+                              {k: v.to(self.device) for k, v in family.buffer_origin.items()},
+                              {k: v.to(self.device) for k, v in family.buffer_directions.items()})
+        results: dict[str, list[float]] = {m: [] for m in self.metric_names}
+        bar = tqdm(total=len(indices), desc=desc, disable=quiet, unit="pt", leave=False)
+        for chunk in _chunks(indices, chunk_size):
+            chunk_metrics: dict[str, list[float]] = {m: [] for m in self.metric_names}
+            for i in chunk:
+                c = coeffs[i].to(self.device)
+                values = self.evaluate(family.params_at(c), family.buffers_at(c))
+                for m, v in values.items():
+                    chunk_metrics[m].append(v)
+                bar.update(1)
+            arrays = {m: np.asarray(v) for m, v in chunk_metrics.items()}
+            if on_chunk is not None:
+                on_chunk(chunk, arrays)
+            for m, v in chunk_metrics.items():
+                results[m] += v
+        bar.close()
+        return {m: np.asarray(v) for m, v in results.items()}
+
+
+def _chunks(indices: np.ndarray, size: int) -> Iterator[np.ndarray]:
+    for start in range(0, len(indices), max(1, size)):
+        yield indices[start:start + size]

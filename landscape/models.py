@@ -1,0 +1,133 @@
+"""Model specs: built-in small models, torchvision models, or a user's `module:factory`.
+
+Spec forms
+- `small_cnn`, `tiny_cnn`, `mlp`: built-in models (BatchNorm CNNs and a 3-layer MLP) sized from the data.
+- `torchvision:NAME`: a torchvision model built without weights (weights come from checkpoints).
+- `package.module:factory`: an importable callable returning an `nn.Module`.
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+import math
+import sys
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from .errors import LandscapeError
+
+
+def _conv_bn(cin: int, cout: int) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+
+class SmallCNN(nn.Module):
+    """Three conv-BN-ReLU stages and a linear head: ~95k parameters at width 32.
+
+    The default model of the toolkit: it trains in seconds per epoch on a CPU and has
+    BatchNorm, so every BN mode is exercised.
+    """
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, width: int = 32) -> None:
+        super().__init__()
+        w = width
+        self.features = nn.Sequential(
+            *_conv_bn(in_channels, w), nn.MaxPool2d(2),
+            *_conv_bn(w, 2 * w), nn.MaxPool2d(2),
+            *_conv_bn(2 * w, 4 * w), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        )
+        self.head = nn.Linear(4 * w, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class MLP(nn.Module):
+    """A 3-layer perceptron on flattened inputs (no BatchNorm)."""
+
+    def __init__(self, in_features: int, num_classes: int = 10, hidden: int = 256) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Flatten(), nn.Linear(in_features, hidden), nn.ReLU(inplace=True),
+            nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def _builtin(name: str, num_classes: int, input_shape: Sequence[int]) -> nn.Module:
+    if name == "small_cnn":
+        return SmallCNN(num_classes, in_channels=input_shape[0], width=32)
+    if name == "tiny_cnn":
+        return SmallCNN(num_classes, in_channels=input_shape[0], width=8)
+    if name == "mlp":
+        return MLP(math.prod(input_shape), num_classes)
+    raise KeyError(name)
+
+
+BUILTIN_MODELS = ("small_cnn", "tiny_cnn", "mlp")
+
+
+def _import_factory(spec: str) -> Callable[..., nn.Module]:
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise LandscapeError(f"malformed model spec {spec!r}: expected a built-in name "
+                             f"({', '.join(BUILTIN_MODELS)}), torchvision:NAME or package.module:factory")
+    if "" not in sys.path and "." not in sys.path:
+        sys.path.insert(0, "")  # let `landscape` find the user's modules in the working directory
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # noqa: BLE001 - any import failure is the user's spec
+        raise LandscapeError(f"model spec {spec!r}: cannot import {module_name!r}: {exc}") from None
+    obj = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise LandscapeError(f"model spec {spec!r}: {module_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise LandscapeError(f"model spec {spec!r}: {attr!r} is not callable")
+    return obj
+
+
+def build_model(spec: str, num_classes: int | None = None,
+                input_shape: Sequence[int] | None = None) -> nn.Module:
+    """Build a fresh model from a spec. `input_shape` (C, H, W) sizes the built-in models."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise LandscapeError("empty model spec")
+    spec = spec.strip()
+    if spec in BUILTIN_MODELS:
+        if input_shape is None:
+            raise LandscapeError(f"built-in model {spec!r} needs data to know its input shape")
+        return _builtin(spec, num_classes or 10, input_shape)
+    if spec.startswith("torchvision:"):
+        name = spec.split(":", 1)[1]
+        import torchvision
+
+        try:
+            kwargs = {"weights": None}
+            if num_classes is not None:
+                kwargs["num_classes"] = num_classes
+            return torchvision.models.get_model(name, **kwargs)
+        except Exception as exc:  # noqa: BLE001
+            raise LandscapeError(f"model spec {spec!r}: {exc}") from None
+    factory = _import_factory(spec)
+    kwargs = {}
+    if num_classes is not None:
+        try:
+            if "num_classes" in inspect.signature(factory).parameters:
+                kwargs["num_classes"] = num_classes
+        except (TypeError, ValueError):
+            pass
+    try:
+        model = factory(**kwargs)
+    except Exception as exc:  # noqa: BLE001
+        raise LandscapeError(f"model spec {spec!r}: the factory failed: {exc}") from None
+    if not isinstance(model, nn.Module):
+        raise LandscapeError(f"model spec {spec!r}: the factory returned {type(model).__name__}, not an nn.Module")
+    return model
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
