@@ -90,7 +90,7 @@ def write_attrs(obj: h5py.HLObject, attrs: Mapping[str, Any]) -> None:
 
 def _describe_open_error(path: str, exc: Exception) -> str:
     text = str(exc)
-    if "lock" in text.lower():
+    if "unable to lock file" in text.lower():
         return f"store {path!r} is open for writing by another process"
     if "signature" in text.lower():
         return f"{path!r} is not an HDF5 file"
