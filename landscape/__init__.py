@@ -1,5 +1,5 @@
 """Loss-landscape analysis for PyTorch: parameter vectors, directions, lines, barriers, planes, store."""
-from .api import barriers, info, interpolate, plane, plot, setup
+from .api import barriers, ensemble, info, interpolate, plane, plot, setup
 from .checkpoints import Snapshot, load_snapshot
 from .data import TensorData, load_data
 from .directions import pca_directions, plane_through, project, random_direction
@@ -11,6 +11,6 @@ from .params import ParamLayout, parameters_to_vector, vector_to_model
 from .store import Store
 
 __all__ = ["AffineFamily", "Evaluator", "LandscapeError", "ParamLayout", "Snapshot", "Store", "TensorData",
-           "barrier", "barriers", "build_model", "curve_barriers", "info", "interpolate", "load_data",
+           "barrier", "barriers", "build_model", "ensemble", "curve_barriers", "info", "interpolate", "load_data",
            "load_snapshot", "parameters_to_vector", "pca_directions", "plane", "plane_through", "plot", "project",
            "random_direction", "setup", "vector_to_model"]

@@ -257,3 +257,145 @@ def plot(path: str, name: str, *, out: str | None = None, metric: str | None = N
             raise LandscapeError(f"ensemble {name!r} has no metric {metric!r}")
         plots.plot_by_size({name: data[metric]}, out, metric, title)
     return {"kind": kind[:-1], "name": name, "figure": out}
+
+
+def _stored_predictions(ref: str) -> tuple[list[str], torch.Tensor, torch.Tensor] | None:
+    """`FILE.h5:NAME` naming an ensemble with kept predictions: (member names, logits, labels)."""
+    from .checkpoints import is_store_ref
+
+    if not is_store_ref(ref):
+        return None
+    path, _, name = ref.rpartition(":")
+    with Store(path, mode="r") as store:
+        if not store.has("ensembles", name) or "predictions" not in store.get("ensembles", name):
+            return None
+        g = store.get("ensembles", name)
+        members = [m.decode() if isinstance(m, bytes) else str(m) for m in g["members"][()]]
+        return members, torch.from_numpy(g["predictions"][()]).float(), torch.from_numpy(g["labels"][()])
+
+
+def ensemble(members: Sequence[str | Snapshot], *, model: str | nn.Module | None = None, data=None,
+             val_data=None, out: str | None = None, name: str = "ensemble", overwrite: bool = False,
+             keep_predictions: bool = False, fp16: bool = False, orders: int = 0, seed: int = 0,
+             device: str = "auto", num_classes: int | None = None, batch_size: int = 500,
+             quiet: bool = True) -> dict[str, Any]:
+    """Metrics of the ensembles of the first m members, m = 1..K, on `data` (the evaluation set).
+
+    Members are `.pt` checkpoints, `FILE.h5:SNAPSHOT`, or `FILE.h5:ENSEMBLE` holding kept predictions.
+    `val_data` enables temperature-scaled (calibrated) NLL; `orders` > 0 also averages over random orders.
+    """
+    from tqdm.auto import tqdm
+
+    from .ensembles import MemberForward, evaluate_ensemble, fit_temperatures, table_rows
+
+    if not members:
+        raise LandscapeError("ensemble needs at least one member")
+    dev = resolve_device(device)
+    stored = [_stored_predictions(m) if isinstance(m, str) else None for m in members]
+    names: list[str] = []
+    if all(s is not None for s in stored):
+        if val_data is not None:
+            raise LandscapeError("--val-data needs members given as checkpoints or snapshots, not predictions")
+        logits = torch.cat([s[1] for s in stored])
+        labels = stored[0][2]
+        for s in stored:
+            if s[2].shape != labels.shape or not torch.equal(s[2], labels):
+                raise LandscapeError("stored predictions of different data cannot form one ensemble")
+            names += s[0]
+        batches = iter([(logits[:, i:i + batch_size].to(dev), labels[i:i + batch_size].to(dev))
+                        for i in range(0, labels.shape[0], batch_size)])
+        n_samples, spec, test = int(labels.shape[0]), "stored predictions", None
+        temps = None
+    else:
+        if any(s is not None for s in stored):
+            raise LandscapeError("mix of stored predictions and checkpoints: give one kind of member")
+        if model is None or data is None:
+            raise LandscapeError("ensemble of checkpoints needs --model and --data (the evaluation data)")
+        test = load_data(data, "test") if isinstance(data, str) else data
+        val = load_data(val_data, "test") if isinstance(val_data, str) else val_data
+        module = model if isinstance(model, nn.Module) else build_model(model, num_classes or test.num_classes,
+                                                                        test.input_shape)
+        snaps = []
+        for m in members:
+            try:
+                snaps.append(m if isinstance(m, Snapshot) else load_snapshot(m, module))
+            except LandscapeError as exc:
+                raise LandscapeError(f"member {m!r}: {exc}") from None
+        names = [s.name for s in snaps]
+        fwd = MemberForward(module, snaps, dev)
+        temps = None
+        if val is not None:
+            val_logits, val_labels = zip(*fwd.batches(val.x, val.y, batch_size))
+            temps = fit_temperatures(torch.cat(val_logits, 1).cpu(), torch.cat(val_labels).cpu())
+        bar = tqdm(total=len(test), desc="ensemble", unit="img", disable=quiet, leave=False)
+
+        def stream():
+            for lg, yb in fwd.batches(test.x, test.y, batch_size):
+                bar.update(yb.shape[0])
+                yield lg, yb
+
+        batches, n_samples, spec = stream(), len(test), test.spec
+    with _open_store(out) as store:
+        kept = None
+        if store is not None:
+            if store.has("ensembles", name) and not overwrite:
+                raise LandscapeError(f"store {out!r} already has ensemble {name!r}; use --overwrite or another --name")
+            if keep_predictions:
+                kept = _PredictionWriter(store, name, len(names), n_samples, fp16)
+        res = evaluate_ensemble(batches, names, temps, orders, seed, keep=kept.write if kept else None)
+        if store is not None:
+            arrays = {k: v for k, v in res.items()}
+            attrs = {"members": names, "data_spec": spec, "orders": orders, "seed": seed,
+                     "model_spec": model if isinstance(model, str) else None}
+            if kept is not None:
+                kept.finish(arrays, attrs, test.y if test is not None else None)
+            else:
+                store.delete("ensembles", name)
+                store._write_atomically("ensembles", name, lambda g: _fill_ensemble(g, arrays, names, attrs))
+    return _round({"kind": "ensemble", "name": name, "members": names, "rows": table_rows(res),
+                   "member_accuracies": res["member_accuracies"], "member_nlls": res["member_nlls"],
+                   **({"orders_mean": {k[:-len("_orders_mean")]: v for k, v in res.items()
+                                       if k.endswith("_orders_mean")}} if orders else {}),
+                   "store": out})
+
+
+def _fill_ensemble(g, arrays: dict, names: list[str], attrs: dict) -> None:
+    from .store import provenance, write_attrs
+
+    for k, v in arrays.items():
+        if k in g:
+            del g[k]
+        g.create_dataset(k, data=np.asarray(v))
+    if "members" not in g:
+        g.create_dataset("members", data=np.array(names, dtype="S"))
+    write_attrs(g, provenance(**attrs))
+
+
+class _PredictionWriter:
+    """Member logits written batch by batch into a chunked dataset under a temporary name."""
+
+    def __init__(self, store: Store, name: str, m: int, n: int, fp16: bool) -> None:
+        self.store, self.name = store, name
+        grp = store.group("ensembles")
+        self.tmp = f".tmp-{name}"
+        if self.tmp in grp:
+            del grp[self.tmp]
+        self.group = grp.create_group(self.tmp)
+        self.m, self.n, self.fp16 = m, n, fp16
+        self.ds = None
+
+    def write(self, start: int, logits: torch.Tensor) -> None:
+        if self.ds is None:
+            c = logits.shape[-1]
+            self.ds = self.group.create_dataset("predictions", shape=(self.m, self.n, c),
+                                                dtype="f2" if self.fp16 else "f4",
+                                                chunks=(1, min(self.n, 1024), c))
+        self.ds[:, start:start + logits.shape[1]] = logits.detach().cpu().numpy()
+
+    def finish(self, arrays: dict, attrs: dict, labels: torch.Tensor | None) -> None:
+        _fill_ensemble(self.group, arrays, attrs["members"], attrs)
+        if labels is not None:
+            self.group.create_dataset("labels", data=labels.numpy())
+        self.store.delete("ensembles", self.name)
+        self.store.group("ensembles").move(self.tmp, self.name)
+        self.store.flush()

@@ -75,6 +75,18 @@ def cmd_plane(args: argparse.Namespace) -> tuple[dict, str]:
     return res, "\n".join(lines)
 
 
+def cmd_ensemble(args: argparse.Namespace) -> tuple[dict, str]:
+    res = api.ensemble(args.members, model=args.model, data=args.data, val_data=args.val_data, out=args.out,
+                       name=args.name or "ensemble", overwrite=args.overwrite, keep_predictions=args.keep_predictions,
+                       fp16=args.fp16, orders=args.orders, seed=args.seed, device=args.device,
+                       num_classes=args.num_classes, batch_size=args.batch_size, quiet=args.quiet)
+    rows = res["rows"]
+    keys = [k for k in ("acc", "nll", "ece", "brier", "member_acc", "disagreement", "kl", "cal_nll") if k in rows[0]]
+    lines = ["size " + "".join(f"{k:>13}" for k in keys)]
+    lines += [f"{r['size']:>4} " + "".join(f"{r[k]:>13.4f}" for k in keys) for r in rows]
+    return rows, "\n".join(lines)
+
+
 def cmd_plot(args: argparse.Namespace) -> tuple[dict, str]:
     res = api.plot(args.file, args.name, out=args.output, metric=args.metric, style=args.style, log=args.log)
     return res, f"wrote {res['figure']}"
@@ -123,6 +135,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default=None)
     add_common(p)
     p.set_defaults(func=cmd_plane)
+
+    p = sub.add_parser("ensemble", help="ensemble metrics for every size 1..K")
+    p.add_argument("members", nargs="+", help=".pt checkpoints, FILE.h5:SNAPSHOT or FILE.h5:ENSEMBLE (kept predictions)")
+    p.add_argument("--model", default=None, help="model spec (not needed for stored predictions)")
+    p.add_argument("--num-classes", type=int, default=None)
+    p.add_argument("--data", default=None, help="evaluation data (the test split for split datasets)")
+    p.add_argument("--val-data", default=None, help="held-out data to fit the temperature for calibrated NLL")
+    p.add_argument("--orders", type=int, default=0, help="also average over this many random member orders")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--keep-predictions", action="store_true", help="store member logits (chunked)")
+    p.add_argument("--fp16", action="store_true", help="store kept predictions in fp16")
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default=None)
+    p.add_argument("--name", default=None)
+    p.add_argument("--overwrite", action="store_true")
+    add_common(p, evaluation=False)
+    p.set_defaults(func=cmd_ensemble)
 
     p = sub.add_parser("plot", help="draw a stored result")
     p.add_argument("file"), p.add_argument("name")
