@@ -91,7 +91,7 @@ class Evaluator:
 
     def __init__(self, model: nn.Module, train: TensorData | None = None, test: TensorData | None = None, *,
                  bn_mode: str = "keep", loss_fn: LossFn | None = None, device: str | torch.device = "cpu",
-                 batch_size: int = 250, bn_samples: int = 2000) -> None:
+                 batch_size: int = 250, bn_samples: int = 2000, batched: bool | None = None) -> None:
         if bn_mode not in BN_MODES:
             raise LandscapeError(f"unknown BN mode {bn_mode!r}: choose keep or recompute")
         if train is None and test is None:
@@ -121,6 +121,21 @@ class Evaluator:
         self.model.eval()
         self._check_data(train, test)
         self.folded = FoldedEval(self.model)
+        self.batched = self._choose_batched(batched)
+
+    def _choose_batched(self, batched: bool | None) -> "BatchedForward | None":
+        """K points per pass: the default on CUDA. On the CPU the per-point path with BN folding
+        measured faster (benchmarks/surface.py), so batching there is opt-in."""
+        from .batched import BatchedForward
+
+        if batched is False or (batched is None and self.device.type != "cuda"):
+            return None
+        fwd = BatchedForward(self.model)
+        if not fwd.supports:
+            if batched:
+                raise LandscapeError(f"batched evaluation is not available for this model: {fwd.reason}")
+            return None
+        return fwd
 
     def _check_data(self, train: TensorData | None, test: TensorData | None) -> None:
         x = next(iter(self.datasets.values()))[0][:1]
@@ -197,20 +212,45 @@ class Evaluator:
         results: dict[str, list[float]] = {m: [] for m in self.metric_names}
         bar = tqdm(total=len(indices), desc=desc, disable=quiet, unit="pt", leave=False)
         for chunk in _chunks(indices, chunk_size):
-            chunk_metrics: dict[str, list[float]] = {m: [] for m in self.metric_names}
-            for i in chunk:
-                c = coeffs[i].to(self.device)
-                values = self.evaluate(family.params_at(c), family.buffers_at(c))
-                for m, v in values.items():
-                    chunk_metrics[m].append(v)
-                bar.update(1)
-            arrays = {m: np.asarray(v) for m, v in chunk_metrics.items()}
+            if self.batched is not None:
+                arrays = self._run_batched(family, coeffs[chunk].to(self.device))
+                bar.update(len(chunk))
+            else:
+                chunk_metrics: dict[str, list[float]] = {m: [] for m in self.metric_names}
+                for i in chunk:
+                    c = coeffs[i].to(self.device)
+                    values = self.evaluate(family.params_at(c), family.buffers_at(c))
+                    for m, v in values.items():
+                        chunk_metrics[m].append(v)
+                    bar.update(1)
+                arrays = {m: np.asarray(v) for m, v in chunk_metrics.items()}
             if on_chunk is not None:
                 on_chunk(chunk, arrays)
-            for m, v in chunk_metrics.items():
-                results[m] += v
+            for m, v in arrays.items():
+                results[m] += list(v)
         bar.close()
         return {m: np.asarray(v) for m, v in results.items()}
+
+    @torch.no_grad()
+    def _run_batched(self, family: AffineFamily, coeffs: torch.Tensor) -> dict[str, np.ndarray]:
+        """All points of a chunk in one pass per data batch (BN recompute batched too)."""
+        from .batched import batched_metrics
+
+        fwd = self.batched
+        fwd.bind(family, coeffs)
+        if self.bn_mode == "recompute" and self.has_bn:
+            fwd.start_recompute()
+            x = self.datasets["train"][0][: self.bn_samples]
+            starts = range(0, x.shape[0], self.batch_size)
+            for start in starts:
+                fwd.forward(x[start:start + self.batch_size], train_bn=True)
+            fwd.finish_recompute(len(starts))
+        loss_fn = None if self.loss_fn is default_loss else self.loss_fn
+        out: dict[str, np.ndarray] = {}
+        for split, (x, y) in self.datasets.items():
+            loss, acc = batched_metrics(fwd, x, y, self.batch_size, loss_fn)
+            out[f"{split}_loss"], out[f"{split}_acc"] = loss.cpu().numpy(), acc.cpu().numpy()
+        return out
 
 
 def _chunks(indices: np.ndarray, size: int) -> Iterator[np.ndarray]:
