@@ -125,20 +125,24 @@ class Evaluator:
 
     def _choose_batched(self, batched: bool | None) -> "BatchedForward | None":
         """K points per pass: the default on CUDA. On the CPU the per-point path with BN folding
-        measured faster (benchmarks/surface.py), so batching there is opt-in."""
+        measured faster for convolutional networks, while networks whose first layer carries
+        most of the arithmetic (MLPs) gain from computing it once for all points
+        (benchmarks/surface.py). The rule is deterministic, so a resumed run takes the same path."""
         from .batched import BatchedForward
 
-        if batched is False or (batched is None and self.device.type != "cuda"):
+        if batched is False:
             return None
         fwd = BatchedForward(self.model)
         if not fwd.supports:
             if batched:
                 raise LandscapeError(f"batched evaluation is not available for this model: {fwd.reason}")
             return None
+        if batched is None and self.device.type != "cuda" and first_layer_flop_share(self.model, self._probe) < 0.5:
+            return None
         return fwd
 
     def _check_data(self, train: TensorData | None, test: TensorData | None) -> None:
-        x = next(iter(self.datasets.values()))[0][:1]
+        x = self._probe = next(iter(self.datasets.values()))[0][:1]
         try:
             with torch.no_grad():
                 out = self.model(x)
@@ -251,6 +255,30 @@ class Evaluator:
             loss, acc = batched_metrics(fwd, x, y, self.batch_size, loss_fn)
             out[f"{split}_loss"], out[f"{split}_acc"] = loss.cpu().numpy(), acc.cpu().numpy()
         return out
+
+
+def first_layer_flop_share(model: nn.Module, x: torch.Tensor) -> float:
+    """Share of a forward pass's FLOPs spent in the first Conv2d/Linear (by execution order)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    first: list[nn.Module] = []
+    hooks = [m.register_forward_pre_hook(lambda mod, inp: first.append(mod) if not first else None)
+             for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    counter = FlopCounterMode(display=False)
+    try:
+        with counter, torch.no_grad():
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    total = counter.get_total_flops()
+    if not first or not total:
+        return 0.0
+    name = next(n for n, m in model.named_modules() if m is first[0])
+    per_module = counter.get_flop_counts()
+    key = next((k for k in per_module if k == name or k.endswith("." + name)), None)
+    own = sum(per_module[key].values()) if key else 0
+    return own / total
 
 
 def _chunks(indices: np.ndarray, size: int) -> Iterator[np.ndarray]:
