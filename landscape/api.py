@@ -17,7 +17,7 @@ from torch import nn
 
 from .checkpoints import Snapshot, check_same_architecture, load_snapshot
 from .data import TensorData, load_data
-from .directions import plane_through, random_direction
+from .directions import pca_directions, plane_through, project, random_direction
 from .engine import Evaluator, LossFn, resolve_device
 from .errors import LandscapeError
 from .grid import MemoryGrid, line_alphas, parse_range
@@ -156,26 +156,37 @@ def barriers(snapshots: Sequence[str | Snapshot], *, model: str | nn.Module, dat
 
 
 def plane(center: str | Snapshot, *, model: str | nn.Module, data=None, test_data=None,
-          through: Sequence[str | Snapshot] | None = None, random: str | None = None, seed: int = 0,
+          through: Sequence[str | Snapshot] | None = None, random: str | None = None,
+          pca: Sequence[str | Snapshot] | None = None, seed: int = 0,
           ignore_bias_bn: bool = True, x: str | np.ndarray | None = None, y: str | np.ndarray | None = None,
           project_onto: Sequence[str | Snapshot] = (), bn: str = "keep", out: str | None = None,
           name: str = "plane", overwrite: bool = False, device: str = "auto", num_classes: int | None = None,
           batch_size: int = 250, bn_samples: int = 2000, quiet: bool = True,
           loss_fn: LossFn | None = None) -> dict[str, Any]:
-    """A 2D loss plane around `center`: through two more snapshots, or on two random directions."""
-    if (through is None) == (random is None):
-        raise LandscapeError("give either --through B C or --random filter|layer|none")
+    """A 2D loss plane around `center`: through two more snapshots, on two random directions,
+    or on the top two PCA directions of a trajectory of snapshots."""
+    if sum(v is not None for v in (through, random, pca)) != 1:
+        raise LandscapeError("give one of --through B C, --random filter|layer|none or --pca S1 S2 ...")
+    if pca is not None and len(pca) < 3:
+        raise LandscapeError("--pca needs at least three snapshots")
     if through is not None and len(through) != 2:
         raise LandscapeError("--through needs exactly two snapshots")
     s = setup(model, data, test_data, num_classes=num_classes, bn=bn, device=device, batch_size=batch_size,
               bn_samples=bn_samples, loss_fn=loss_fn)
-    snaps = _snapshots([center, *(through or []), *project_onto], s.model)
+    snaps = _snapshots([center, *(through or []), *(pca or []), *project_onto], s.model)
     c = snaps[0]
     if through is not None:
         pl = plane_through(c.params, snaps[1].params, snaps[2].params)
         directions = pl.directions
         dir_attrs = {"kind": "plane", "points": [sn.name for sn in snaps[:3]]}
         xs, ys = _default_range(x, pl.coords[:, 0].numpy()), _default_range(y, pl.coords[:, 1].numpy())
+    elif pca is not None:
+        res = pca_directions([sn.params for sn in snaps[1:1 + len(pca)]], k=2, center="last")
+        directions = res.directions
+        dir_attrs = {"kind": "pca", "points": [sn.name for sn in snaps[1:1 + len(pca)]],
+                     "explained_variance_ratio": res.explained_variance_ratio.tolist()}
+        traj = np.array([project(sn.params, c.params, directions)[0].numpy() for sn in snaps[: 1 + len(pca)]])
+        xs, ys = _default_range(x, traj[:, 0]), _default_range(y, traj[:, 1])
     else:
         layout = s.evaluator.layout
         directions = torch.stack([random_direction(layout, c.params, random, seed, ignore_bias_bn),
@@ -187,7 +198,7 @@ def plane(center: str | Snapshot, *, model: str | nn.Module, data=None, test_dat
     names, coords, dists = project_snapshots(snaps, c.params, directions)
     metrics = s.evaluator.metric_names
     config = {**s.provenance(), **s.evaluator.config, **dir_attrs, "x": xs.tolist(), "y": ys.tolist(),
-              "snapshots": [snapshot_fingerprint(sn) for sn in snaps[: 3 if through else 1]]}
+              "snapshots": [snapshot_fingerprint(sn) for sn in snaps[: 1 + len(through or pca or [])]]}
     with _open_store(out) as store:
         if store is not None:
             store.write_directions(name, directions, {**dir_attrs, "center": c.name}, overwrite=True)

@@ -64,7 +64,7 @@ def cmd_barriers(args: argparse.Namespace) -> tuple[dict, str]:
 
 
 def cmd_plane(args: argparse.Namespace) -> tuple[dict, str]:
-    res = api.plane(args.center, through=args.through, random=args.random, seed=args.seed,
+    res = api.plane(args.center, through=args.through, random=args.random, pca=args.pca, seed=args.seed,
                     ignore_bias_bn=not args.include_bias_bn, x=args.x, y=args.y, project_onto=args.project or (),
                     name=args.name or "plane", **_eval_kwargs(args))
     key = next(k for k in ("test_loss", "train_loss") if k in res)
@@ -127,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--through", nargs=2, metavar=("B", "C"), help="the plane through CENTER, B and C")
     g.add_argument("--random", choices=("filter", "layer", "none"), help="two random normalised directions")
+    g.add_argument("--pca", nargs="+", metavar="S", help="top two PCA directions of a trajectory of snapshots")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--include-bias-bn", action="store_true", help="random directions also move biases and BN")
     p.add_argument("--x", default=None, help="MIN:MAX:NUM")

@@ -143,8 +143,15 @@ def test_barriers_plane_plot_info(work, capsys):
                    "--name", "rnd", "--out", "s.h5", "--bn", "recompute", *COMMON)
     assert np.asarray(res["train_loss"]).shape == (3, 2)
 
+    # PCA of a three-point trajectory ending at the centre spans exactly its plane
+    res = run_json(capsys, "plane", "m0.pt", "--pca", "m1.pt", "m2.pt", "m0.pt", "--name", "pca", "--out", "s.h5",
+                   *COMMON)
+    assert res["kind"] == "pca" and sum(res["explained_variance_ratio"]) == pytest.approx(1.0)
+    assert all(p["distance"] < 1e-4 for p in res["projections"])
+    assert np.isfinite(np.asarray(res["test_loss"], dtype=float)).all()
+
     info = run_json(capsys, "info", "s.h5")
-    assert set(info["surfaces"]) == {"plane", "rnd"} and "barriers" in info["barriers"]
+    assert set(info["surfaces"]) == {"plane", "rnd", "pca"} and "barriers" in info["barriers"]
     assert info["surfaces"]["plane"]["datasets"]["test_loss"] == [4, 3]
     for name in ("plane", "rnd", "barriers", "interpolate"):
         code, out, err = run_cli(capsys, "plot", "s.h5", name, "-o", f"{name}.png") if name != "interpolate" else (0, "", "")
