@@ -53,26 +53,31 @@ def plain_metrics(logits: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) 
     return out
 
 
-def bench(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = 2) -> float:
-    """Median wall time in seconds."""
+def bench(
+    fns: dict[str, Callable[[], object]], device: torch.device, repeats: int, warmup: int = 2
+) -> dict[str, float]:
+    """Median wall time in seconds of each function, timed in interleaved rounds so that
+    changing load on a shared machine affects all of them alike."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for _ in range(warmup):
-        fn()
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
     sync()
-    times = []
+    times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def copy_bandwidth(nbytes: int, device: torch.device, repeats: int) -> float:
     """Device-to-device copy bandwidth in bytes/s (read + write counted)."""
     src = torch.empty(nbytes // 4, dtype=torch.float32, device=device)
     dst = torch.empty_like(src)
-    t = bench(lambda: dst.copy_(src), device, repeats)
+    t = bench({"copy": lambda: dst.copy_(src)}, device, repeats)["copy"]
     return 2 * nbytes / t
 
 
@@ -96,9 +101,16 @@ def main(argv: list[str] | None = None) -> None:
     worst = max(abs(a[k] - b[k]) for a, b in zip(fused, plain) for k in ("nll", "acc", "conf", "brier", "ece"))
     assert worst < 1e-4, f"fused and plain disagree by {worst}"
 
-    t_fused = bench(lambda: ensemble_metrics(logits, labels), device, args.repeats)
-    t_plain = bench(lambda: plain_metrics(logits, labels), device, args.repeats)
-    t_floor = bench(lambda: torch.logsumexp(logits, -1), device, args.repeats)
+    t = bench(
+        {
+            "fused": lambda: ensemble_metrics(logits, labels),
+            "plain": lambda: plain_metrics(logits, labels),
+            "floor": lambda: torch.logsumexp(logits, -1),
+        },
+        device,
+        args.repeats,
+    )
+    t_fused, t_plain, t_floor = t["fused"], t["plain"], t["floor"]
 
     print(f"device={device} threads={torch.get_num_threads()} M={args.M} N={args.N} C={args.C} fp32")
     print(f"fused (all {args.M} sizes) {t_fused * 1e3:9.2f} ms")
