@@ -16,11 +16,13 @@ Why the formulations differ between CPU and GPU:
 
 * Triton kernels form the weight tile W0 + Σ_j c_kj·D_j in the matmul's load stage, so
   the K weight copies never exist in memory (linear: tiled GEMM; conv: implicit GEMM).
-* The torch (CPU) path for per-point inputs materialises the K weights: they are small
-  next to the activations, and one batched sgemm / grouped conv on them was the fastest
-  CPU formulation measured (see the timings in ``_linear_per_point_torch`` and
-  ``_conv2d_per_point_torch``); the "stacked" formulation that avoids the copies costs
-  (d+1)× the arithmetic and was slower.
+* The torch (CPU) path for per-point inputs materialises the K weights (op 1): they are
+  small next to the activations, and one batched sgemm (linear) / one channels_last conv
+  per point (conv) was the fastest CPU formulation measured. The "stacked" formulation
+  that avoids the copies costs (d+1)× the arithmetic and was 3-5× slower; a grouped conv
+  over all points was ~1.7× slower. Timings are in the docstrings of
+  ``_linear_per_point_materialise_torch`` and ``_conv2d_per_point_loop_torch``; the
+  alternatives stay (tested) for re-measuring on other machines.
 * A shared input (the first layer) needs only min(K, d+1) products by linearity:
   Y_k = X·W0ᵀ + Σ_j c_kj·X·D_jᵀ (+ the same combination of the biases). This is exact up
   to rounding; with huge coefficients that make W_k much smaller than W0 and c·D the
@@ -30,8 +32,11 @@ Numerics: every path accumulates in fp32 (fp64 when an input is fp64 on the torc
 path). Triton loads fp16/bf16 and converts to fp32 before any arithmetic (bf16
 arithmetic is broken in the interpreter) and uses ``tl.dot(..., input_precision="ieee")``
 so GPU results match fp32 references (no TF32). Triton accepts fp32/fp16/bf16 tensors;
-fp64 always takes the torch path. Conv2d's Triton kernel supports groups; the padding
-must be given as ints (no "same"/"valid" strings).
+fp64 always takes the torch path. Conv2d's Triton kernel (implicit GEMM) supports
+groups, stride, padding and dilation; padding must be ints (no "same"/"valid").
+
+These are evaluation (forward-only) ops: the Triton kernels have no backward, and the
+shared-input conv path combines with ``torch.add(..., out=)``, which autograd refuses.
 """
 from __future__ import annotations
 
@@ -69,7 +74,7 @@ IntPair = int | Sequence[int]
 
 
 def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on")
 
 
 def _choose_impl(impl: str | None, tensors: Sequence[torch.Tensor]) -> str:
@@ -428,11 +433,15 @@ def _linear_per_point_materialise_torch(
 ) -> torch.Tensor:
     """Per-point input: materialise W_k (op 1), then one batched matmul.
 
-    TIMINGS_LINEAR
+    CPU, 2 cores, torch 2.14.1, fp32, K=9, d=2, N=1000, 512→256 (best of 7, shared box):
+      materialise W_k + bmm (this)                        18.8 ms
+      stacked [X_k, c_k1·X_k, c_k2·X_k] @ [W0 D1 D2]ᵀ    101.7 ms
+      (for scale: K plain F.linear calls, W_k given)      20.2 ms
+    Materialising costs K·out·in writes, small next to the K·N·out·in products.
     """
     K = coeffs.shape[0]
     d, out, inp = dw.shape
-    w = _interpolate_weights_torch(w0.reshape(-1), coeffs, dw.reshape(d, -1), cdt).view(K, out, inp)
+    w = _interpolate_weights_torch(w0.reshape(-1), coeffs, dw.reshape(d, w0.numel()), cdt).view(K, out, inp)
     y = torch.bmm(x.to(cdt), w.transpose(1, 2))
     bias = _interpolated_bias_torch(b0, db, coeffs, cdt)
     if bias is not None:
@@ -585,38 +594,41 @@ def _conv_out_hw(
     return oh, ow
 
 
-def _stack_weights_by_group(w0: torch.Tensor, dw: torch.Tensor, groups: int) -> torch.Tensor:
-    """[W0; D_1; ...; D_d] along output channels, interleaved so each conv group holds
-    its own (d+1)·O/g channels: [g, d+1, O/g, ...] flattened."""
-    d, O = dw.shape[0], dw.shape[1]
-    w_all = torch.cat([w0.unsqueeze(0), dw], 0)  # [d+1, O, I/g, kh, kw]
-    w_all = w_all.view(d + 1, groups, O // groups, *w0.shape[1:]).transpose(0, 1)
-    return w_all.reshape((d + 1) * O, *w0.shape[1:])
-
-
 def _conv2d_shared_torch(
     x: torch.Tensor, w0: torch.Tensor, dw: torch.Tensor, coeffs: torch.Tensor,
     b0: torch.Tensor | None, db: torch.Tensor | None, cdt: torch.dtype,
     stride: tuple[int, int], padding: tuple[int, int], dilation: tuple[int, int], groups: int,
 ) -> torch.Tensor:
-    """Shared input by linearity: one conv with the d+1 stacked weights (biases folded
-    in), then Y_k = Y0 + Σ_j c_kj·Y_j as one [K, d+1] × [d+1, rest] matmul."""
+    """Shared input by linearity: d+1 convs (W0 with b0, D_j with e_j), then
+    Y_k = Y0 + Σ_j c_kj·Y_j written point by point into one output.
+
+    Returns [K, N, O, oh, ow] stored channels_last per point, like the per-point path.
+    d+1 separate convs rather than one conv with (d+1)·O outputs: the single wide conv
+    measured ~2.5x slower (111 ms vs 3 x 15 ms at N=250, 16->32, 32x32), and separate
+    channels_last outputs are already laid out as the per-point output rows, so the
+    combine needs no transposing copy. Same setup as the per-point timings: this 242 ms,
+    the K-conv per-point path on the broadcast input 368 ms."""
+    K = coeffs.shape[0]
     d, O = dw.shape[0], dw.shape[1]
     N = x.shape[0]
-    w_all = _stack_weights_by_group(w0.to(cdt), dw.to(cdt), groups)
-    b_all = None
-    if b0 is not None or db is not None:
-        bb = torch.zeros(d + 1, O, dtype=cdt, device=x.device)
-        if b0 is not None:
-            bb[0] = b0
-        if db is not None:
-            bb[1:] = db
-        b_all = bb.view(d + 1, groups, O // groups).transpose(0, 1).reshape(-1)
-    y = F.conv2d(x.to(cdt), w_all, b_all, stride, padding, dilation, groups)
-    oh, ow = y.shape[-2:]
-    # [N, g, d+1, O/g, oh, ow] -> [d+1, N·O·oh·ow]
-    y = y.view(N, groups, d + 1, O // groups, oh, ow).permute(2, 0, 1, 3, 4, 5).reshape(d + 1, -1)
-    return (_augmented(coeffs, cdt) @ y).view(-1, N, O, oh, ow)
+    xc = x.to(dtype=cdt, memory_format=torch.channels_last)
+    ys = []
+    for j in range(d + 1):
+        w_j = (w0 if j == 0 else dw[j - 1]).to(cdt)
+        b_j = b0 if j == 0 else (db[j - 1] if db is not None else None)
+        y_j = F.conv2d(xc, w_j, None if b_j is None else b_j.to(cdt), stride, padding, dilation, groups)
+        ys.append(y_j.permute(0, 2, 3, 1))  # [N, oh, ow, O]; a free view when channels_last
+    oh, ow = ys[0].shape[1:3]
+    out = torch.empty(K, N, oh, ow, O, dtype=cdt, device=x.device)
+    c = coeffs.to(cdt).tolist()  # CPU path: python scalars for the fused add kernels
+    for k in range(K):
+        if d == 0:
+            out[k].copy_(ys[0])
+            continue
+        torch.add(ys[0], ys[1], alpha=c[k][0], out=out[k])
+        for j in range(1, d):
+            out[k].add_(ys[j + 1], alpha=c[k][j])
+    return out.permute(0, 1, 4, 2, 3)
 
 
 def _conv2d_per_point_loop_torch(
@@ -624,22 +636,33 @@ def _conv2d_per_point_loop_torch(
     b0: torch.Tensor | None, db: torch.Tensor | None, cdt: torch.dtype,
     stride: tuple[int, int], padding: tuple[int, int], dilation: tuple[int, int], groups: int,
 ) -> torch.Tensor:
-    """Per-point input: materialise W_k (op 1), then one channels_last conv per point.
+    """Per-point input: materialise W_k (op 1), then one channels_last conv per point,
+    each copied into its slice of one output stored [K, N, oh, ow, O] in memory.
 
-    CPU timings: TIMINGS_CONV
+    The channels_last storage makes that copy a plain memcpy and makes the next layer's
+    x[k] channels_last already (no conversion).
+
+    CPU, 2 cores, torch 2.14.1, fp32, K=9, d=2, N=250 images 32×32, conv 16→32 3×3 pad 1
+    (best of 7, shared box):
+      K channels_last convs into one output (this)      302 ms (NCHW x) / 342 ms (CL x)
+      grouped conv, points folded into groups=K         537 ms
+      stacked in-channels [X_k, c_k1·X_k, c_k2·X_k]    1182 ms
+      (for scale: K plain NCHW F.conv2d, list output)   316 ms
+      (for scale: allocating + filling the fresh 295 MB output alone: 117 ms; fresh
+       allocations this large are page-fault bound on this machine)
     """
     K = coeffs.shape[0]
-    d = dw.shape[0]
-    w = _interpolate_weights_torch(w0.reshape(-1), coeffs, dw.reshape(d, -1), cdt).view(K, *w0.shape)
+    d, O = dw.shape[0], dw.shape[1]
+    N, _, H, W = x.shape[1:]
+    w = _interpolate_weights_torch(w0.reshape(-1), coeffs, dw.reshape(d, w0.numel()), cdt).view(K, *w0.shape)
     bias = _interpolated_bias_torch(b0, db, coeffs, cdt)
-    ys = [
-        F.conv2d(
-            x[k].to(cdt).contiguous(memory_format=torch.channels_last), w[k],
-            None if bias is None else bias[k], stride, padding, dilation, groups,
-        )
-        for k in range(K)
-    ]
-    return torch.stack(ys)
+    oh, ow = _conv_out_hw(H, W, w0.shape[2], w0.shape[3], stride, padding, dilation)
+    y = torch.empty(K, N, oh, ow, O, dtype=cdt, device=x.device).permute(0, 1, 4, 2, 3)
+    for k in range(K):
+        xk = x[k].to(dtype=cdt, memory_format=torch.channels_last)
+        yk = F.conv2d(xk, w[k], None if bias is None else bias[k], stride, padding, dilation, groups)
+        y[k].copy_(yk)
+    return y
 
 
 def _conv2d_per_point_grouped_torch(
@@ -653,7 +676,7 @@ def _conv2d_per_point_grouped_torch(
     K = coeffs.shape[0]
     d, O = dw.shape[0], dw.shape[1]
     N, C, H, W = x.shape[1:]
-    w = _interpolate_weights_torch(w0.reshape(-1), coeffs, dw.reshape(d, -1), cdt)
+    w = _interpolate_weights_torch(w0.reshape(-1), coeffs, dw.reshape(d, w0.numel()), cdt)
     bias = _interpolated_bias_torch(b0, db, coeffs, cdt)
     xi = x.to(cdt).transpose(0, 1).reshape(N, K * C, H, W)
     y = F.conv2d(
@@ -751,8 +774,10 @@ def interpolated_conv2d(
         stride, padding, dilation: ints or pairs of ints (as in F.conv2d; no padding strings).
         impl: "torch", "triton" or None (Triton for CUDA fp32/fp16/bf16, else torch).
 
-    Returns y [K, N, O, oh, ow] in the promoted dtype of x, w0 and dw (it may be a
-    non-contiguous view). A shared input costs min(K, d+1) convolutions, not K.
+    Returns y [K, N, O, oh, ow] in the promoted dtype of x, w0 and dw. On the torch path
+    it is a view stored channels_last per point ([K, N, oh, ow, O] in memory), so
+    ``y.reshape(K*N, O, oh, ow)`` and the next layer's ``y[k]`` need no copy; Triton
+    returns a contiguous tensor. A shared input costs min(K, d+1) convolutions, not K.
     """
     if w0.ndim != 4 or dw.ndim != 5 or tuple(dw.shape[1:]) != tuple(w0.shape):
         raise ValueError(
@@ -775,6 +800,10 @@ def interpolated_conv2d(
     if x.shape[-3] != CG * groups:
         raise ValueError(f"x has {x.shape[-3]} channels, weights expect {CG * groups}")
     st, pa, di = _pair(stride, "stride"), _pair(padding, "padding"), _pair(dilation, "dilation")
+    N, _, H, W = x.shape[-4:]
+    oh, ow = _conv_out_hw(H, W, KH, KW, st, pa, di)
+    if oh <= 0 or ow <= 0:
+        raise ValueError(f"input {H}x{W} is smaller than the (dilated, padded) {KH}x{KW} kernel")
     out_dtype = _out_dtype(x, w0, dw)
     coeffs = coeffs.to(x.device)
     tensors = [t for t in (x, w0, dw, b0, db) if t is not None]
@@ -783,10 +812,6 @@ def interpolated_conv2d(
     if _choose_impl(impl, tensors) == "triton":
         c = coeffs.to(torch.float32)
         w0c, dwc = w0.contiguous(), dw.contiguous()
-        N, _, H, W = x.shape[-4:]
-        oh, ow = _conv_out_hw(H, W, KH, KW, st, pa, di)
-        if oh <= 0 or ow <= 0:
-            raise ValueError("input is smaller than the (dilated) kernel")
         if by_linearity:
             # d+1 plain convolutions (the kernel with d=0, biases folded in), then combine.
             y_all = torch.empty(d + 1, 1, N, O, oh, ow, dtype=torch.float32, device=x.device)
