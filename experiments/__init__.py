@@ -1,0 +1,35 @@
+"""The pre-train-basin study (Sadrtdinov et al., NeurIPS 2023) on top of the landscape toolkit.
+
+    from experiments import load_config, run_study, demo
+    summary = demo(quick=True, out="landscape-demo-quick")
+
+Modules: data (the embedded transfer problem, CIFAR/ImageFolder tasks), models, training
+(loop and schedules), samplers (Local/Global DE, SSE, StarSSE, FGE, SWA), config (TOML),
+study (the resumable pipeline), analysis, report, cli (`landscape run`, `landscape demo`).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+
+def load_config(*args, **kwargs):
+    from .config import load_config as _load
+
+    return _load(*args, **kwargs)
+
+
+def run_study(*args, **kwargs) -> dict[str, Any]:
+    from .study import run_study as _run
+
+    return _run(*args, **kwargs)
+
+
+def demo(quick: bool = False, out: str | None = None, **kwargs) -> dict[str, Any]:
+    """Run the embedded default study (`landscape demo [--quick]`)."""
+    from .study import run_study as _run
+
+    return _run("demo_quick" if quick else "demo",
+                out or ("landscape-demo-quick" if quick else "landscape-demo"), **kwargs)
+
+
+__all__ = ["demo", "load_config", "run_study"]

@@ -1,0 +1,90 @@
+"""`landscape run CONFIG --out DIR` and `landscape demo [--quick] [--out DIR]`.
+
+Registered through the `landscape.commands` entry-point group; each command's `func(args)`
+returns (result, text) and raises LandscapeError for the user's mistakes (one line, exit 2).
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from landscape.errors import LandscapeError
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default=None, help="auto, cpu or cuda (default: the config's study.device)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config value (TOML syntax), e.g. --set data.root=/data/cifar100; repeatable")
+    p.add_argument("--no-cache", action="store_true",
+                   help="do not reuse (or save) pre-trained checkpoints from the cache (~/.cache/landscape)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def headline(summary: dict[str, Any], out: str) -> str:
+    """A few lines: transfer margin, each method at size K, the verdicts, where the outputs are."""
+    from .report import _f, _pct
+
+    K = summary["study"]["members"]
+    tr = summary["transfer"]
+    lines = [f"study {summary['study']['name']!r} -> {out}"]
+    line = f"fine-tuned {_pct(tr['finetuned_acc'])}"
+    if tr.get("scratch_acc") is not None:
+        line += f", from scratch {_pct(tr['scratch_acc'])} (transfer {100 * tr['margin']:+.1f} points)"
+    lines.append(line)
+    lines.append(f"{'method':<26} {'ens acc':>8} {'ens NLL':>8} {'member':>8} {'barrier':>8} {'pairwise':>8}  (K={K})")
+    for m in summary["methods"].values():
+        pw = (m.get("mean_pairwise_barrier") or {}).get("test_loss")
+        lines.append(f"{m['label']:<26} {_pct(m['ensemble_acc'][-1]):>8} {_f(m['ensemble_nll'][-1]):>8} "
+                     f"{_pct(sum(m['member_acc']) / len(m['member_acc'])):>8} "
+                     f"{_f(m['new_member_mean_barrier_test_loss']):>8} {_f(pw):>8}")
+    for f in summary["findings"]:
+        lines.append(f"[{f['verdict']}] {f['claim']}")
+    t = summary.get("timings", {})
+    if t:
+        lines.append(f"time {t.get('total_s', 0):.1f} s (train {t.get('train_s', 0):.1f} s, analysis "
+                     f"{t.get('analysis_s', 0):.1f} s); report: {out}/report.md")
+    return "\n".join(lines)
+
+
+def cmd_run(args: argparse.Namespace) -> tuple[dict, str]:
+    from .study import run_study
+
+    summary = run_study(args.config, args.out, device=args.device, quiet=args.quiet, overrides=args.overrides,
+                        use_cache=not args.no_cache)
+    return summary, headline(summary, args.out)
+
+
+def cmd_demo(args: argparse.Namespace) -> tuple[dict, str]:
+    from .study import run_study
+
+    config = "demo_quick" if args.quick else "demo"
+    out = args.out or ("landscape-demo-quick" if args.quick else "landscape-demo")
+    summary = run_study(config, out, device=args.device, quiet=args.quiet, overrides=args.overrides,
+                        use_cache=not args.no_cache)
+    return summary, headline(summary, out)
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("run", help="run (or resume) a pre-train-basin study from a TOML config",
+                              description="Run a study: pre-training, fine-tuning, the ensemble samplers, the "
+                              "landscape analysis and the report, all into DIR (resumable: rerun the same "
+                              "command after an interruption).")
+    p.add_argument("config", help="a TOML file, or a shipped config: demo, demo_quick, cifar10_resnet50, "
+                   "cifar100_resnet50")
+    p.add_argument("--out", required=True, help="output folder (DIR/results.h5, DIR/report.md, DIR/summary.json, "
+                   "DIR/figures)")
+    _common(p)
+    p.set_defaults(func=cmd_run)
+
+    p = subparsers.add_parser("demo", help="the embedded pre-train-basin study (no download; a few minutes on a CPU)",
+                              description="Run the embedded default study: a transfer problem generated from a "
+                              "seed, Local/Global DE, SSE and StarSSE at a small and a large cycle lr, FGE, SWA, "
+                              "soups, barriers and a plane, with a report.")
+    p.add_argument("--quick", action="store_true", help="a smaller study (under a minute on a 2-core CPU)")
+    p.add_argument("--out", default=None, help="output folder (default ./landscape-demo or ./landscape-demo-quick)")
+    _common(p)
+    p.set_defaults(func=cmd_demo)
+
+
+__all__ = ["register", "LandscapeError"]

@@ -1,0 +1,130 @@
+"""Models of the study: a small BatchNorm CNN (the CPU default) and torchvision ResNet-18/50.
+
+A pre-trained checkpoint carries the source task's head; fine-tuning keeps its backbone and puts
+a new linear head, initialised from the member's seed, in place of the old one. Pre-trained
+weights only ever come from local files (`torch.load(weights_only=True)`).
+"""
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from landscape.checkpoints import read_state_dict
+from landscape.errors import LandscapeError
+from landscape.models import SmallCNN, build_model
+
+MODEL_NAMES = ("small_cnn", "tiny_cnn", "resnet18", "resnet50")
+
+
+def build(name: str, num_classes: int, input_shape: Sequence[int], width: int | None = None) -> nn.Module:
+    """A fresh model (random initialisation from the global RNG: seed it with `seeded`)."""
+    if name in ("small_cnn", "tiny_cnn"):
+        w = width or (32 if name == "small_cnn" else 8)
+        return SmallCNN(num_classes, in_channels=int(input_shape[0]), width=int(w))
+    if name in ("resnet18", "resnet50"):
+        import torchvision
+
+        return getattr(torchvision.models, name)(weights=None, num_classes=num_classes)
+    # Anything landscape knows how to build: torchvision:NAME or package.module:factory.
+    return build_model(name, num_classes, input_shape)
+
+
+def seeded_build(name: str, num_classes: int, input_shape: Sequence[int], width: int | None, seed: int) -> nn.Module:
+    """`build` under a fixed seed, without disturbing the caller's RNG state."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        return build(name, num_classes, input_shape, width)
+
+
+def head_name(model: nn.Module) -> str:
+    """The qualified name of the classification head: the last nn.Linear of the model."""
+    name = None
+    for n, m in model.named_modules():
+        if isinstance(m, nn.Linear):
+            name = n
+    if name is None:
+        raise LandscapeError(f"model {type(model).__name__} has no linear head to replace")
+    return name
+
+
+def _set_module(model: nn.Module, qualified: str, module: nn.Module) -> None:
+    parent_name, _, child = qualified.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)
+
+
+def new_head(model: nn.Module, num_classes: int, seed: int) -> nn.Module:
+    """Put a fresh nn.Linear(in_features, num_classes) head in place, initialised from `seed`
+    exactly as nn.Linear.reset_parameters does (with its own generator)."""
+    name = head_name(model)
+    old = model.get_submodule(name)
+    head = nn.Linear(old.in_features, num_classes, bias=old.bias is not None).to(old.weight.device)
+    g = torch.Generator(device=old.weight.device).manual_seed(int(seed))
+    with torch.no_grad():
+        nn.init.kaiming_uniform_(head.weight, a=math.sqrt(5), generator=g)
+        if head.bias is not None:
+            bound = 1 / math.sqrt(old.in_features) if old.in_features > 0 else 0
+            nn.init.uniform_(head.bias, -bound, bound, generator=g)
+    _set_module(model, name, head)
+    return model
+
+
+def backbone_keys(state: Mapping[str, torch.Tensor], head: str) -> list[str]:
+    return [k for k in state if not (k == head or k.startswith(head + "."))]
+
+
+def load_backbone(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
+    """Load every non-head tensor of `state` into `model`; the head is left as it is.
+
+    One-line errors for a checkpoint that does not fit (missing, unexpected or misshapen keys).
+    """
+    head = head_name(model)
+    own = model.state_dict()
+    want = backbone_keys(own, head)
+    have = set(backbone_keys(state, head))
+    missing = [k for k in want if k not in have]
+    extra = sorted(have - set(want))
+    if missing:
+        raise LandscapeError(f"checkpoint {source!r} does not fit the model: missing key {missing[0]!r}"
+                             + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
+    if extra:
+        raise LandscapeError(f"checkpoint {source!r} does not fit the model: unexpected key {extra[0]!r}"
+                             + (f" and {len(extra) - 1} more" if len(extra) > 1 else ""))
+    for k in want:
+        if tuple(state[k].shape) != tuple(own[k].shape):
+            raise LandscapeError(f"checkpoint {source!r} does not fit the model: {k!r} has shape "
+                                 f"{list(state[k].shape)}, the model needs {list(own[k].shape)}")
+    model.load_state_dict({**own, **{k: state[k] for k in want}})
+
+
+def load_checkpoint_file(path: str) -> dict[str, torch.Tensor]:
+    """A pre-trained state dict from a local file (weights only; anything else is refused)."""
+    return read_state_dict(path)
+
+
+def backbone_vector(model: nn.Module) -> torch.Tensor:
+    """The flat vector of the model's parameters outside the head (comparable across heads)."""
+    head = head_name(model)
+    return torch.cat([p.detach().reshape(-1) for n, p in model.named_parameters()
+                      if not (n == head or n.startswith(head + "."))])
+
+
+def check_fits(model: nn.Module, sample: torch.Tensor, num_classes: int, what: str) -> None:
+    """A forward pass on one input: the model must accept the data and return [1, num_classes]."""
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(sample)
+    except Exception as exc:  # noqa: BLE001 - the model does not fit the data
+        raise LandscapeError(f"{what} does not fit the data (input {list(sample.shape[1:])}): "
+                             f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    finally:
+        model.train(was)
+    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[1] != num_classes:
+        shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise LandscapeError(f"{what} does not fit the data: it returns {shape}, the task needs "
+                             f"[batch, {num_classes}] logits")

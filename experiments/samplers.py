@@ -1,0 +1,265 @@
+"""The ensemble samplers: Local DE, Global DE, SSE, StarSSE, FGE, SWA (and soups, in analysis).
+
+A study is planned as *units*: training runs that each end in one snapshot. Units are shared
+between methods (the fine-tuned model `ft-0-0` is Local DE's first member, SSE's, StarSSE's and
+FGE's starting point), run in dependency order, and each is a pure function of its starting
+snapshot and its seed, so an interrupted study resumes unit by unit with identical results.
+
+Members by method (K = members):
+- local_de:  ft-0-m, m = 0..K−1: fine-tunings of checkpoint 0 with different seeds (new head
+  initialisation, data order, augmentation).
+- global_de: ft-c-0, c = 0..K−1: one fine-tuning from each independently pre-trained checkpoint.
+- sse:       ft-0-0, then NAME-1..K−1: cycle k starts where cycle k−1 ended.
+- starsse:   ft-0-0, then NAME-1..K−1: every cycle starts from ft-0-0 (weights and BN buffers).
+- fge:       ft-0-0, then NAME-1..K−1: snapshots at the minima of a triangular schedule that
+  starts at ft-0-0 (the first segment is half a cycle, then whole cycles minimum to minimum).
+- swa:       NAME-0..K−1: independent SWA runs from ft-0-0 (constant SWA lr, weights averaged at the
+  end of every epoch with AveragedModel, BN by update_bn), one seed each.
+Momentum is cleared at every snapshot (each unit has a fresh optimizer).
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from landscape.checkpoints import Snapshot
+
+from .config import StudyConfig
+from .data import Task
+from .models import load_backbone, new_head, seeded_build
+from .training import (Hooks, Optim, cosine_factor, fge_cycle_iterations, fge_lr, iterations_per_epoch,
+                       to_fast_layout, train)
+
+
+def derive_seed(study_seed: int, name: str) -> int:
+    """A stable 31-bit seed for a unit, from the study seed and the unit's name only."""
+    return int(hashlib.sha256(f"{study_seed}:{name}".encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
+
+
+@dataclass
+class Unit:
+    """One training run that ends in one snapshot."""
+
+    name: str
+    kind: str  # pretrain | scratch | finetune | sse | starsse | fge | swa
+    method: str
+    member: int
+    cycle: int | None
+    parent: str | None  # the snapshot it starts from ('pretrain-c' for a fine-tuning, None: random init)
+    lr: float
+    seed: int
+    epochs: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def meta(self) -> dict[str, Any]:
+        d = asdict(self)
+        extra = d.pop("extra")
+        d.pop("name")  # the snapshot's own name
+        return {**d, **extra}
+
+
+@dataclass
+class Plan:
+    units: list[Unit]
+    members: dict[str, list[str]]  # method name -> its member snapshots, in order
+    finetuned: str = "ft-0-0"
+
+    def unit(self, name: str) -> Unit:
+        return next(u for u in self.units if u.name == name)
+
+
+def plan_study(cfg: StudyConfig) -> Plan:
+    """Every unit of the study, in an order that respects the dependencies."""
+    seed, ft = cfg.seed, cfg["finetune"]
+    units: dict[str, Unit] = {}
+
+    def add(u: Unit) -> str:
+        units.setdefault(u.name, u)
+        return u.name
+
+    pre = cfg["pretrain"]
+    if isinstance(pre["checkpoints"], int):
+        for c in range(pre["checkpoints"]):
+            add(Unit(f"pretrain-{c}", "pretrain", "pretrain", c, None, None, pre["lr"],
+                     derive_seed(seed, f"pretrain-{c}"), pre["epochs"]))
+    if cfg["scratch"]["enabled"]:
+        sc = cfg["scratch"]
+        add(Unit("scratch", "scratch", "scratch", 0, None, None, sc["lr"], derive_seed(seed, "scratch"), sc["epochs"]))
+
+    def finetune(c: int, s: int, method: str, member: int) -> str:
+        name = f"ft-{c}-{s}"
+        return add(Unit(name, "finetune", method, member, None, f"pretrain-{c}", ft["lr"],
+                        derive_seed(seed, name), ft["epochs"], {"checkpoint": c}))
+
+    base = finetune(0, 0, "finetune", 0)
+    members: dict[str, list[str]] = {}
+    for m in cfg.methods:
+        K, p = m.members, m.params
+        if m.type == "local_de":
+            members[m.name] = [finetune(0, s, m.name, s) for s in range(K)]
+        elif m.type == "global_de":
+            members[m.name] = [finetune(c, 0, m.name, c) for c in range(K)]
+        elif m.type in ("sse", "starsse"):
+            lr_c = ft["lr"] * p["lr_scale"]
+            names = [base]
+            for k in range(1, K):
+                parent = names[-1] if m.type == "sse" else base
+                names.append(add(Unit(f"{m.name}-{k}", m.type, m.name, k, k, parent, lr_c,
+                                      derive_seed(seed, f"{m.name}-{k}"), p["cycle_epochs"],
+                                      {"lr_scale": p["lr_scale"], "cycle_epochs": p["cycle_epochs"]})))
+            members[m.name] = names
+        elif m.type == "fge":
+            names = [base]
+            for k in range(1, K):
+                names.append(add(Unit(f"{m.name}-{k}", "fge", m.name, k, k, names[-1], ft["lr"] * p["lr1_scale"],
+                                      derive_seed(seed, f"{m.name}-{k}"), p["cycle_epochs"] * (0.5 if k == 1 else 1),
+                                      {"lr1": ft["lr"] * p["lr1_scale"], "lr2": ft["lr"] * p["lr2_scale"],
+                                       "cycle_epochs": p["cycle_epochs"], "segment": k})))
+            members[m.name] = names
+        elif m.type == "swa":
+            swa_lr = ft["lr"] * p["lr_scale"]
+            members[m.name] = [add(Unit(f"{m.name}-{k}", "swa", m.name, k, None, base, swa_lr,
+                                        derive_seed(seed, f"{m.name}-{k}"), p["epochs"],
+                                        {"lr_scale": p["lr_scale"], "anneal_epochs": p["anneal_epochs"]}))
+                               for k in range(K)]
+        else:  # pragma: no cover - validated in config
+            raise AssertionError(m.type)
+    order = {"pretrain": 0, "scratch": 1, "finetune": 2}
+    ordered = sorted(units.values(), key=lambda u: order.get(u.kind, 3))  # stable: methods keep config order
+    return Plan(ordered, members, base)
+
+
+# ----------------------------------------------------------------------------------------------
+# running one unit
+
+
+@dataclass
+class Context:
+    """What a unit needs to run: tasks, model factory, recipes, device, and how to find snapshots."""
+
+    cfg: StudyConfig
+    source: Task | None
+    target: Task
+    device: torch.device
+    get_snapshot: Callable[[str], Snapshot]
+    get_pretrained: Callable[[int], dict[str, torch.Tensor]]
+    hooks: Hooks
+    quiet: bool = True
+
+    def build(self, num_classes: int, seed: int) -> nn.Module:
+        m = self.cfg["model"]
+        return seeded_build(m["name"], num_classes, self.target.input_shape, m["width"], seed)
+
+
+def _generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(int(seed))
+
+
+def _bar(ctx: Context, unit: Unit, total: int) -> tqdm:
+    return tqdm(total=total, desc=f"  {unit.name} epochs", unit="ep", leave=False, disable=ctx.quiet,
+                dynamic_ncols=True)
+
+
+def start_model(ctx: Context, unit: Unit) -> nn.Module:
+    """The unit's starting point, on the device, in train mode."""
+    if unit.kind == "pretrain":
+        model = ctx.build(ctx.source.num_classes, unit.seed)
+    elif unit.kind == "scratch":
+        model = ctx.build(ctx.target.num_classes, unit.seed)
+    elif unit.kind == "finetune":
+        model = ctx.build(ctx.target.num_classes, unit.seed)
+        load_backbone(model, ctx.get_pretrained(unit.extra["checkpoint"]), f"pretrained checkpoint {unit.parent}")
+        new_head(model, ctx.target.num_classes, unit.seed)
+    else:
+        model = ctx.build(ctx.target.num_classes, unit.seed)
+        ctx.get_snapshot(unit.parent).load_into(model)  # weights AND BN buffers of the parent
+    return to_fast_layout(model.to(ctx.device), ctx.device).train()
+
+
+def run_unit(ctx: Context, unit: Unit) -> nn.Module:
+    """Train one unit from its starting point; returns the trained model (SWA: the averaged one)."""
+    model = start_model(ctx, unit)
+    g = _generator(unit.seed)
+    ft = ctx.cfg["finetune"]
+    if unit.kind == "pretrain":
+        pre = ctx.cfg["pretrain"]
+        opt = Optim(pre["lr"], pre["momentum"], pre["weight_decay"], pre["batch_size"])
+        return _cosine_run(ctx, unit, model, ctx.source, opt, int(unit.epochs), g)
+    recipe = Optim(unit.lr, ft["momentum"], ft["weight_decay"], ft["batch_size"])
+    if unit.kind in ("scratch", "finetune", "sse", "starsse"):
+        return _cosine_run(ctx, unit, model, ctx.target, recipe, int(unit.epochs), g)
+    if unit.kind == "fge":
+        return _fge_run(ctx, unit, model, recipe, g)
+    if unit.kind == "swa":
+        return _swa_run(ctx, unit, model, recipe, g)
+    raise AssertionError(unit.kind)
+
+
+def _cosine_run(ctx: Context, unit: Unit, model: nn.Module, task: Task, optim: Optim, epochs: int,
+                g: torch.Generator) -> nn.Module:
+    """lr(epoch t) = lr·½(1 + cos(π·t/epochs)): a fine-tuning, a pre-training or one SSE cycle."""
+    ipe = iterations_per_epoch(task.train_size(), optim.batch_size)
+    opt = optim.make(model)
+    if ctx.hooks.unit_start:
+        ctx.hooks.unit_start(unit, model, opt)
+    with _bar(ctx, unit, epochs) as bar:
+        train(model, task, opt, iterations=epochs * ipe, batch_size=optim.batch_size, generator=g,
+              device=ctx.device, per_iteration=lambda i: cosine_factor(i // ipe, epochs), hooks=ctx.hooks,
+              unit=unit, bar=bar, iters_per_epoch=ipe)
+    return model
+
+
+def _fge_run(ctx: Context, unit: Unit, model: nn.Module, optim: Optim, g: torch.Generator) -> nn.Module:
+    """One FGE segment: from the previous minimum (or the fine-tuned model) to the next minimum."""
+    ipe = iterations_per_epoch(ctx.target.train_size(), optim.batch_size)
+    c = fge_cycle_iterations(unit.extra["cycle_epochs"], ipe)
+    lr1, lr2 = unit.extra["lr1"], unit.extra["lr2"]
+    # Global iteration index of the segment's first step: the first segment starts the schedule,
+    # later ones start right after a minimum (iteration c/2 − 1 of a cycle).
+    offset = 0 if unit.extra["segment"] == 1 else c // 2
+    n = c // 2 if unit.extra["segment"] == 1 else c
+    opt = optim.make(model, lr=lr1)
+    if ctx.hooks.unit_start:
+        ctx.hooks.unit_start(unit, model, opt)
+    with _bar(ctx, unit, math.ceil(n / ipe)) as bar:
+        train(model, ctx.target, opt, iterations=n, batch_size=optim.batch_size, generator=g, device=ctx.device,
+              per_iteration=lambda i: fge_lr(offset + i, lr1, lr2, c) / lr1, hooks=ctx.hooks, unit=unit, bar=bar,
+              iters_per_epoch=ipe)
+    return model
+
+
+def _swa_run(ctx: Context, unit: Unit, model: nn.Module, optim: Optim, g: torch.Generator) -> nn.Module:
+    """SWA from the fine-tuned model with torch.optim.swa_utils: SWALR to the SWA lr, an average
+    of the weights at the end of every epoch, then update_bn."""
+    from torch.optim.swa_utils import SWALR, AveragedModel, update_bn
+
+    ipe = iterations_per_epoch(ctx.target.train_size(), optim.batch_size)
+    epochs = int(unit.epochs)
+    opt = optim.make(model, lr=unit.lr)
+    swa_model = AveragedModel(model)
+    sched = SWALR(opt, swa_lr=unit.lr, anneal_epochs=max(1, unit.extra["anneal_epochs"]), anneal_strategy="cos")
+    if ctx.hooks.unit_start:
+        ctx.hooks.unit_start(unit, model, opt)
+
+    def epoch_end(epoch: int) -> None:
+        swa_model.update_parameters(model)
+        sched.step()
+
+    with _bar(ctx, unit, epochs) as bar:
+        train(model, ctx.target, opt, iterations=epochs * ipe, batch_size=optim.batch_size, generator=g,
+              device=ctx.device, epoch_end=epoch_end, hooks=ctx.hooks, unit=unit, bar=bar, iters_per_epoch=ipe)
+    # BN statistics of the averaged weights: one more pass over the (augmented) training data, as
+    # in the SWA paper and torch's recipe; the pass draws its order from the same generator.
+    update_bn(swa_bn_loader(ctx.target, optim.batch_size, g, ctx.device), swa_model, ctx.device)
+    return swa_model.module
+
+
+def swa_bn_loader(task: Task, batch_size: int, g: torch.Generator, device: torch.device):
+    """The batches update_bn sees: one epoch of training batches (a generator: nothing held in memory)."""
+    return task.train_batches(batch_size, g, device)

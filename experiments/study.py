@@ -1,0 +1,342 @@
+"""Running a study: every stage writes into DIR/results.h5 as it finishes; a restart redoes nothing finished.
+
+Stages: pre-training (embedded data; checkpoints cached across studies), the from-scratch
+baseline, fine-tunings, the samplers' units, then the analysis and the report.
+
+DIR/results.h5
+    /                     attrs: study_fingerprint, study_name, study_config (JSON), schema_version, ...
+    /snapshots/UNIT       the unit's weights, buffers and metadata (method, member, cycle, lr, seed, parent, ...)
+    /predictions/UNIT     logits [N_test, C] (fp16) with test_acc / test_loss attributes
+    /labels/test          the test labels the predictions refer to
+    /ensembles/METHOD     ensemble metrics by size, member names, soup metrics
+    /curves/line-ft-0-0-UNIT, /barriers/METHOD, /surfaces/plane, /directions/plane   (analysis)
+
+A unit is finished when its predictions and its snapshot are both stored (written in that
+order, each atomically). Every unit is a pure function of its starting snapshot and its seed, so
+a resumed study ends with the same numbers as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from landscape.checkpoints import Snapshot
+from landscape.engine import resolve_device
+from landscape.errors import LandscapeError
+from landscape.store import Store, read_attrs, write_attrs
+
+from .config import StudyConfig, load_config
+from .data import FolderTask, Task, embedded_tasks
+from .models import check_fits, load_backbone, load_checkpoint_file, seeded_build
+from .samplers import Context, Plan, Unit, plan_study, run_unit
+from .training import Hooks, logits_metrics, predict
+
+RESULTS = "results.h5"
+
+
+@dataclass
+class Prepared:
+    """A validated study with its data loaded and its model checked against the data."""
+
+    cfg: StudyConfig
+    source: Task | None
+    target: Task
+    device: torch.device
+    plan: Plan
+    template: nn.Module  # a target-task model (architecture only)
+    pretrained_cache: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
+
+
+def prepare(cfg: StudyConfig, device: str | None = None) -> Prepared:
+    """Load the data, build the model and check they fit, before anything is written."""
+    dev = resolve_device(device or cfg["study"]["device"])
+    d, m = cfg["data"], cfg["model"]
+    if d["kind"] == "embedded":
+        source, target = embedded_tasks(cfg.embedded, d["augment_shift"])
+    else:
+        source, target = None, FolderTask(d["kind"], d["root"], d["image_size"], d["num_workers"])
+    what = f"model {m['name']!r}"
+    try:
+        template = seeded_build(m["name"], target.num_classes, target.input_shape, m["width"], 0)
+    except LandscapeError as exc:
+        raise LandscapeError(f"config {cfg.source}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001
+        raise LandscapeError(f"config {cfg.source}: {what} cannot be built: {str(exc).splitlines()[0]}") from None
+    try:
+        check_fits(template, target.sample_input(), target.num_classes, what)
+        if source is not None:
+            src_model = seeded_build(m["name"], source.num_classes, source.input_shape, m["width"], 0)
+            check_fits(src_model, source.sample_input(), source.num_classes, what)
+        else:
+            for path in cfg["pretrain"]["checkpoints"]:
+                load_backbone(seeded_build(m["name"], target.num_classes, target.input_shape, m["width"], 0),
+                              load_checkpoint_file(path), path)
+    except LandscapeError as exc:
+        raise LandscapeError(f"config {cfg.source}: {exc}") from None
+    return Prepared(cfg, source, target, dev, plan_study(cfg), template)
+
+
+# ----------------------------------------------------------------------------------------------
+# the output folder
+
+
+def check_output(out: str, cfg: StudyConfig) -> str:
+    """The results file of `out`; refuses a folder that holds another study or other files."""
+    out = os.path.abspath(os.path.expanduser(out))
+    path = os.path.join(out, RESULTS)
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise LandscapeError(f"output {out!r} exists and is not a folder")
+    if os.path.isfile(path):
+        with Store(path, mode="r") as store:
+            attrs = read_attrs(store.file)
+        fp = attrs.get("study_fingerprint")
+        if fp is None:
+            raise LandscapeError(f"output folder {out!r} holds a results.h5 that is not a study's; "
+                                 "choose another --out")
+        if fp != cfg.fingerprint():
+            raise LandscapeError(f"output folder {out!r} holds a different study ({attrs.get('study_name')!r} from "
+                                 f"{attrs.get('study_source')!r}); choose another --out or delete that folder")
+    elif os.path.isdir(out) and os.listdir(out):
+        raise LandscapeError(f"output folder {out!r} is not empty and holds no study (no {RESULTS}); "
+                             "choose another --out")
+    return path
+
+
+def _init_store(store: Store, cfg: StudyConfig) -> None:
+    if "study_fingerprint" not in store.file.attrs:
+        write_attrs(store.file, {"study_fingerprint": cfg.fingerprint(), "study_name": cfg.name,
+                                 "study_source": cfg.source, "study_config": cfg.to_json()})
+        store.flush()
+
+
+def unit_done(store: Store, unit: Unit) -> bool:
+    if not store.has("snapshots", unit.name):
+        return False
+    return unit.kind == "pretrain" or f"predictions/{unit.name}" in store.file
+
+
+def write_predictions(store: Store, name: str, logits: torch.Tensor, metrics: Mapping[str, float]) -> None:
+    """Logits (fp16) and metrics of one unit, written under a temporary name and renamed."""
+    grp = store.file.require_group("predictions")
+    tmp = f".tmp-{name}-{os.getpid()}"
+    if tmp in grp:
+        del grp[tmp]
+    g = grp.create_group(tmp)
+    g.create_dataset("logits", data=logits.to(torch.float16).numpy())
+    write_attrs(g, dict(metrics))
+    store.flush()
+    if name in grp:
+        del grp[name]
+    grp.move(tmp, name)
+    store.flush()
+
+
+def read_logits(store: Store, name: str) -> torch.Tensor:
+    return torch.from_numpy(store.file[f"predictions/{name}/logits"][()])
+
+
+def _write_labels(store: Store, labels: torch.Tensor) -> None:
+    grp = store.file.require_group("labels")
+    if "test" in grp:
+        if not np.array_equal(grp["test"][()], labels.numpy()):
+            raise LandscapeError(f"store {store.path!r}: the test labels changed since the study started")
+        return
+    grp.create_dataset("test", data=labels.numpy())
+    store.flush()
+
+
+# ----------------------------------------------------------------------------------------------
+# pre-trained checkpoints: cached across studies
+
+
+def cache_dir() -> str:
+    return os.environ.get("LANDSCAPE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "landscape")
+
+
+def _cache_key(cfg: StudyConfig, unit: Unit) -> str:
+    pre = {k: v for k, v in cfg["pretrain"].items() if k not in ("cache", "checkpoints")}
+    d = {"data": cfg["data"], "model": cfg["model"], "pretrain": pre, "unit": unit.name, "seed": unit.seed,
+         "torch": torch.__version__, "version": 1}
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def _cache_paths(cfg: StudyConfig, unit: Unit) -> tuple[str, str]:
+    base = os.path.join(cache_dir(), "pretrained", _cache_key(cfg, unit))
+    return base + ".pt", base + ".json"
+
+
+# ----------------------------------------------------------------------------------------------
+# running
+
+
+class Runner:
+    """Trains the units of a prepared study into an open store."""
+
+    def __init__(self, prep: Prepared, store: Store, hooks: Hooks, quiet: bool, use_cache: bool) -> None:
+        self.prep, self.store, self.hooks, self.quiet = prep, store, hooks, quiet
+        self.use_cache = use_cache and prep.cfg["data"]["kind"] == "embedded" and prep.cfg["pretrain"].get("cache", False)
+        self.timings: dict[str, float] = {}
+        self.trained: list[str] = []
+        self.ctx = Context(prep.cfg, prep.source, prep.target, prep.device, self.snapshot, self.pretrained,
+                           hooks, quiet)
+        self._snapshots: dict[str, Snapshot] = {}
+
+    SNAPSHOT_CACHE = 16  # snapshots kept in memory (a ResNet-50 snapshot is ~100 MB)
+
+    def snapshot(self, name: str) -> Snapshot:
+        if name not in self._snapshots:
+            self._remember(name, self.store.read_snapshot(name))
+        return self._snapshots[name]
+
+    def _remember(self, name: str, snap: Snapshot) -> None:
+        self._snapshots.pop(name, None)
+        self._snapshots[name] = snap
+        while len(self._snapshots) > self.SNAPSHOT_CACHE:
+            self._snapshots.pop(next(iter(self._snapshots)))
+
+    def pretrained(self, c: int) -> dict[str, torch.Tensor]:
+        cache = self.prep.pretrained_cache
+        if c not in cache:
+            cfg = self.prep.cfg
+            if cfg["data"]["kind"] == "embedded":
+                snap = self.snapshot(f"pretrain-{c}")
+                m = cfg["model"]
+                model = seeded_build(m["name"], self.prep.source.num_classes, self.prep.source.input_shape, m["width"], 0)
+                snap.load_into(model)
+                cache[c] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            else:
+                cache[c] = load_checkpoint_file(cfg["pretrain"]["checkpoints"][c])
+        return cache[c]
+
+    def run(self) -> None:
+        units = self.prep.plan.units
+        todo = [u for u in units if not unit_done(self.store, u)]
+        self._run(units, todo)
+
+    def _run(self, units: list[Unit], todo: list[Unit]) -> None:
+        with tqdm(total=len(units), initial=len(units) - len(todo), desc="study", unit="run", disable=self.quiet,
+                  dynamic_ncols=True) as bar:
+            for u in todo:
+                bar.set_description(f"{u.kind}: {u.name} (member {u.member})")
+                self.run_one(u)
+                bar.update(1)
+
+    def run_one(self, unit: Unit) -> None:
+        t0 = time.perf_counter()
+        cached = False
+        if unit.kind == "pretrain" and self.use_cache:
+            model, cached = self._from_cache(unit), True
+            if model is None:
+                model, cached = run_unit(self.ctx, unit), False
+        else:
+            model = run_unit(self.ctx, unit)
+        seconds = time.perf_counter() - t0
+        self.timings[unit.name] = seconds
+        model = model.cpu().eval()
+        snap = Snapshot.from_model(model, unit.name, **unit.meta())
+        if unit.kind == "pretrain":
+            acc = logits_metrics(predict(model.to(self.prep.device), self.prep.source, self.prep.device,
+                                         self.prep.cfg["study"]["eval_batch_size"]),
+                                 self.prep.source.test_labels())["test_acc"]
+            snap.meta["source_test_acc"] = acc
+            if self.use_cache and not cached:
+                self._to_cache(unit, model, acc)
+        else:
+            logits = predict(model.to(self.prep.device), self.prep.target, self.prep.device,
+                             self.prep.cfg["study"]["eval_batch_size"])
+            metrics = logits_metrics(logits, self.prep.target.test_labels())
+            snap.meta.update(metrics)
+            write_predictions(self.store, unit.name, logits, metrics)
+        self.store.write_snapshot(snap, unit.name, overwrite=True,
+                                  attrs={"train_seconds": seconds, "from_cache": cached})
+        self._remember(unit.name, snap)
+        if not cached:
+            self.trained.append(unit.name)
+        if self.hooks.unit_done:
+            self.hooks.unit_done(unit.name)
+
+    def _from_cache(self, unit: Unit) -> nn.Module | None:
+        pt, meta = _cache_paths(self.prep.cfg, unit)
+        if not os.path.isfile(pt):
+            return None
+        try:
+            from landscape.checkpoints import apply_state_dict, read_state_dict
+
+            m = self.prep.cfg["model"]
+            model = seeded_build(m["name"], self.prep.source.num_classes, self.prep.source.input_shape, m["width"], 0)
+            apply_state_dict(model, read_state_dict(pt), pt)
+            return model
+        except LandscapeError:
+            return None  # a damaged cache entry: train again
+
+    def _to_cache(self, unit: Unit, model: nn.Module, acc: float) -> None:
+        pt, meta = _cache_paths(self.prep.cfg, unit)
+        try:
+            os.makedirs(os.path.dirname(pt), exist_ok=True)
+            tmp = f"{pt}.tmp-{os.getpid()}"
+            torch.save(model.state_dict(), tmp)
+            os.replace(tmp, pt)
+            with open(meta, "w") as f:
+                json.dump({"unit": unit.meta(), "source_test_acc": acc}, f)
+        except OSError:
+            pass  # the cache is an optimisation only
+
+
+def run_study(config: str | StudyConfig | Mapping[str, Any], out: str, *, device: str | None = None,
+              quiet: bool = False, hooks: Hooks | None = None, overrides: list[str] = (),
+              use_cache: bool = True, analyze: bool = True) -> dict[str, Any]:
+    """Run (or resume) a study into the folder `out`; returns the summary (also in out/summary.json).
+
+    `study.threads` (config) sets torch's CPU threads for the run: the shipped demos use 1, which
+    is as fast as 2 for these small models and far more robust when other processes share the CPU.
+    """
+    cfg = config if isinstance(config, StudyConfig) else load_config(config, overrides)
+    path = check_output(out, cfg)  # refuse before anything is loaded or written
+    threads, before = cfg["study"]["threads"], torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return _run_study(cfg, path, device, quiet, hooks, use_cache, analyze)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run_study(cfg: StudyConfig, path: str, device: str | None, quiet: bool, hooks: Hooks | None, use_cache: bool,
+               analyze: bool) -> dict[str, Any]:
+    from .analysis import analyze_study
+    from .report import write_report
+
+    t0 = time.perf_counter()
+    prep = prepare(cfg, device)
+    t_prep = time.perf_counter() - t0
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with Store(path, mode="a") as store:
+        _init_store(store, cfg)
+        _write_labels(store, prep.target.test_labels())
+        runner = Runner(prep, store, hooks or Hooks(), quiet, use_cache)
+        t1 = time.perf_counter()
+        runner.run()
+        t_train = time.perf_counter() - t1
+        if not analyze:
+            return {"trained": runner.trained, "out": os.path.dirname(path)}
+        t2 = time.perf_counter()
+        results = analyze_study(prep, store, runner, quiet)
+        t_analysis = time.perf_counter() - t2
+    results["timings"] = {"prepare_s": t_prep, "train_s": t_train, "analysis_s": t_analysis,
+                          "trained_units": runner.trained, "unit_seconds": runner.timings}
+    t3 = time.perf_counter()
+    summary = write_report(prep, results, os.path.dirname(path))
+    summary["timings"]["report_s"] = time.perf_counter() - t3
+    summary["timings"]["total_s"] = time.perf_counter() - t0
+    with open(os.path.join(os.path.dirname(path), "summary.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    return summary

@@ -1,0 +1,233 @@
+"""Schedules, the samplers' starting points, the optimizer reset and SWA, on the tiny study.
+
+One tiny study (experiments/configs/tiny.toml, training only) is run once for the module with
+hooks that record every unit's starting point, optimizer and learning rates.
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+from experiments.config import load_config
+from experiments.samplers import Context, plan_study, run_unit, start_model
+from experiments.study import RESULTS, prepare, run_study
+from experiments.training import (Hooks, cosine_factor, cosine_lr, fge_cycle_iterations, fge_lr,
+                                  iterations_per_epoch)
+from landscape.params import get_buffers, parameters_to_vector
+from landscape.store import Store
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """The tiny study trained once, with a record of what every unit started from and did."""
+    out = tmp_path_factory.mktemp("tiny-samplers")
+    rec = {"start": {}, "first_step": {}, "second_step": {}, "lrs": {}, "optimizers": {}}
+
+    def unit_start(unit, model, optimizer):
+        rec["start"][unit.name] = (parameters_to_vector(model).clone(), get_buffers(model))
+        rec["optimizers"][unit.name] = optimizer  # kept alive: identities stay unique
+        rec["lrs"][unit.name] = []
+
+    def step(unit, i, lr, model, optimizer):
+        rec["lrs"][unit.name].append(lr)
+        if i == 0:
+            rec["first_step"][unit.name] = len(optimizer.state)
+        if i == 1:
+            rec["second_step"][unit.name] = sum("momentum_buffer" in s for s in optimizer.state.values())
+
+    cfg = load_config("tiny")
+    run_study(cfg, str(out), quiet=True, hooks=Hooks(unit_start=unit_start, step=step), use_cache=False,
+              analyze=False)
+    store = Store(str(out / RESULTS), "r")
+    yield cfg, plan_study(cfg), store, rec
+    store.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# pure schedule functions
+
+
+def test_cosine_schedule_values():
+    f = cosine_lr(0.02, 4)
+    assert [f(t) for t in range(4)] == [0.02, 0.02 * 0.5 * (1 + math.cos(math.pi / 4)), 0.01,
+                                        0.02 * 0.5 * (1 + math.cos(3 * math.pi / 4))]
+    assert cosine_factor(0, 7) == 1.0 and cosine_factor(7, 7) == 0.0
+
+
+def test_fge_schedule_values():
+    lr1, lr2, c = 0.05, 0.0005, 8
+    # t(i) = ((i mod c) + 1)/c; lr1 -> lr2 over the first half of a cycle, back over the second
+    assert fge_lr(3, lr1, lr2, c) == pytest.approx(lr2, abs=1e-15)  # t = 1/2: the minimum
+    assert fge_lr(7, lr1, lr2, c) == pytest.approx(lr1, abs=1e-15)  # t = 1: back at the maximum
+    assert fge_lr(0, lr1, lr2, c) == pytest.approx((1 - 2 / 8) * lr1 + (2 / 8) * lr2, abs=1e-15)
+    assert fge_lr(5, lr1, lr2, c) == pytest.approx((2 - 1.5) * lr2 + (1.5 - 1) * lr1, abs=1e-15)
+    assert fge_lr(11, lr1, lr2, c) == fge_lr(3, lr1, lr2, c)
+    assert fge_cycle_iterations(2.0, 3) == 6 and fge_cycle_iterations(1.5, 3) == 4  # even, minimum in the middle
+
+
+# ---------------------------------------------------------------------------------------------
+# schedules as run
+
+
+def _ipe(cfg, n_train):
+    return iterations_per_epoch(n_train, cfg["finetune"]["batch_size"])
+
+
+def test_finetune_and_cycle_lrs_exact(tiny):
+    cfg, plan, store, rec = tiny
+    n = cfg["data"]["target_classes"] * cfg["data"]["target_train_per_class"]
+    ipe = _ipe(cfg, n)
+    eta, E = cfg["finetune"]["lr"], cfg["finetune"]["epochs"]
+    lrs = rec["lrs"]["ft-0-0"]
+    assert lrs == [eta * 0.5 * (1 + math.cos(math.pi * (i // ipe) / E)) for i in range(E * ipe)]
+    for m in cfg.methods:
+        if m.type not in ("sse", "starsse"):
+            continue
+        eta_c, C = eta * m.params["lr_scale"], m.params["cycle_epochs"]
+        for name in plan.members[m.name][1:]:
+            want = [eta_c * 0.5 * (1 + math.cos(math.pi * (i // ipe) / C)) for i in range(C * ipe)]
+            assert rec["lrs"][name] == want, name  # restarts abruptly at eta_c every cycle
+            assert rec["lrs"][name][0] == eta_c
+
+
+def test_fge_lrs_as_run(tiny):
+    cfg, plan, store, rec = tiny
+    n = cfg["data"]["target_classes"] * cfg["data"]["target_train_per_class"]
+    ipe = _ipe(cfg, n)
+    m = cfg.method("fge")
+    c = fge_cycle_iterations(m.params["cycle_epochs"], ipe)
+    lr1, lr2 = cfg["finetune"]["lr"] * m.params["lr1_scale"], cfg["finetune"]["lr"] * m.params["lr2_scale"]
+    names = plan.members["fge"][1:]
+    got = [lr for name in names for lr in rec["lrs"][name]]
+    assert got == pytest.approx([fge_lr(i, lr1, lr2, c) for i in range(len(got))], rel=1e-12, abs=1e-15)
+    for name in names:  # every FGE snapshot is taken right after the step at the minimum lr2
+        assert rec["lrs"][name][-1] == pytest.approx(lr2, rel=1e-12)
+    assert len(rec["lrs"][names[0]]) == c // 2 and all(len(rec["lrs"][x]) == c for x in names[1:])
+
+
+# ---------------------------------------------------------------------------------------------
+# starting points and the optimizer reset
+
+
+def test_starsse_cycles_start_from_finetuned_weights_and_buffers(tiny):
+    cfg, plan, store, rec = tiny
+    ft = store.read_snapshot(plan.finetuned)
+    for m in cfg.methods:
+        if m.type != "starsse":
+            continue
+        for name in plan.members[m.name][1:]:
+            params, buffers = rec["start"][name]
+            assert torch.equal(params, ft.params), name
+            assert set(buffers) == set(ft.buffers)
+            for k, v in buffers.items():
+                assert torch.equal(v, ft.buffers[k]), (name, k)
+        # ...and they are genuinely different members afterwards
+        ends = [store.read_snapshot(n).params for n in plan.members[m.name][1:]]
+        assert not torch.equal(ends[0], ends[1])
+
+
+def test_sse_cycles_start_where_the_previous_ended(tiny):
+    cfg, plan, store, rec = tiny
+    for m in cfg.methods:
+        if m.type != "sse":
+            continue
+        names = plan.members[m.name]
+        for prev, name in zip(names, names[1:]):
+            before = store.read_snapshot(prev)
+            params, buffers = rec["start"][name]
+            assert torch.equal(params, before.params)
+            assert all(torch.equal(buffers[k], before.buffers[k]) for k in buffers)
+
+
+def test_optimizer_state_cleared_at_every_snapshot(tiny):
+    cfg, plan, store, rec = tiny
+    trained = [u.name for u in plan.units if u.name in rec["start"]]
+    assert len(trained) == len(plan.units)
+    for name in trained:
+        assert rec["first_step"][name] == 0, f"{name} started with momentum state"
+        assert rec["second_step"][name] > 0, f"{name} never used momentum"
+    assert len({id(o) for o in rec["optimizers"].values()}) == len(trained)  # a fresh optimizer for every unit
+
+
+def test_snapshot_metadata(tiny):
+    cfg, plan, store, rec = tiny
+    for u in plan.units:
+        meta = store.read_snapshot(u.name).meta
+        for key in ("method", "member", "cycle", "lr", "seed", "parent", "kind"):
+            assert key in meta, (u.name, key)
+        assert meta["seed"] == u.seed and meta["parent"] == u.parent and meta["lr"] == u.lr
+    star = store.read_snapshot("starsse_large-2").meta
+    assert star["method"] == "starsse_large" and star["member"] == 2 and star["cycle"] == 2
+    assert star["parent"] == "ft-0-0" and star["lr"] == pytest.approx(8 * cfg["finetune"]["lr"])
+    assert store.read_snapshot("sse_large-2").meta["parent"] == "sse_large-1"
+    assert store.read_snapshot("ft-2-0").meta["parent"] == "pretrain-2"
+    seeds = [store.read_snapshot(n).meta["seed"] for n in plan.members["local_de"]]
+    assert len(set(seeds)) == len(seeds)
+
+
+# ---------------------------------------------------------------------------------------------
+# SWA against torch.optim.swa_utils
+
+
+@pytest.fixture
+def study_threads(tiny):
+    """Reruns use the study's thread count (CPU results depend on it at the last bit)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(tiny[0]["study"]["threads"] or before)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_swa_matches_swa_utils(tiny, study_threads):
+    from torch.optim.swa_utils import SWALR, AveragedModel, update_bn
+
+    cfg, plan, store, rec = tiny
+    prep = prepare(cfg, "cpu")
+    ctx = Context(cfg, prep.source, prep.target, prep.device, store.read_snapshot, lambda c: None, Hooks(), True)
+    unit = plan.unit("swa-1")
+    ours = run_unit(ctx, unit)
+
+    # The reference: the loop written out with swa_utils, on the same batches (same seed).
+    ft = cfg["finetune"]
+    model = start_model(ctx, unit)
+    g = torch.Generator().manual_seed(unit.seed)
+    opt = torch.optim.SGD(model.parameters(), lr=unit.lr, momentum=ft["momentum"], weight_decay=ft["weight_decay"])
+    swa = AveragedModel(model)
+    sched = SWALR(opt, swa_lr=unit.lr, anneal_epochs=max(1, unit.extra["anneal_epochs"]), anneal_strategy="cos")
+    per_epoch = []
+    for _ in range(int(unit.epochs)):
+        for x, y in prep.target.train_batches(ft["batch_size"], g, prep.device):
+            x = x.contiguous(memory_format=torch.channels_last)
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        swa.update_parameters(model)
+        per_epoch.append(parameters_to_vector(model).clone())
+        sched.step()
+    update_bn(prep.target.train_batches(ft["batch_size"], g, prep.device), swa)
+
+    got, want = parameters_to_vector(ours), parameters_to_vector(swa.module)
+    assert torch.equal(got, want)
+    torch.testing.assert_close(got, torch.stack(per_epoch).mean(0), rtol=1e-6, atol=1e-7)
+    ours_b, want_b = get_buffers(ours), get_buffers(swa.module)
+    for k in want_b:
+        assert torch.equal(ours_b[k], want_b[k]), k
+    # update_bn really ran: the averaged model's statistics are not the fine-tuned model's
+    ft_snap = store.read_snapshot(plan.finetuned)
+    bn_mean = next(k for k in want_b if k.endswith("running_mean"))
+    assert not torch.equal(ours_b[bn_mean], ft_snap.buffers[bn_mean])
+    # and the stored member is this model
+    assert torch.equal(store.read_snapshot("swa-1").params, got)
+
+
+def test_runs_are_deterministic_from_their_start(tiny, study_threads):
+    """The basis of exact resume: a unit rerun from its stored parent gives the same weights."""
+    cfg, plan, store, rec = tiny
+    prep = prepare(cfg, "cpu")
+    ctx = Context(cfg, prep.source, prep.target, prep.device, store.read_snapshot, lambda c: None, Hooks(), True)
+    model = run_unit(ctx, copy.deepcopy(plan.unit("starsse_small-1")))
+    assert torch.equal(parameters_to_vector(model), store.read_snapshot("starsse_small-1").params)

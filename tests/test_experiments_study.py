@@ -1,0 +1,146 @@
+"""The tiny study end to end through the CLI, and resume after an interruption."""
+from __future__ import annotations
+
+import json
+import os
+
+import h5py
+import numpy as np
+import pytest
+
+from experiments.config import load_config
+from experiments.samplers import plan_study
+from experiments.study import RESULTS, run_study
+from experiments.training import Hooks
+from landscape.cli import main
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _private_cache(tmp_path_factory):
+    """Pre-trained checkpoints are cached per user: the tests use a cache of their own."""
+    old = os.environ.get("LANDSCAPE_CACHE")
+    os.environ["LANDSCAPE_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if old is None:
+        os.environ.pop("LANDSCAPE_CACHE", None)
+    else:
+        os.environ["LANDSCAPE_CACHE"] = old
+
+
+@pytest.fixture(scope="module")
+def e2e(tmp_path_factory):
+    """`landscape run tiny --out DIR --quiet --json`, uninterrupted: (exit code, stdout, stderr, DIR)."""
+    import contextlib
+    import io
+
+    out = tmp_path_factory.mktemp("e2e") / "study"
+    buf, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(err):
+        rc = main(["run", "tiny", "--out", str(out), "--quiet", "--json", "--no-cache"])
+    return rc, buf.getvalue(), err.getvalue(), out
+
+
+def _numbers(summary: dict) -> dict:
+    """Everything in a summary but the timings."""
+    return {k: v for k, v in summary.items() if k != "timings"}
+
+
+def test_end_to_end_outputs(e2e):
+    rc, stdout, stderr, out = e2e
+    assert rc == 0, stderr
+    summary = json.loads(stdout)
+    cfg = load_config("tiny")
+    K = cfg.members
+    for name in ("results.h5", "report.md", "summary.json"):
+        assert (out / name).is_file()
+    for fig in ("ensemble_by_size.png", "barrier_vs_cycle_lr.png", "plane.png"):
+        assert (out / "figures" / fig).stat().st_size > 1000
+    assert json.loads((out / "summary.json").read_text())["methods"].keys() == summary["methods"].keys()
+    assert set(summary["methods"]) == {m.name for m in cfg.methods}
+    for name, m in summary["methods"].items():
+        assert len(m["ensemble_acc"]) == len(m["ensemble_nll"]) == len(m["member_acc"]) == K
+        assert all(0 <= a <= 1 for a in m["ensemble_acc"] + m["member_acc"])
+        assert len(m["barrier_to_finetuned"]["test_loss"]) == K
+        assert m["mean_pairwise_barrier"]["test_loss"] >= 0
+        assert 0 <= m["soup_acc"] <= 1
+    # the ensemble of size 1 is the first member; members' own accuracy agrees with the stored predictions
+    with h5py.File(out / RESULTS, "r") as f:
+        y = f["labels/test"][()]
+        for name, m in summary["methods"].items():
+            first = f[f"predictions/{m['members'][0]}/logits"][()].astype(np.float32)
+            assert m["ensemble_acc"][0] == pytest.approx(float((first.argmax(1) == y).mean()))
+        assert f.attrs["study_fingerprint"] == cfg.fingerprint()
+        assert "plane" in f["surfaces"] and f["surfaces/plane/done"][()].all()
+        assert set(f["ensembles"].keys()) == set(summary["methods"])
+    assert summary["methods"]["local_de"]["barrier_to_finetuned"]["test_loss"][0] == 0.0
+    assert summary["transfer"]["scratch_acc"] is not None
+    report = (out / "report.md").read_text()
+    assert "## Findings" in report and "%" in report
+    for f in summary["findings"]:
+        assert f["verdict"] in ("holds", "does not hold", "mixed")
+        assert f["text"] in report
+    assert any(f["id"] == "basins" for f in summary["findings"])
+    assert len(summary["plane"]["projections"]) == len({n for m in summary["methods"].values() for n in m["members"]})
+
+
+def test_rerun_of_a_finished_study_trains_nothing(e2e):
+    rc, stdout, _, out = e2e
+    started = []
+    summary = run_study("tiny", str(out), quiet=True, hooks=Hooks(unit_start=lambda u, *a: started.append(u.name)),
+                        use_cache=False)
+    assert started == [] and summary["timings"]["trained_units"] == []
+    assert _numbers(summary) == _numbers(json.loads(stdout))
+
+
+def test_resume_after_interruption_redoes_no_finished_member(e2e, tmp_path):
+    rc, stdout, _, _ = e2e
+    out = tmp_path / "interrupted"
+    plan = plan_study(load_config("tiny"))
+    all_units = [u.name for u in plan.units]
+    done_first: list[str] = []
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_after(n):
+        def hook(name):
+            done_first.append(name)
+            if len(done_first) == n:
+                raise Interrupt
+        return hook
+
+    n = 9  # in the middle of the fine-tunings: pre-training, scratch, and some members finished
+    with pytest.raises(Interrupt):
+        run_study("tiny", str(out), quiet=True, hooks=Hooks(unit_done=stop_after(n)), use_cache=False)
+    assert len(done_first) == n
+    assert not (out / "summary.json").exists()
+
+    started, finished = [], []
+    summary = run_study("tiny", str(out), quiet=True, use_cache=False,
+                        hooks=Hooks(unit_start=lambda u, *a: started.append(u.name), unit_done=finished.append))
+    assert not set(started) & set(done_first), "a finished unit was trained again"
+    assert sorted(finished) == sorted(set(all_units) - set(done_first))
+    assert sorted(done_first + finished) == sorted(all_units)
+    # ...and the study ends with the numbers of an uninterrupted run
+    assert _numbers(summary) == _numbers(json.loads(stdout))
+
+
+def test_interrupted_analysis_resumes(e2e, tmp_path):
+    """A kill during the analysis: rerunning fills the missing grid points only, same numbers."""
+    rc, stdout, _, src = e2e
+    out = tmp_path / "analysis"
+    out.mkdir()
+    with h5py.File(src / RESULTS, "r") as f_in, h5py.File(out / RESULTS, "w") as f_out:
+        for k, v in f_in.attrs.items():
+            f_out.attrs[k] = v
+        for key in f_in:
+            f_in.copy(key, f_out)
+        # forget half of one barrier grid and the whole plane, as if killed mid-analysis
+        done = f_out["barriers/local_de/done"]
+        d = done[()]
+        d.reshape(-1)[::2] = False
+        done[...] = d
+        del f_out["surfaces/plane"]
+    summary = run_study("tiny", str(out), quiet=True, use_cache=False)
+    assert summary["timings"]["trained_units"] == []
+    assert _numbers(summary) == _numbers(json.loads(stdout))
