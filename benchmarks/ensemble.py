@@ -2,7 +2,7 @@
 
     python benchmarks/ensemble.py [--device cpu|cuda] [--repeats R] [--M 20 --N 10000 --C 100]
 
-(a) fused: ``kernels.ensemble_metrics.ensemble_metrics`` for all sizes 1..M;
+(a) fused: ``kernels.ensemble_metrics`` for all sizes 1..M;
 (b) plain: for each m, re-average the softmax probabilities of the first m members and compute
     the metrics;
 (c) floor: one ``torch.logsumexp(logits, -1)`` pass over the same logits.
@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from kernels.ensemble_metrics import ensemble_metrics  # noqa: E402
+from kernels.ensemble import ensemble_metrics  # noqa: E402
 
 
 def plain_metrics(logits: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> list[dict[str, float]]:

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from kernels import ensemble_metrics
 from landscape.api import snapshot_fingerprint
 from landscape.bn import recompute_bn
 from landscape.checkpoints import Snapshot
@@ -31,16 +32,10 @@ from landscape.grid import line_alphas
 from landscape.lines import compute_barrier_matrix, compute_line, curve_barriers
 from landscape.planes import compute_plane
 from landscape.params import set_buffers, vector_to_model
-from landscape.store import Store, write_attrs
+from landscape.store import Store
 
 from .models import backbone_vector, load_backbone, seeded_build
 from .training import logits_metrics, predict
-
-
-def _ensemble_metrics(logits: torch.Tensor, labels: torch.Tensor, n_bins: int):
-    from kernels.ensemble_metrics import ensemble_metrics
-
-    return ensemble_metrics(logits, labels, n_bins=n_bins)
 
 
 def _root_checkpoint(runner, name: str) -> int | None:
@@ -55,15 +50,6 @@ def _root_checkpoint(runner, name: str) -> int | None:
             return None
         name, seen = u.parent, seen + 1
     return None
-
-
-def _write_group(store: Store, kind: str, name: str, arrays: dict[str, Any], attrs: dict[str, Any]) -> None:
-    def fill(g):
-        for k, v in arrays.items():
-            g.create_dataset(k, data=np.asarray(v))
-        write_attrs(g, attrs)
-
-    store._write_atomically(kind, name, fill)  # noqa: SLF001 - the store's own atomic writer
 
 
 def analyze_study(prep, store: Store, runner, quiet: bool = True) -> dict[str, Any]:
@@ -84,7 +70,7 @@ def analyze_study(prep, store: Store, runner, quiet: bool = True) -> dict[str, A
     single_metrics = {}
     for n in singles:
         lg = logits_of(n).float()
-        r = _ensemble_metrics(lg.unsqueeze(0), labels, an["ece_bins"])
+        r = ensemble_metrics(lg.unsqueeze(0), labels, an["ece_bins"])
         single_metrics[n] = {"test_acc": float(r.acc[0]), "test_nll": float(r.nll[0]), "ece": float(r.ece[0])}
     out["finetuned"] = {"name": ft_name, **single_metrics[ft_name]}
     if "scratch" in single_metrics:
@@ -98,7 +84,7 @@ def analyze_study(prep, store: Store, runner, quiet: bool = True) -> dict[str, A
     for m in cfg.methods:
         names = plan.members[m.name]
         lg = torch.stack([logits_of(n) for n in names]).float()
-        r = _ensemble_metrics(lg, labels, an["ece_bins"])
+        r = ensemble_metrics(lg, labels, an["ece_bins"])
         res = {"type": m.type, "members": names, "params": m.params,
                "ensemble_acc": r.acc.tolist(), "ensemble_nll": r.nll.tolist(), "ensemble_ece": r.ece.tolist(),
                "ensemble_brier": r.brier.tolist(), "member_acc": r.member_acc.tolist(),
@@ -213,7 +199,7 @@ def analyze_study(prep, store: Store, runner, quiet: bool = True) -> dict[str, A
                                      "member_acc", "member_nll")}
         arrays = {k.removeprefix("ensemble_"): v for k, v in arrays.items()}  # acc, nll, ece, brier by size
         arrays["members"] = np.array(res["members"], dtype="S")
-        _write_group(store, "ensembles", m.name, arrays,
+        store.write_group("ensembles", m.name, arrays,
                      {"method": m.name, "type": m.type, "soup_acc": res["soup_acc"], "soup_nll": res["soup_nll"],
                       "params": m.params})
 

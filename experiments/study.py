@@ -126,18 +126,7 @@ def unit_done(store: Store, unit: Unit) -> bool:
 
 def write_predictions(store: Store, name: str, logits: torch.Tensor, metrics: Mapping[str, float]) -> None:
     """Logits (fp16) and metrics of one unit, written under a temporary name and renamed."""
-    grp = store.file.require_group("predictions")
-    tmp = f".tmp-{name}-{os.getpid()}"
-    if tmp in grp:
-        del grp[tmp]
-    g = grp.create_group(tmp)
-    g.create_dataset("logits", data=logits.to(torch.float16).numpy())
-    write_attrs(g, dict(metrics))
-    store.flush()
-    if name in grp:
-        del grp[name]
-    grp.move(tmp, name)
-    store.flush()
+    store.write_group("predictions", name, {"logits": logits.to(torch.float16).numpy()}, dict(metrics))
 
 
 def read_logits(store: Store, name: str) -> torch.Tensor:

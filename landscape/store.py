@@ -8,7 +8,9 @@ Layout
     /surfaces/NAME          xcoordinates, ycoordinates, <metric> [len(x), len(y)], done,
                             projections/ (names, coords, distances)
     /barriers/NAME          names, alphas, curve_<metric> [n, n, len(alphas)], <metric>_barrier [n, n], done
-    /ensembles/NAME         per-size metric arrays
+    /ensembles/NAME         per-size metric arrays (and kept member predictions)
+    /predictions/NAME       a study's per-snapshot test logits (fp16) with metrics as attributes
+    /labels/NAME            the labels those predictions refer to
 
 Crash safety: grids are pre-allocated contiguous datasets; each finished chunk writes its
 values, then its `done` flags, then flushes, so a kill leaves a readable file whose `done`
@@ -33,7 +35,7 @@ from .errors import LandscapeError
 from .params import ParamLayout
 
 SCHEMA_VERSION = 1
-KINDS = ("snapshots", "directions", "curves", "surfaces", "barriers", "ensembles")
+KINDS = ("snapshots", "directions", "curves", "surfaces", "barriers", "ensembles", "predictions", "labels")
 
 
 def package_versions() -> dict[str, str]:
@@ -184,6 +186,19 @@ class Store:
         self.file.flush()
         return grp[name]
 
+    def write_group(self, kind: str, name: str, arrays: Mapping[str, Any], attrs: Mapping[str, Any],
+                    overwrite: bool = True) -> None:
+        """A whole new object of datasets and attributes, written atomically (temporary name + rename)."""
+        if self.has(kind, name) and not overwrite:
+            raise LandscapeError(f"store {self.path!r} already has {kind[:-1]} {name!r}")
+
+        def fill(g: h5py.Group) -> None:
+            for key, value in arrays.items():
+                g.create_dataset(key, data=np.asarray(value))
+            write_attrs(g, attrs)
+
+        self._write_atomically(kind, name, fill)
+
     # -- snapshots ---------------------------------------------------------------------
     def write_snapshot(self, snap: Snapshot, name: str | None = None, overwrite: bool = False,
                        attrs: Mapping[str, Any] | None = None) -> None:
@@ -266,6 +281,9 @@ class Store:
             entries = {}
             for name in self.names(kind):
                 g = self.file[f"{kind}/{name}"]
+                if isinstance(g, h5py.Dataset):
+                    entries[name] = {"datasets": {"": list(g.shape)}, "attrs": {}}
+                    continue
                 datasets = {}
                 g.visititems(lambda k, v: datasets.__setitem__(k, list(v.shape))
                              if isinstance(v, h5py.Dataset) else None)

@@ -10,10 +10,10 @@ import pytest
 import torch
 from scipy.special import logsumexp, softmax
 
-from kernels.ensemble_metrics import EnsembleMetrics, ensemble_metrics, ensemble_metrics_reference
+from kernels.ensemble import EnsembleMetrics, ensemble_metrics, ensemble_metrics_reference
 
 # The package exports the function under the module's name, so fetch the module itself.
-em = importlib.import_module("kernels.ensemble_metrics")
+em = importlib.import_module("kernels.ensemble")
 
 IMPLS = ["torch", "triton"]
 FLOAT_FIELDS = ["nll", "conf", "brier", "ece", "bin_conf_sum", "member_nll"]

@@ -304,3 +304,20 @@ def test_linear_per_point_torch_formulations(formulation) -> None:
     y = formulation(x, w0, dw, coeffs, b0, db, torch.float32)
     ref, bound = _reference(F.linear, x, w0, dw, coeffs, b0, db, False)
     _assert_within(y, ref, bound, TOL[torch.float32])
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("shared", [False, True])
+def test_no_directions_is_the_base_network(impl: str, shared: bool) -> None:
+    """d = 0: every point is θ0 (exercises the empty direction loops and the d=0 combine)."""
+    K = 3
+    w0, dw, coeffs, b0, db = _params(0, (7, 6), K)
+    x = _rand(5, 6) if shared else _rand(K, 5, 6)
+    y = interpolated_linear(x, w0, dw, coeffs, b0, db, impl=impl)
+    ref, bound = _reference(F.linear, x, w0, dw, coeffs, b0, db, shared)
+    _assert_within(y, ref, bound, TOL[torch.float32])
+    cw0, cdw, cc, cb0, cdb = _params(0, (4, 3, 3, 3), K)
+    xc = _rand(2, 3, 5, 6) if shared else _rand(K, 2, 3, 5, 6)
+    yc = interpolated_conv2d(xc, cw0, cdw, cc, cb0, cdb, padding=1, impl=impl)
+    ref, bound = _reference(F.conv2d, xc, cw0, cdw, cc, cb0, cdb, shared, padding=1)
+    _assert_within(yc, ref, bound, TOL[torch.float32])
