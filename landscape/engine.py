@@ -106,15 +106,16 @@ class Evaluator:
         self.model = copy.deepcopy(model).to(self.device)
         self.layout = ParamLayout.of(self.model)
         self.has_bn = bool(bn_modules(self.model))
-        self.channels_last = False
+        # channels_last helps convolutions on the CPU; for a model that flattens its input first
+        # it would only add a copy per batch
+        self.channels_last = self.device.type == "cpu" and any(isinstance(m, nn.Conv2d) for m in self.model.modules())
         self.datasets: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         for split, data in (("train", train), ("test", test)):
             if data is None:
                 continue
             x = data.x.to(self.device)
-            if x.ndim == 4 and self.device.type == "cpu":
+            if x.ndim == 4 and self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-                self.channels_last = True
             self.datasets[split] = (x, data.y.to(self.device))
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -139,7 +140,27 @@ class Evaluator:
             return None
         if batched is None and self.device.type != "cuda" and first_layer_flop_share(self.model, self._probe) < 0.5:
             return None
+        self.points_per_pass = self._points_per_pass()
         return fwd
+
+    def _points_per_pass(self, cap: int = 256) -> int:
+        """K from memory: how many points' activations for one data batch fit the budget
+        (2 GiB on the CPU, half the free memory on CUDA)."""
+        sizes: list[int] = []
+        leaves = [m for m in self.model.modules() if not list(m.children())]
+        hooks = [m.register_forward_hook(lambda mod, inp, out: sizes.append(out.numel())
+                                         if isinstance(out, torch.Tensor) else None) for m in leaves]
+        try:
+            with torch.no_grad():
+                self.model(self._probe)
+        finally:
+            for h in hooks:
+                h.remove()
+        rows = min(self.batch_size, max(x.shape[0] for x, _ in self.datasets.values()))
+        # x3: BatchNorm runs unfused on this path and keeps a temporary or two per layer
+        per_point = 3 * 4 * rows * max(1, sum(sizes))
+        budget = torch.cuda.mem_get_info(self.device)[0] // 2 if self.device.type == "cuda" else 2 << 30
+        return int(max(1, min(cap, budget // per_point)))
 
     def _check_data(self, train: TensorData | None, test: TensorData | None) -> None:
         x = self._probe = next(iter(self.datasets.values()))[0][:1]
@@ -200,12 +221,15 @@ class Evaluator:
 
     # -- many points -------------------------------------------------------------------
     def run(self, family: AffineFamily, coeffs: np.ndarray | torch.Tensor, indices: Sequence[int] | None = None,
-            chunk_size: int = 8, on_chunk: Callable[[np.ndarray, dict[str, np.ndarray]], None] | None = None,
+            chunk_size: int | None = None, on_chunk: Callable[[np.ndarray, dict[str, np.ndarray]], None] | None = None,
             quiet: bool = True, desc: str = "points") -> dict[str, np.ndarray]:
         """Evaluate the rows `coeffs[indices]` of the family; `on_chunk(indices, metrics)` after each chunk.
 
-        Returns the metrics of the evaluated rows, in the order of `indices`.
+        Returns the metrics of the evaluated rows, in the order of `indices`. The default chunk is
+        8 points on the per-point path and one pass of K points (K from memory) on the batched one.
         """
+        if chunk_size is None:
+            chunk_size = self.points_per_pass if self.batched is not None else 8
         coeffs = torch.as_tensor(np.asarray(coeffs, dtype=np.float64)).reshape(len(coeffs), -1)
         if coeffs.shape[1] != family.ndim:
             raise LandscapeError(f"{coeffs.shape[1]} coefficients per point for {family.ndim} directions")
@@ -217,7 +241,9 @@ class Evaluator:
         bar = tqdm(total=len(indices), desc=desc, disable=quiet, unit="pt", leave=False)
         for chunk in _chunks(indices, chunk_size):
             if self.batched is not None:
-                arrays = self._run_batched(family, coeffs[chunk].to(self.device))
+                passes = [self._run_batched(family, coeffs[part].to(self.device))
+                          for part in _chunks(chunk, self.points_per_pass)]
+                arrays = {m: np.concatenate([p[m] for p in passes]) for m in self.metric_names}
                 bar.update(len(chunk))
             else:
                 chunk_metrics: dict[str, list[float]] = {m: [] for m in self.metric_names}

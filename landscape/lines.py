@@ -43,7 +43,7 @@ def line_family(a: Snapshot, b: Snapshot) -> AffineFamily:
 
 
 def compute_line(evaluator: Evaluator, a: Snapshot, b: Snapshot, alphas: np.ndarray, grid,
-                 chunk_size: int = 4, quiet: bool = True) -> dict[str, np.ndarray]:
+                 chunk_size: int | None = None, quiet: bool = True) -> dict[str, np.ndarray]:
     """Fill the missing points of a curve grid (shape [len(alphas)]) and return all its arrays."""
     family = line_family(a, b)
     todo = grid.missing()
@@ -54,7 +54,7 @@ def compute_line(evaluator: Evaluator, a: Snapshot, b: Snapshot, alphas: np.ndar
 
 
 def compute_barrier_matrix(evaluator: Evaluator, snaps: Sequence[Snapshot], alphas: np.ndarray, grid,
-                           chunk_size: int = 4, quiet: bool = True) -> dict[str, np.ndarray]:
+                           chunk_size: int | None = None, quiet: bool = True) -> dict[str, np.ndarray]:
     """Curves for every pair i<j (grid shape [n_pairs, len(alphas)]) and the barrier matrices."""
     check_same_architecture(list(snaps))
     n, na = len(snaps), len(alphas)

@@ -23,7 +23,7 @@ def plane_family(center: Snapshot, directions: torch.Tensor) -> AffineFamily:
 
 
 def compute_plane(evaluator: Evaluator, center: Snapshot, directions: torch.Tensor, xs: np.ndarray,
-                  ys: np.ndarray, grid, chunk_size: int = 8, quiet: bool = True) -> dict[str, np.ndarray]:
+                  ys: np.ndarray, grid, chunk_size: int | None = None, quiet: bool = True) -> dict[str, np.ndarray]:
     """Fill the missing points of a surface grid [len(xs), len(ys)] and return its arrays."""
     todo = grid.missing()
     if len(todo):
