@@ -2,6 +2,7 @@
 
 Each returns a JSON-able dict (what `--json` prints) and, given `out`, stores its result in an
 HDF5 store under `name`, resumable: rerun with the same arguments, only missing points are computed.
+`chunk` is the number of points saved at a time (default: the engine's choice).
 """
 from __future__ import annotations
 
@@ -109,7 +110,7 @@ def interpolate(a: str | Snapshot, b: str | Snapshot, *, model: str | nn.Module,
                 alphas: np.ndarray | None = None, num: int = 21, bn: str = "keep", out: str | None = None,
                 name: str = "interpolate", overwrite: bool = False, device: str = "auto",
                 num_classes: int | None = None, batch_size: int = 250, bn_samples: int = 2000,
-                quiet: bool = True, loss_fn: LossFn | None = None) -> dict[str, Any]:
+                quiet: bool = True, loss_fn: LossFn | None = None, chunk: int | None = None) -> dict[str, Any]:
     """Metrics along θ(α) = (1−α)·θa + α·θb, and the loss and error barriers."""
     s = setup(model, data, test_data, num_classes=num_classes, bn=bn, device=device, batch_size=batch_size,
               bn_samples=bn_samples, loss_fn=loss_fn)
@@ -121,7 +122,7 @@ def interpolate(a: str | Snapshot, b: str | Snapshot, *, model: str | nn.Module,
     with _open_store(out) as store:
         grid = _grid(store, "curves", name, (len(alphas),), metrics, {"alphas": alphas}, config,
                      {**s.provenance(), "a": sa.name, "b": sb.name}, overwrite)
-        curve = compute_line(s.evaluator, sa, sb, alphas, grid, quiet=quiet)
+        curve = compute_line(s.evaluator, sa, sb, alphas, grid, chunk, quiet=quiet)
         barriers = curve_barriers(alphas, curve)
         grid.set_attrs({"barriers": barriers})
     return _round({"kind": "curve", "name": name, "a": sa.name, "b": sb.name, "bn_mode": bn, "alphas": alphas,
@@ -132,7 +133,7 @@ def barriers(snapshots: Sequence[str | Snapshot], *, model: str | nn.Module, dat
              num: int = 11, bn: str = "keep", out: str | None = None, name: str = "barriers",
              overwrite: bool = False, device: str = "auto", num_classes: int | None = None,
              batch_size: int = 250, bn_samples: int = 2000, quiet: bool = True,
-             loss_fn: LossFn | None = None) -> dict[str, Any]:
+             loss_fn: LossFn | None = None, chunk: int | None = None) -> dict[str, Any]:
     """Loss and error barriers between every pair of snapshots, as matrices."""
     if len(snapshots) < 2:
         raise LandscapeError("barriers needs at least two snapshots")
@@ -150,7 +151,7 @@ def barriers(snapshots: Sequence[str | Snapshot], *, model: str | nn.Module, dat
         grid = _grid(store, "barriers", name, (len(pairs), len(alphas)), metrics,
                      {"alphas": alphas, "pairs": pairs, "names": np.array(names, dtype="S")}, config,
                      s.provenance(), overwrite)
-        result = compute_barrier_matrix(s.evaluator, snaps, alphas, grid, quiet=quiet)
+        result = compute_barrier_matrix(s.evaluator, snaps, alphas, grid, chunk, quiet=quiet)
     matrices = {k: v for k, v in result.items() if k.endswith("_barrier")}
     return _round({"kind": "barriers", "name": name, "snapshots": names, "bn_mode": bn, **matrices, "store": out})
 
@@ -162,7 +163,7 @@ def plane(center: str | Snapshot, *, model: str | nn.Module, data=None, test_dat
           project_onto: Sequence[str | Snapshot] = (), bn: str = "keep", out: str | None = None,
           name: str = "plane", overwrite: bool = False, device: str = "auto", num_classes: int | None = None,
           batch_size: int = 250, bn_samples: int = 2000, quiet: bool = True,
-          loss_fn: LossFn | None = None) -> dict[str, Any]:
+          loss_fn: LossFn | None = None, chunk: int | None = None) -> dict[str, Any]:
     """A 2D loss plane around `center`: through two more snapshots, on two random directions,
     or on the top two PCA directions of a trajectory of snapshots."""
     if sum(v is not None for v in (through, random, pca)) != 1:
@@ -205,7 +206,7 @@ def plane(center: str | Snapshot, *, model: str | nn.Module, data=None, test_dat
         grid = _grid(store, "surfaces", name, (len(xs), len(ys)), metrics,
                      {"xcoordinates": xs, "ycoordinates": ys}, config,
                      {**s.provenance(), **dir_attrs, "center": c.name, "directions": name}, overwrite)
-        surface = compute_plane(s.evaluator, c, directions, xs, ys, grid, quiet=quiet)
+        surface = compute_plane(s.evaluator, c, directions, xs, ys, grid, chunk, quiet=quiet)
         grid.put("projection_names", np.array(names, dtype="S"))
         grid.put("projection_coords", coords)
         grid.put("projection_distances", dists)

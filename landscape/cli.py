@@ -31,6 +31,8 @@ def add_common(p: argparse.ArgumentParser, evaluation: bool = True) -> None:
         p.add_argument("--device", default="auto", help="auto, cpu or cuda")
         p.add_argument("--out", default=None, help="HDF5 store to write (resumable)")
         p.add_argument("--overwrite", action="store_true", help="replace a result of the same name")
+        p.add_argument("--chunk", type=int, default=None,
+                       help="points evaluated and saved together (the unit of progress and resume)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
@@ -38,7 +40,7 @@ def add_common(p: argparse.ArgumentParser, evaluation: bool = True) -> None:
 def _eval_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return dict(model=args.model, data=args.data, test_data=args.test_data, bn=args.bn, out=args.out,
                 overwrite=args.overwrite, device=args.device, num_classes=args.num_classes,
-                batch_size=args.batch_size, bn_samples=args.bn_samples, quiet=args.quiet)
+                batch_size=args.batch_size, bn_samples=args.bn_samples, quiet=args.quiet, chunk=args.chunk)
 
 
 def _fmt_barriers(barriers: dict) -> str:

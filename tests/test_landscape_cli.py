@@ -182,7 +182,7 @@ KILL_SCRIPT = textwrap.dedent("""
 
 def test_resume_after_kill_gives_identical_numbers(work, capsys, monkeypatch):
     args = ["plane", "m0.pt", "--random", "layer", "--x", "-1:1:5", "--y", "-1:1:4", "--bn", "recompute",
-            *COMMON]
+            "--chunk", "4", *COMMON]
     (work / "kill.py").write_text(KILL_SCRIPT)
     proc = subprocess.run([sys.executable, "kill.py", *args, "--out", "killed.h5"], capture_output=True, text=True)
     assert proc.returncode == -9, proc.stderr
