@@ -12,7 +12,7 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
-from landscape.checkpoints import read_state_dict
+from landscape.checkpoints import check_state_fits, read_state_dict
 from landscape.errors import LandscapeError
 from landscape.models import SmallCNN, build_model
 
@@ -84,19 +84,8 @@ def load_backbone(model: nn.Module, state: Mapping[str, torch.Tensor], source: s
     head = head_name(model)
     own = model.state_dict()
     want = backbone_keys(own, head)
-    have = set(backbone_keys(state, head))
-    missing = [k for k in want if k not in have]
-    extra = sorted(have - set(want))
-    if missing:
-        raise LandscapeError(f"checkpoint {source!r} does not fit the model: missing key {missing[0]!r}"
-                             + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
-    if extra:
-        raise LandscapeError(f"checkpoint {source!r} does not fit the model: unexpected key {extra[0]!r}"
-                             + (f" and {len(extra) - 1} more" if len(extra) > 1 else ""))
-    for k in want:
-        if tuple(state[k].shape) != tuple(own[k].shape):
-            raise LandscapeError(f"checkpoint {source!r} does not fit the model: {k!r} has shape "
-                                 f"{list(state[k].shape)}, the model needs {list(own[k].shape)}")
+    # the checkpoint's own head (another task's classes) is not loaded
+    check_state_fits(own, {k: v for k, v in state.items() if k in set(backbone_keys(state, head))}, source, want)
     model.load_state_dict({**own, **{k: state[k] for k in want}})
 
 

@@ -62,21 +62,32 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     return out
 
 
-def apply_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
-    """Load `state` into `model`, with one-line errors for missing, unexpected or misshapen keys."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
+def check_state_fits(own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], source: str,
+                     keys: list[str] | None = None) -> None:
+    """One-line errors for missing, unexpected or misshapen keys of `state` against `own`.
+
+    `keys` restricts the check to part of the model (a backbone without its head): then keys of
+    `state` outside `keys` but inside `own` are ignored.
+    """
+    want = list(own) if keys is None else keys
+    ignored = set(own) - set(want)
+    missing = [k for k in want if k not in state]
+    unexpected = [k for k in state if k not in want and k not in ignored]
     if missing:
         raise LandscapeError(f"checkpoint {source!r} does not fit the model: missing key {missing[0]!r}"
                              + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
     if unexpected:
         raise LandscapeError(f"checkpoint {source!r} does not fit the model: unexpected key {unexpected[0]!r}"
                              + (f" and {len(unexpected) - 1} more" if len(unexpected) > 1 else ""))
-    for k, v in own.items():
-        if tuple(state[k].shape) != tuple(v.shape):
+    for k in want:
+        if tuple(state[k].shape) != tuple(own[k].shape):
             raise LandscapeError(f"checkpoint {source!r} does not fit the model: {k!r} has shape "
-                                 f"{list(state[k].shape)}, the model needs {list(v.shape)}")
+                                 f"{list(state[k].shape)}, the model needs {list(own[k].shape)}")
+
+
+def apply_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
+    """Load `state` into `model`, with one-line errors for missing, unexpected or misshapen keys."""
+    check_state_fits(model.state_dict(), state, source)
     model.load_state_dict(state)
 
 
