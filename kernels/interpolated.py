@@ -162,6 +162,35 @@ def _interpolated_bias_torch(
 if HAS_TRITON:
 
     @triton.jit
+    def _interpolated_tile(w0_ptr, dw_ptr, w_off, d_off, mask, c_base, s_cj, s_dj, D):
+        """(W0 + Σ_j c_kj·D_j) at the given offsets, in fp32: formed in registers, never stored."""
+        wt = tl.load(w0_ptr + w_off, mask=mask, other=0.0).to(tl.float32)
+        c_j = c_base
+        d_j = dw_ptr + d_off
+        for j in range(0, D):
+            wt += tl.load(c_j).to(tl.float32) * tl.load(d_j, mask=mask, other=0.0).to(tl.float32)
+            c_j += s_cj
+            d_j += s_dj
+        return wt
+
+    @triton.jit
+    def _interpolated_bias(b0_ptr, db_ptr, offs, mask, c_base, s_b, s_bo, s_bj, s_cj, D,
+                           HAS_B0: tl.constexpr, HAS_DB: tl.constexpr, BLOCK_N: tl.constexpr):
+        """b0 + Σ_j c_kj·e_j for one tile of outputs (zeros where there is no bias)."""
+        if HAS_B0:
+            bias = tl.load(b0_ptr + offs * s_b, mask=mask, other=0.0).to(tl.float32)
+        else:
+            bias = tl.zeros((BLOCK_N,), dtype=tl.float32)
+        if HAS_DB:
+            c_j = c_base
+            e_j = db_ptr + offs * s_bo
+            for j in range(0, D):
+                bias += tl.load(c_j).to(tl.float32) * tl.load(e_j, mask=mask, other=0.0).to(tl.float32)
+                c_j += s_cj
+                e_j += s_bj
+        return bias
+
+    @triton.jit
     def _interpolate_kernel(
         theta_ptr, c_ptr, d_ptr, out_ptr,
         P, D,
@@ -221,27 +250,11 @@ if HAS_TRITON:
             w_mask = mask_i[:, None] & mask_n[None, :]
             w_off = offs_n[None, :] * s_wo + ii[:, None] * s_wi
             d_off = offs_n[None, :] * s_do + ii[:, None] * s_di
-            wt = tl.load(w0_ptr + w_off, mask=w_mask, other=0.0).to(tl.float32)
-            c_j = c_base
-            d_j = dw_ptr + d_off
-            for j in range(0, D):
-                wt += tl.load(c_j).to(tl.float32) * tl.load(d_j, mask=w_mask, other=0.0).to(tl.float32)
-                c_j += s_cj
-                d_j += s_dj
+            wt = _interpolated_tile(w0_ptr, dw_ptr, w_off, d_off, w_mask, c_base, s_cj, s_dj, D)
             acc = tl.dot(xt, wt, acc, input_precision=INPUT_PRECISION)
 
-        if HAS_B0:
-            bias = tl.load(b0_ptr + offs_n * s_b, mask=mask_n, other=0.0).to(tl.float32)
-        else:
-            bias = tl.zeros((BLOCK_N,), dtype=tl.float32)
-        if HAS_DB:
-            c_j = c_base
-            e_j = db_ptr + offs_n * s_bo
-            for j in range(0, D):
-                bias += tl.load(c_j).to(tl.float32) * tl.load(e_j, mask=mask_n, other=0.0).to(tl.float32)
-                c_j += s_cj
-                e_j += s_bj
-        acc += bias[None, :]
+        acc += _interpolated_bias(b0_ptr, db_ptr, offs_n, mask_n, c_base, s_b, s_bo, s_bj, s_cj, D,
+                                  HAS_B0, HAS_DB, BLOCK_N)[None, :]
 
         y_ptrs = y_ptr + k * s_yk + offs_m[:, None] * s_yn + offs_n[None, :] * s_yo
         tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
@@ -307,27 +320,11 @@ if HAS_TRITON:
             # Weight tile [BLOCK_K, BLOCK_N] = (W0 + Σ_j c_kj·D_j) for these rows, never stored.
             w_mask = mask_r[:, None] & mask_o[None, :]
             w_off = w_row[None, :] + r[:, None]
-            wt = tl.load(w0_ptr + w_off, mask=w_mask, other=0.0).to(tl.float32)
-            c_j = c_base
-            d_j = dw_ptr + w_off
-            for j in range(0, D):
-                wt += tl.load(c_j).to(tl.float32) * tl.load(d_j, mask=w_mask, other=0.0).to(tl.float32)
-                c_j += s_cj
-                d_j += s_dj
+            wt = _interpolated_tile(w0_ptr, dw_ptr, w_off, w_off, w_mask, c_base, s_cj, s_dj, D)
             acc = tl.dot(xt, wt, acc, input_precision=INPUT_PRECISION)
 
-        if HAS_B0:
-            bias = tl.load(b0_ptr + o_abs * s_b, mask=mask_o, other=0.0).to(tl.float32)
-        else:
-            bias = tl.zeros((BLOCK_N,), dtype=tl.float32)
-        if HAS_DB:
-            c_j = c_base
-            e_j = db_ptr + o_abs * s_bo
-            for j in range(0, D):
-                bias += tl.load(c_j).to(tl.float32) * tl.load(e_j, mask=mask_o, other=0.0).to(tl.float32)
-                c_j += s_cj
-                e_j += s_bj
-        acc += bias[None, :]
+        acc += _interpolated_bias(b0_ptr, db_ptr, o_abs, mask_o, c_base, s_b, s_bo, s_bj, s_cj, D,
+                                  HAS_B0, HAS_DB, BLOCK_N)[None, :]
 
         y_ptrs = (y_ptr + k * s_yk + (n.to(tl.int64) * s_yn + oh * s_yh + ow * s_yw)[:, None]
                   + o_abs[None, :] * s_yc)
