@@ -95,14 +95,18 @@ def cmd_plot(args: argparse.Namespace) -> tuple[dict, str]:
 
 
 def cmd_info(args: argparse.Namespace) -> tuple[dict, str]:
+    from .store import KINDS
+
     res = api.info(args.file)
     lines = [f"{res['path']} (schema {res['schema_version']})"]
-    for kind in ("snapshots", "directions", "curves", "surfaces", "barriers", "ensembles"):
+    keys = ("method", "member", "cycle", "lr", "seed", "bn_mode", "complete", "kind", "normalization", "center")
+    for kind in KINDS:
         for name, entry in res.get(kind, {}).items():
             shapes = ", ".join(f"{k}{v}" for k, v in entry["datasets"].items() if "/" not in k)
-            keys = ("method", "member", "bn_mode", "complete", "kind", "normalization", "center", "meta")
-            attrs = ", ".join(f"{k}={entry['attrs'][k]}" for k in keys if k in entry["attrs"])
-            lines.append(f"  {kind[:-1]:<10} {name}: {shapes}" + (f"  [{attrs}]" if attrs else ""))
+            attrs = {**(entry["attrs"].get("meta") or {}), **entry["attrs"]}
+            shown = ", ".join(f"{k}={attrs[k]}" for k in keys if attrs.get(k) is not None)
+            lines.append(f"  {kind[:-1] if kind.endswith('s') else kind:<10} {name}: {shapes}"
+                         + (f"  [{shown}]" if shown else ""))
     return res, "\n".join(lines)
 
 
