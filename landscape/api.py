@@ -27,9 +27,6 @@ from .models import build_model
 from .planes import compute_plane, project_snapshots
 from .store import Store, read_attrs
 
-METRICS = ("train_loss", "train_acc", "test_loss", "test_acc")
-
-
 @dataclass
 class Setup:
     """Model template, data and evaluator shared by the analysis commands."""
@@ -44,7 +41,7 @@ class Setup:
         return {"model_spec": self.model_spec,
                 "data_spec": self.train.spec if self.train is not None else None,
                 "test_data_spec": self.test.spec if self.test is not None else None,
-                "bn_mode": self.evaluator.bn_mode, "dtype": "float32"}
+                "bn_mode": self.evaluator.bn_mode, "dtype": str(next(self.model.parameters()).dtype)}
 
 
 def setup(model: str | nn.Module, data: str | TensorData | None, test_data: str | TensorData | None = None, *,
@@ -92,13 +89,14 @@ def _grid(store: Store | None, kind: str, name: str, shape, metrics, arrays, con
     return store.open_grid(kind, name, shape, metrics, arrays, config, attrs, overwrite)
 
 
-def _round(x: Any) -> Any:
+def _jsonable(x: Any) -> Any:
+    """Arrays and numpy scalars as plain lists and numbers; NaN/inf (points not computed) as None."""
     if isinstance(x, dict):
-        return {k: _round(v) for k, v in x.items()}
+        return {k: _jsonable(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_round(v) for v in x]
+        return [_jsonable(v) for v in x]
     if isinstance(x, np.ndarray):
-        return _round(x.tolist())
+        return _jsonable(x.tolist())
     if isinstance(x, (float, np.floating)):
         return float(x) if np.isfinite(x) else None
     if isinstance(x, np.integer):
@@ -125,7 +123,7 @@ def interpolate(a: str | Snapshot, b: str | Snapshot, *, model: str | nn.Module,
         curve = compute_line(s.evaluator, sa, sb, alphas, grid, chunk, quiet=quiet)
         barriers = curve_barriers(alphas, curve)
         grid.set_attrs({"barriers": barriers})
-    return _round({"kind": "curve", "name": name, "a": sa.name, "b": sb.name, "bn_mode": bn, "alphas": alphas,
+    return _jsonable({"kind": "curve", "name": name, "a": sa.name, "b": sb.name, "bn_mode": bn, "alphas": alphas,
                    **{m: curve[m] for m in metrics}, "barriers": barriers, "store": out})
 
 
@@ -153,7 +151,7 @@ def barriers(snapshots: Sequence[str | Snapshot], *, model: str | nn.Module, dat
                      s.provenance(), overwrite)
         result = compute_barrier_matrix(s.evaluator, snaps, alphas, grid, chunk, quiet=quiet)
     matrices = {k: v for k, v in result.items() if k.endswith("_barrier")}
-    return _round({"kind": "barriers", "name": name, "snapshots": names, "bn_mode": bn, **matrices, "store": out})
+    return _jsonable({"kind": "barriers", "name": name, "snapshots": names, "bn_mode": bn, **matrices, "store": out})
 
 
 def plane(center: str | Snapshot, *, model: str | nn.Module, data=None, test_data=None,
@@ -210,7 +208,7 @@ def plane(center: str | Snapshot, *, model: str | nn.Module, data=None, test_dat
         grid.put("projection_names", np.array(names, dtype="S"))
         grid.put("projection_coords", coords)
         grid.put("projection_distances", dists)
-    return _round({"kind": "surface", "name": name, "center": c.name, "bn_mode": bn, **dir_attrs,
+    return _jsonable({"kind": "surface", "name": name, "center": c.name, "bn_mode": bn, **dir_attrs,
                    "xcoordinates": xs, "ycoordinates": ys, **{m: surface[m] for m in metrics},
                    "projections": [{"name": nm, "x": cc[0], "y": cc[1], "distance": d}
                                    for nm, cc, d in zip(names, coords, dists)], "store": out})
@@ -230,7 +228,7 @@ def _default_range(spec: str | np.ndarray | None, coords: np.ndarray, num: int =
 def info(path: str) -> dict[str, Any]:
     """What a store holds: per kind and name, dataset shapes and key attributes."""
     with Store(path, mode="r") as store:
-        return _round(store.describe())
+        return _jsonable(store.describe())
 
 
 def plot(path: str, name: str, *, out: str | None = None, metric: str | None = None, style: str = "contour",
@@ -243,7 +241,7 @@ def plot(path: str, name: str, *, out: str | None = None, metric: str | None = N
         if kind is None:
             raise LandscapeError(f"store {path!r} has no curve, surface, barrier matrix or ensemble named {name!r}")
         g = store.get(kind, name)
-        data = {k: g[k][()] for k in g.keys() if hasattr(g[k], "shape")}
+        data = {k: g[k][()] for k in g.keys() if hasattr(g[k], "shape") and k != "predictions"}
         attrs = read_attrs(g)
     out = out or os.path.join(os.path.dirname(os.path.abspath(path)), f"{name}.png")
     title = f"{name} (BN {attrs.get('bn_mode', '?')})"
@@ -364,7 +362,7 @@ def ensemble(members: Sequence[str | Snapshot], *, model: str | nn.Module | None
             else:
                 store.delete("ensembles", name)
                 store._write_atomically("ensembles", name, lambda g: _fill_ensemble(g, arrays, names, attrs))
-    return _round({"kind": "ensemble", "name": name, "members": names, "rows": table_rows(res),
+    return _jsonable({"kind": "ensemble", "name": name, "members": names, "rows": table_rows(res),
                    "member_accuracies": res["member_accuracies"], "member_nlls": res["member_nlls"],
                    **({"orders_mean": {k[:-len("_orders_mean")]: v for k, v in res.items()
                                        if k.endswith("_orders_mean")}} if orders else {}),
