@@ -31,32 +31,32 @@ _BN = nn.modules.batchnorm._BatchNorm
 _SUPPORTED = (nn.Conv2d, nn.Linear, _BN)
 
 
-def _unsupported_reason(model: nn.Module) -> str | None:
+def _trace_supported(model: nn.Module) -> tuple[torch.fx.GraphModule | None, str | None]:
+    """The traced graph, or None and the reason this path cannot run the model."""
     for name, mod in model.named_modules():
         own = list(mod.parameters(recurse=False))
         if own and not isinstance(mod, _SUPPORTED):
-            return f"module {name!r} ({type(mod).__name__}) has parameters"
-        if isinstance(mod, nn.Conv2d) and mod.padding_mode != "zeros" or isinstance(mod, nn.Conv2d) and isinstance(mod.padding, str):
-            return f"conv {name!r} uses padding {mod.padding!r}/{mod.padding_mode}"
+            return None, f"module {name!r} ({type(mod).__name__}) has parameters"
+        if isinstance(mod, nn.Conv2d) and (mod.padding_mode != "zeros" or isinstance(mod.padding, str)):
+            return None, f"conv {name!r} uses padding {mod.padding!r}/{mod.padding_mode}"
         if isinstance(mod, _BN) and not mod.track_running_stats:
-            return f"BatchNorm {name!r} does not track running statistics"
+            return None, f"BatchNorm {name!r} does not track running statistics"
     try:
         gm = torch.fx.symbolic_trace(model)
     except Exception as exc:  # noqa: BLE001
-        return f"torch.fx cannot trace the model ({type(exc).__name__})"
+        return None, f"torch.fx cannot trace the model ({type(exc).__name__})"
     if any(n.op == "get_attr" for n in gm.graph.nodes):
-        return "the model uses parameters outside modules"
-    return None
+        return None, "the model uses parameters outside modules"
+    return gm, None
 
 
 class BatchedForward:
     """Runs a traced model at K points of an AffineFamily in one pass."""
 
     def __init__(self, model: nn.Module) -> None:
-        self.reason = _unsupported_reason(model)
+        self.gm, self.reason = _trace_supported(model)
         self.model = model
         self.layout = ParamLayout.of(model)
-        self.gm = torch.fx.symbolic_trace(model) if self.reason is None else None
 
     @property
     def supports(self) -> bool:
