@@ -26,15 +26,16 @@ from kernels import ensemble_metrics
 from landscape.api import snapshot_fingerprint
 from landscape.bn import recompute_bn
 from landscape.checkpoints import Snapshot
-from landscape.directions import plane_through, project
+from landscape.directions import plane_through
 from landscape.engine import Evaluator
 from landscape.grid import line_alphas
 from landscape.lines import compute_barrier_matrix, compute_line, curve_barriers
-from landscape.planes import compute_plane
+from landscape.planes import compute_plane, project_snapshots
 from landscape.params import set_buffers, vector_to_model
 from landscape.store import Store
 
 from .models import backbone_vector, load_backbone, seeded_build
+from .study import read_logits
 from .training import logits_metrics, predict
 
 
@@ -59,9 +60,6 @@ def analyze_study(prep, store: Store, runner, quiet: bool = True) -> dict[str, A
     bs = cfg["study"]["eval_batch_size"]
     out: dict[str, Any] = {"methods": {}, "members": {}}
 
-    def logits_of(name: str) -> torch.Tensor:
-        return torch.from_numpy(store.file[f"predictions/{name}/logits"][()])
-
     # --- reference points ---------------------------------------------------------------------
     ft_name = plan.finetuned
     ft = runner.snapshot(ft_name)
@@ -69,7 +67,7 @@ def analyze_study(prep, store: Store, runner, quiet: bool = True) -> dict[str, A
     singles = member_names + (["scratch"] if store.has("snapshots", "scratch") else [])
     single_metrics = {}
     for n in singles:
-        lg = logits_of(n).float()
+        lg = read_logits(store, n).float()
         r = ensemble_metrics(lg.unsqueeze(0), labels, an["ece_bins"])
         single_metrics[n] = {"test_acc": float(r.acc[0]), "test_nll": float(r.nll[0]), "ece": float(r.ece[0])}
     out["finetuned"] = {"name": ft_name, **single_metrics[ft_name]}
@@ -83,7 +81,7 @@ def analyze_study(prep, store: Store, runner, quiet: bool = True) -> dict[str, A
     # --- ensembles by size ----------------------------------------------------------------------
     for m in cfg.methods:
         names = plan.members[m.name]
-        lg = torch.stack([logits_of(n) for n in names]).float()
+        lg = torch.stack([read_logits(store, n) for n in names]).float()
         r = ensemble_metrics(lg, labels, an["ece_bins"])
         res = {"type": m.type, "members": names, "params": m.params,
                "ensemble_acc": r.acc.tolist(), "ensemble_nll": r.nll.tolist(), "ensemble_ece": r.ece.tolist(),
@@ -233,12 +231,9 @@ def _plane(prep, store: Store, runner, ev: Evaluator, base_config: dict, out: di
     b, c = runner.snapshot(picked[0]), runner.snapshot(picked[1])
     pl = plane_through(ft.params, b.params, c.params)
     directions = pl.directions
-    names, coords, dists = member_names, [], []
-    for n in member_names:  # one at a time: large models do not fit in memory all together
-        xy, d = project(runner.snapshot(n).params, ft.params, directions)
-        coords.append(xy.numpy())
-        dists.append(d)
-    coords, dists = np.asarray(coords).reshape(-1, 2), np.asarray(dists)
+    # one snapshot at a time: large models do not fit in memory all together
+    _, coords, dists = project_snapshots((runner.snapshot(n) for n in member_names), ft.params, directions)
+    names = member_names
     # The grid covers the three defining points and every member close to the plane, with a margin.
     span = float(np.ptp(pl.coords.numpy(), axis=0).max())
     near = coords[dists <= 2.0 * span] if len(coords) else coords

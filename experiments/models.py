@@ -14,22 +14,19 @@ from torch import nn
 
 from landscape.checkpoints import check_state_fits, read_state_dict
 from landscape.errors import LandscapeError
-from landscape.models import SmallCNN, build_model
+from landscape.models import build_model
 
 MODEL_NAMES = ("small_cnn", "tiny_cnn", "resnet18", "resnet50")
 
 
 def build(name: str, num_classes: int, input_shape: Sequence[int], width: int | None = None) -> nn.Module:
-    """A fresh model (random initialisation from the global RNG: seed it with `seeded`)."""
-    if name in ("small_cnn", "tiny_cnn"):
-        w = width or (32 if name == "small_cnn" else 8)
-        return SmallCNN(num_classes, in_channels=int(input_shape[0]), width=int(w))
-    if name in ("resnet18", "resnet50"):
-        import torchvision
+    """A fresh model (random initialisation from the global RNG: seed it with `seeded_build`).
 
-        return getattr(torchvision.models, name)(weights=None, num_classes=num_classes)
-    # Anything landscape knows how to build: torchvision:NAME or package.module:factory.
-    return build_model(name, num_classes, input_shape)
+    The study's names are landscape model specs, with `resnet18`/`resnet50` short for torchvision's.
+    """
+    if name in ("resnet18", "resnet50"):
+        name = f"torchvision:{name}"
+    return build_model(name, num_classes, input_shape, width=width)
 
 
 def seeded_build(name: str, num_classes: int, input_shape: Sequence[int], width: int | None, seed: int) -> nn.Module:

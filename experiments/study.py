@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from landscape.checkpoints import Snapshot
+from landscape.checkpoints import Snapshot, apply_state_dict, read_state_dict
 from landscape.engine import resolve_device
 from landscape.errors import LandscapeError
 from landscape.store import Store, read_attrs, write_attrs
@@ -121,7 +121,7 @@ def _init_store(store: Store, cfg: StudyConfig) -> None:
 def unit_done(store: Store, unit: Unit) -> bool:
     if not store.has("snapshots", unit.name):
         return False
-    return unit.kind == "pretrain" or f"predictions/{unit.name}" in store.file
+    return unit.kind == "pretrain" or store.has("predictions", unit.name)
 
 
 def write_predictions(store: Store, name: str, logits: torch.Tensor, metrics: Mapping[str, float]) -> None:
@@ -130,7 +130,7 @@ def write_predictions(store: Store, name: str, logits: torch.Tensor, metrics: Ma
 
 
 def read_logits(store: Store, name: str) -> torch.Tensor:
-    return torch.from_numpy(store.file[f"predictions/{name}/logits"][()])
+    return torch.from_numpy(store.get("predictions", name)["logits"][()])
 
 
 def _write_labels(store: Store, labels: torch.Tensor) -> None:
@@ -258,8 +258,6 @@ class Runner:
         if not os.path.isfile(pt):
             return None
         try:
-            from landscape.checkpoints import apply_state_dict, read_state_dict
-
             m = self.prep.cfg["model"]
             model = seeded_build(m["name"], self.prep.source.num_classes, self.prep.source.input_shape, m["width"], 0)
             apply_state_dict(model, read_state_dict(pt), pt)

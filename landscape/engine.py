@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -26,6 +26,9 @@ from .bn import BN_MODES, FoldedEval, bn_modules, recompute_bn
 from .data import TensorData, check_labels
 from .errors import LandscapeError
 from .params import ParamLayout, set_buffers, vector_to_model
+
+if TYPE_CHECKING:
+    from .batched import BatchedForward
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

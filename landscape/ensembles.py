@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
@@ -31,11 +32,8 @@ ROW_KEYS = ("size", "acc", "nll", "ece", "brier", "conf", "member_acc", "disagre
 def _kernel_metrics(logits: torch.Tensor, labels: torch.Tensor, members: Sequence[str]) -> EnsembleMetrics:
     try:
         return ensemble_metrics(logits, labels)
-    except ValueError as exc:
-        text = str(exc)
-        if "member " in text:  # name the member by its source, not only its index
-            idx = int(text.split("member ")[1].split(",")[0])
-            text = text.replace(f"member {idx}", f"member {idx} ({members[idx]})")
+    except ValueError as exc:  # the op names members by index: add their source
+        text = re.sub(r"member (\d+)", lambda m: f"member {m[1]} ({members[int(m[1])]})", str(exc), count=1)
         raise LandscapeError(text) from None
 
 
@@ -54,8 +52,8 @@ class _Accumulator:
         self.kl = torch.zeros(self.m, dtype=torch.float64)
         self.cal_nll = torch.zeros(self.m, dtype=torch.float64)
 
-    def add(self, logits: torch.Tensor, labels: torch.Tensor, temperatures: torch.Tensor | None) -> None:
-        logp = torch.log_softmax(logits.double(), dim=-1)  # [M, B, C]
+    def add(self, logp: torch.Tensor, labels: torch.Tensor, temperatures: torch.Tensor | None) -> None:
+        """One batch of member log-probabilities [M, B, C] (fp64)."""
         pred = logp.argmax(-1)
         self.disagree += (pred.unsqueeze(0) != pred.unsqueeze(1)).sum(-1).double().cpu()
         ens = _prefix_log_mean(logp)  # [M, B, C]: log p̄_m
@@ -67,7 +65,7 @@ class _Accumulator:
         if temperatures is not None:
             scaled = torch.log_softmax(ens / temperatures.to(ens).view(-1, 1, 1), dim=-1)
             self.cal_nll -= scaled.gather(-1, labels.view(1, -1, 1).expand(self.m, -1, 1)).sum((1, 2)).cpu()
-        self.n += logits.shape[1]
+        self.n += logp.shape[1]
 
     def rows(self) -> dict[str, np.ndarray]:
         sizes = torch.arange(1, self.m + 1)
@@ -145,10 +143,11 @@ def evaluate_ensemble(batches: Iterator[tuple[torch.Tensor, torch.Tensor]], memb
         if keep is not None:
             keep(start, logits)
         start += logits.shape[1]
+        logp = torch.log_softmax(logits.double(), dim=-1)  # once per batch, whatever the orders
         for k, perm in enumerate(perms):
-            lg = logits[perm.to(logits.device)]
-            parts[k].append(_kernel_metrics(lg, labels, [members[int(i)] for i in perm]))
-            accs[k].add(lg, labels, temperatures)
+            p = perm.to(logits.device)
+            parts[k].append(_kernel_metrics(logits[p], labels, [members[int(i)] for i in perm]))
+            accs[k].add(logp[p], labels, temperatures)
     if start == 0:
         raise LandscapeError("the evaluation data are empty")
     results = []

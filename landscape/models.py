@@ -57,17 +57,16 @@ class MLP(nn.Module):
         return self.net(x)
 
 
-def _builtin(name: str, num_classes: int, input_shape: Sequence[int]) -> nn.Module:
-    if name == "small_cnn":
-        return SmallCNN(num_classes, in_channels=input_shape[0], width=32)
-    if name == "tiny_cnn":
-        return SmallCNN(num_classes, in_channels=input_shape[0], width=8)
+def _builtin(name: str, num_classes: int, input_shape: Sequence[int], width: int | None) -> nn.Module:
+    if name in ("small_cnn", "tiny_cnn"):
+        return SmallCNN(num_classes, in_channels=int(input_shape[0]), width=int(width or _WIDTHS[name]))
     if name == "mlp":
         return MLP(math.prod(input_shape), num_classes)
     raise KeyError(name)
 
 
 BUILTIN_MODELS = ("small_cnn", "tiny_cnn", "mlp")
+_WIDTHS = {"small_cnn": 32, "tiny_cnn": 8}
 
 
 def _import_factory(spec: str) -> Callable[..., nn.Module]:
@@ -91,16 +90,17 @@ def _import_factory(spec: str) -> Callable[..., nn.Module]:
     return obj
 
 
-def build_model(spec: str, num_classes: int | None = None,
-                input_shape: Sequence[int] | None = None) -> nn.Module:
-    """Build a fresh model from a spec. `input_shape` (C, H, W) sizes the built-in models."""
+def build_model(spec: str, num_classes: int | None = None, input_shape: Sequence[int] | None = None,
+                width: int | None = None) -> nn.Module:
+    """Build a fresh model from a spec. `input_shape` (C, H, W) sizes the built-in models;
+    `width` overrides the built-in CNNs' base channel count."""
     if not isinstance(spec, str) or not spec.strip():
         raise LandscapeError("empty model spec")
     spec = spec.strip()
     if spec in BUILTIN_MODELS:
         if input_shape is None:
             raise LandscapeError(f"built-in model {spec!r} needs data to know its input shape")
-        return _builtin(spec, num_classes or 10, input_shape)
+        return _builtin(spec, num_classes or 10, input_shape, width)
     if spec.startswith("torchvision:"):
         name = spec.split(":", 1)[1]
         import torchvision

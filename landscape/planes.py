@@ -1,7 +1,7 @@
 """2D loss planes: a grid of coefficients on two directions around a centre."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Iterable
 
 import numpy as np
 import torch
@@ -32,9 +32,11 @@ def compute_plane(evaluator: Evaluator, center: Snapshot, directions: torch.Tens
     return grid.read()
 
 
-def project_snapshots(snaps: Sequence[Snapshot], origin: torch.Tensor,
+def project_snapshots(snaps: Iterable[Snapshot], origin: torch.Tensor,
                       directions: torch.Tensor) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Names, plane coordinates [n, 2] and distances from the plane of each snapshot."""
+    """Names, plane coordinates [n, 2] and distances from the plane of each snapshot.
+
+    `snaps` may be a generator, so large models need not all be in memory at once."""
     names, coords, dists = [], [], []
     for s in snaps:
         c, d = project(s.params, origin, directions)

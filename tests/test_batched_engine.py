@@ -106,3 +106,17 @@ def test_unsupported_model_falls_back():
     assert ev.batched is None
     with pytest.raises(Exception, match="not available"):
         Evaluator(WithEmbedding(), test=_data(10, 3), batched=True)
+
+
+def test_cpu_default_path_and_passes_within_a_chunk():
+    # the CPU default: K points per pass only where the first layer dominates the arithmetic (MLPs)
+    data = _data(30, 4)
+    assert Evaluator(MLP(192, 4, 16), test=data).batched is not None
+    assert Evaluator(SmallCNN(4, 3, 4), test=data).batched is None
+    # a chunk larger than K runs as several passes, with the per-point path's numbers
+    model, (a, b) = _models(lambda: MLP(192, 4, 16), 2)
+    per_point, batched = _pair(model, "keep")
+    batched.points_per_pass = 2
+    alphas = line_alphas(7)
+    g = lambda: MemoryGrid((len(alphas),), per_point.metric_names, {})  # noqa: E731
+    _close(compute_line(per_point, a, b, alphas, g(), chunk_size=5), compute_line(batched, a, b, alphas, g(), chunk_size=5))

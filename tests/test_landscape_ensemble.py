@@ -9,7 +9,6 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from landscape.cli import main
 
