@@ -3,7 +3,8 @@ from .api import barriers, ensemble, info, interpolate, plane, plot, setup
 from .checkpoints import Snapshot, load_snapshot
 from .data import TensorData, load_data
 from .directions import pca_directions, plane_through, project, random_direction
-from .engine import AffineFamily, Evaluator
+from .engine import Evaluator
+from .family import AffineFamily
 from .errors import LandscapeError
 from .lines import barrier, curve_barriers
 from .models import build_model

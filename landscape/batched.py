@@ -24,7 +24,7 @@ from torch import nn
 
 from kernels import interpolated_conv2d, interpolated_linear
 
-from .engine import AffineFamily
+from .family import AffineFamily
 from .params import ParamLayout
 
 _BN = nn.modules.batchnorm._BatchNorm

@@ -13,8 +13,7 @@ exact fp32.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -22,13 +21,13 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .batched import BatchedForward
 from .bn import BN_MODES, FoldedEval, bn_modules, recompute_bn
 from .data import TensorData, check_labels
 from .errors import LandscapeError
+from .family import AffineFamily
 from .params import ParamLayout, set_buffers, vector_to_model
 
-if TYPE_CHECKING:
-    from .batched import BatchedForward
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -43,41 +42,6 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise LandscapeError("--device cuda was asked for but CUDA is not available")
     return dev
-
-
-@dataclass
-class AffineFamily:
-    """Points θ0 + c·D with buffers b0 + c·B (floating buffers only; integer ones stay b0's)."""
-
-    origin: torch.Tensor  # [P]
-    directions: torch.Tensor  # [d, P]
-    buffer_origin: dict[str, torch.Tensor] = field(default_factory=dict)
-    buffer_directions: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> [d, *shape]
-
-    @property
-    def ndim(self) -> int:
-        return int(self.directions.shape[0])
-
-    def params_at(self, coeffs: torch.Tensor) -> torch.Tensor:
-        c = coeffs.to(self.directions.dtype)
-        return torch.addmv(self.origin, self.directions.T, c) if self.ndim else self.origin.clone()
-
-    def buffers_at(self, coeffs: torch.Tensor) -> dict[str, torch.Tensor]:
-        out = {}
-        for name, b0 in self.buffer_origin.items():
-            bd = self.buffer_directions.get(name)
-            if bd is not None and b0.is_floating_point():
-                out[name] = b0 + torch.tensordot(coeffs.to(bd.dtype), bd, dims=1)
-            else:
-                out[name] = b0
-        return out
-
-    @classmethod
-    def line(cls, a_params: torch.Tensor, b_params: torch.Tensor, a_buffers: Mapping[str, torch.Tensor],
-             b_buffers: Mapping[str, torch.Tensor]) -> "AffineFamily":
-        """θ(α) = θa + α(θb − θa): coefficient α on one direction; buffers interpolated alike."""
-        bdirs = {k: (b_buffers[k] - v).unsqueeze(0) for k, v in a_buffers.items() if v.is_floating_point()}
-        return cls(a_params, (b_params - a_params).unsqueeze(0), dict(a_buffers), bdirs)
 
 
 def default_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -127,13 +91,11 @@ class Evaluator:
         self.folded = FoldedEval(self.model)
         self.batched = self._choose_batched(batched)
 
-    def _choose_batched(self, batched: bool | None) -> "BatchedForward | None":
+    def _choose_batched(self, batched: bool | None) -> BatchedForward | None:
         """K points per pass: the default on CUDA. On the CPU the per-point path with BN folding
         measured faster for convolutional networks, while networks whose first layer carries
         most of the arithmetic (MLPs) gain from computing it once for all points
         (benchmarks/surface.py). The rule is deterministic, so a resumed run takes the same path."""
-        from .batched import BatchedForward
-
         if batched is False:
             return None
         fwd = BatchedForward(self.model)

@@ -6,7 +6,8 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from .checkpoints import Snapshot, check_same_architecture
-from .engine import AffineFamily, Evaluator
+from .engine import Evaluator
+from .family import AffineFamily
 
 
 def barrier(alphas: Sequence[float], values: Sequence[float]) -> tuple[float, float]:

@@ -8,7 +8,8 @@ import torch
 
 from .checkpoints import Snapshot
 from .directions import project
-from .engine import AffineFamily, Evaluator
+from .engine import Evaluator
+from .family import AffineFamily
 
 
 def plane_coefficients(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
