@@ -1,21 +1,23 @@
-"""The analysis at the end of a study, all through the landscape toolkit and the ensemble kernel.
+"""The analysis at the end of a study, one function per stage, all through the landscape toolkit.
 
-- ensembles: test accuracy, NLL, ECE and Brier score for every size 1..K of every method, from the
-  stored per-snapshot predictions (kernels.ensemble_metrics);
-- soups: each method's uniform weight average with BN recomputed;
-- members: test accuracy, L2 distance to the fine-tuned model and (backbone only, the head is
-  new) to the pre-trained checkpoint it descends from, and the loss and error barriers on the
-  line to the fine-tuned model (landscape.lines, BN recomputed at every point);
-- the mean pairwise barrier among each method's members (landscape.lines barrier matrices);
-- a plane through the fine-tuned model and two members, every member projected onto it
-  (landscape.directions.plane_through / project, landscape.planes.compute_plane).
+- `single_metrics`: each member's (and the from-scratch model's) test accuracy, NLL and ECE, from
+  the stored per-snapshot predictions (kernels.ensemble_metrics);
+- `ensembles_by_size`: accuracy, NLL, ECE and Brier score for every size 1..K of every method;
+- `soups`: each method's uniform weight average with BN recomputed;
+- `member_lines`: each member's distances to the fine-tuned model and (backbone only, the head is
+  new) to its pre-trained checkpoint, and the barriers on the line to the fine-tuned model
+  (landscape.analyses.line, BN recomputed at every point);
+- `pairwise_barriers`: each method's barrier matrix (landscape.analyses.barrier_matrix);
+- `study_plane`: a plane through the fine-tuned model and two members, every member projected
+  onto it (landscape.analyses.plane).
 
-Lines, matrices and the plane are resumable grids in the store: a restarted analysis computes
-only missing points.
+Lines, matrices and the plane are the analysis layer's resumable results in the store: a
+restarted analysis computes only missing points, and a finished one is read, not rewritten.
 """
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -23,102 +25,161 @@ import torch
 from tqdm.auto import tqdm
 
 from kernels import ensemble_metrics
-from landscape.api import snapshot_fingerprint
+from landscape import analyses
 from landscape.bn import recompute_bn
 from landscape.checkpoints import Snapshot
 from landscape.directions import plane_through
 from landscape.engine import Evaluator
 from landscape.grid import line_alphas
-from landscape.lines import compute_barrier_matrix, compute_line, curve_barriers
-from landscape.planes import compute_plane, project_snapshots
 from landscape.params import set_buffers, vector_to_model
+from landscape.planes import project_snapshots
 from landscape.store import Store
 
 from .models import backbone_vector, load_backbone, seeded_build
-from .study import read_logits
+from .records import read_logits
 from .training import logits_metrics, predict
 
+BARRIER_KEYS = ("test_loss", "test_error", "train_loss", "train_error")
 
-def _root_checkpoint(runner, name: str) -> int | None:
-    """The index of the pre-trained checkpoint a snapshot descends from (None: trained from scratch)."""
-    plan = runner.prep.plan
-    seen = 0
-    while name is not None and seen < 1000:
-        u = plan.unit(name)
-        if u.kind == "finetune":
-            return int(u.extra["checkpoint"])
-        if u.kind in ("scratch", "pretrain"):
-            return None
-        name, seen = u.parent, seen + 1
-    return None
+
+@dataclass
+class Context:
+    """What every stage needs: the prepared study, its store, its snapshots, the evaluator."""
+
+    prep: Any
+    store: Store
+    runner: Any
+    quiet: bool
+    evaluator: Evaluator | None = None
+    provenance: dict | None = None
+
+    @property
+    def cfg(self):
+        return self.prep.cfg
+
+    @property
+    def plan(self):
+        return self.prep.plan
+
+    @property
+    def an(self) -> dict:
+        return self.prep.cfg["analysis"]
+
+    def member_names(self) -> list[str]:
+        return list(dict.fromkeys(n for names in self.plan.members.values() for n in names))
 
 
 def analyze_study(prep, store: Store, runner, quiet: bool = True) -> dict[str, Any]:
-    cfg, plan, an = prep.cfg, prep.plan, prep.cfg["analysis"]
-    target = prep.target
-    labels = target.test_labels()
-    bs = cfg["study"]["eval_batch_size"]
+    ctx = Context(prep, store, runner, quiet)
     out: dict[str, Any] = {"methods": {}, "members": {}}
+    singles = single_metrics(ctx)
+    out["finetuned"] = {"name": ctx.plan.finetuned, **singles[ctx.plan.finetuned]}
+    if "scratch" in singles:
+        out["scratch"] = {"name": "scratch", **singles["scratch"]}
+    out["pretrained"] = {u.name: {"source_test_acc": runner.snapshot(u.name).meta.get("source_test_acc")}
+                         for u in ctx.plan.units if u.kind == "pretrain"}
+    out["methods"] = ensembles_by_size(ctx)
+    ctx.evaluator, ctx.provenance = landscape_evaluator(ctx)
+    for name, soup in soups(ctx).items():
+        out["methods"][name].update(soup)
+    out["members"] = member_lines(ctx, singles)
+    for m in ctx.cfg.methods:
+        res, names = out["methods"][m.name], ctx.plan.members[m.name]
+        res["member_barrier_to_finetuned"] = {k: [out["members"][n]["barrier_to_finetuned"][k] for n in names]
+                                              for k in BARRIER_KEYS}
+        res["member_dist_finetuned"] = [out["members"][n]["dist_finetuned"] for n in names]
+        res["member_dist_pretrained"] = [out["members"][n]["dist_pretrained"] for n in names]
+    if ctx.an["pairwise"]:
+        for name, pw in pairwise_barriers(ctx).items():
+            out["methods"][name].update(pw)
+    store_ensembles(ctx, out["methods"])
+    if ctx.an["plane"]:
+        out["plane"] = study_plane(ctx)
+    return out
 
-    # --- reference points ---------------------------------------------------------------------
-    ft_name = plan.finetuned
-    ft = runner.snapshot(ft_name)
-    member_names = list(dict.fromkeys(n for names in plan.members.values() for n in names))
-    singles = member_names + (["scratch"] if store.has("snapshots", "scratch") else [])
-    single_metrics = {}
-    for n in singles:
-        lg = read_logits(store, n).float()
-        r = ensemble_metrics(lg.unsqueeze(0), labels, an["ece_bins"])
-        single_metrics[n] = {"test_acc": float(r.acc[0]), "test_nll": float(r.nll[0]), "ece": float(r.ece[0])}
-    out["finetuned"] = {"name": ft_name, **single_metrics[ft_name]}
-    if "scratch" in single_metrics:
-        out["scratch"] = {"name": "scratch", **single_metrics["scratch"]}
-    out["pretrained"] = {}
-    for u in plan.units:
-        if u.kind == "pretrain":
-            out["pretrained"][u.name] = {"source_test_acc": runner.snapshot(u.name).meta.get("source_test_acc")}
 
-    # --- ensembles by size ----------------------------------------------------------------------
-    for m in cfg.methods:
-        names = plan.members[m.name]
-        lg = torch.stack([read_logits(store, n) for n in names]).float()
-        r = ensemble_metrics(lg, labels, an["ece_bins"])
+def single_metrics(ctx: Context) -> dict[str, dict[str, float]]:
+    labels = ctx.prep.target.test_labels()
+    names = ctx.member_names() + (["scratch"] if ctx.store.has("snapshots", "scratch") else [])
+    out = {}
+    for n in names:
+        r = ensemble_metrics(read_logits(ctx.store, n).float().unsqueeze(0), labels, ctx.an["ece_bins"])
+        out[n] = {"test_acc": float(r.acc[0]), "test_nll": float(r.nll[0]), "ece": float(r.ece[0])}
+    return out
+
+
+def ensembles_by_size(ctx: Context) -> dict[str, dict[str, Any]]:
+    labels = ctx.prep.target.test_labels()
+    out = {}
+    for m in ctx.cfg.methods:
+        names = ctx.plan.members[m.name]
+        r = ensemble_metrics(torch.stack([read_logits(ctx.store, n) for n in names]).float(), labels,
+                             ctx.an["ece_bins"])
         res = {"type": m.type, "members": names, "params": m.params,
                "ensemble_acc": r.acc.tolist(), "ensemble_nll": r.nll.tolist(), "ensemble_ece": r.ece.tolist(),
                "ensemble_brier": r.brier.tolist(), "member_acc": r.member_acc.tolist(),
                "member_nll": r.member_nll.tolist()}
         if m.type in ("sse", "starsse"):
-            res["cycle_lr"] = cfg["finetune"]["lr"] * m.params["lr_scale"]
-        out["methods"][m.name] = res
+            res["cycle_lr"] = ctx.cfg["finetune"]["lr"] * m.params["lr_scale"]
+        out[m.name] = res
+    return out
 
-    # --- the landscape evaluator (BN recomputed at every point) --------------------------------
+
+def landscape_evaluator(ctx: Context) -> tuple[Evaluator, dict[str, Any]]:
+    """The evaluator of every line, matrix and plane (BN recomputed at every point), and the
+    provenance that identifies its model and data in the results' fingerprints."""
+    cfg, an, target = ctx.cfg, ctx.an, ctx.prep.target
     train_d = target.eval_data("train", an["train_samples"], seed=cfg.seed)
     test_d = target.eval_data("test", an["test_samples"], seed=cfg.seed)
-    ev = Evaluator(prep.template, train_d, test_d, bn_mode="recompute", device=prep.device,
-                   batch_size=min(bs, 500), bn_samples=an["bn_samples"])
-    base_config = {"model": cfg["model"], "data": cfg["data"], "train_samples": an["train_samples"],
-                   "test_samples": an["test_samples"], **ev.config}
-    metrics = ev.metric_names
+    ev = Evaluator(ctx.prep.template, train_d, test_d, bn_mode="recompute", device=ctx.prep.device,
+                   batch_size=min(cfg["study"]["eval_batch_size"], 500), bn_samples=an["bn_samples"])
+    prov = {"model": cfg["model"], "data": cfg["data"], "train_samples": an["train_samples"],
+            "test_samples": an["test_samples"]}
+    return ev, prov
 
-    # --- soups: uniform weight averages, BN recomputed, evaluated on the whole test split ----------
-    soup_model = copy.deepcopy(prep.template).to(prep.device)
-    bn_x = train_d.x[: an["bn_samples"]].to(prep.device)
-    for m in cfg.methods:
-        names = plan.members[m.name]
+
+def soups(ctx: Context) -> dict[str, dict[str, float]]:
+    """Uniform weight averages, BN recomputed, evaluated on the whole test split."""
+    prep, runner, an = ctx.prep, ctx.runner, ctx.an
+    bs = ctx.cfg["study"]["eval_batch_size"]
+    labels = prep.target.test_labels()
+    model = copy.deepcopy(prep.template).to(prep.device)
+    bn_x = ctx.evaluator.datasets["train"][0][: an["bn_samples"]].to(prep.device)
+    out = {}
+    for m in ctx.cfg.methods:
+        names = ctx.plan.members[m.name]
         params = torch.zeros_like(runner.snapshot(names[0]).params, dtype=torch.float64)
         for n in names:  # a running sum: large models never need K copies in memory
             params += runner.snapshot(n).params.double()
-        vector_to_model((params / len(names)).float().to(prep.device), soup_model)
-        set_buffers(soup_model, {k: v.to(prep.device) for k, v in runner.snapshot(names[0]).buffers.items()})
-        recompute_bn(soup_model, bn_x, min(bs, 500))
-        vals = logits_metrics(predict(soup_model, target, prep.device, bs), labels)
-        out["methods"][m.name]["soup_acc"] = vals["test_acc"]
-        out["methods"][m.name]["soup_nll"] = vals["test_loss"]
-    del soup_model, bn_x
+        vector_to_model((params / len(names)).float().to(prep.device), model)
+        set_buffers(model, {k: v.to(prep.device) for k, v in runner.snapshot(names[0]).buffers.items()})
+        recompute_bn(model, bn_x.contiguous(), min(bs, 500))
+        vals = logits_metrics(predict(model, prep.target, prep.device, bs), labels)
+        out[m.name] = {"soup_acc": vals["test_acc"], "soup_nll": vals["test_loss"]}
+    return out
 
-    # --- members: distances and barriers to the fine-tuned model -------------------------------
-    alphas = line_alphas(an["line_points"])
-    m_template = prep.template
+
+def _root_checkpoint(plan, name: str) -> int | None:
+    """The index of the pre-trained checkpoint a snapshot descends from (None: trained from scratch)."""
+    for _ in range(1000):
+        if name is None:
+            return None
+        u = plan.unit(name)
+        if u.kind == "finetune":
+            return int(u.extra["checkpoint"])
+        if u.kind in ("scratch", "pretrain"):
+            return None
+        name = u.parent
+    return None
+
+
+def member_lines(ctx: Context, singles: dict[str, dict[str, float]]) -> dict[str, dict[str, Any]]:
+    """Each member's distances to the fine-tuned and pre-trained models and its line to the fine-tuned one."""
+    cfg, plan, runner, target = ctx.cfg, ctx.plan, ctx.runner, ctx.prep.target
+    ft_name = plan.finetuned
+    ft = runner.snapshot(ft_name)
+    alphas = line_alphas(ctx.an["line_points"])
+    members = ctx.member_names()
     pre_vectors: dict[int, torch.Tensor] = {}
 
     def pre_vector(c: int) -> torch.Tensor:
@@ -129,83 +190,65 @@ def analyze_study(prep, store: Store, runner, quiet: bool = True) -> dict[str, A
         return pre_vectors[c]
 
     def backbone_of(s: Snapshot) -> torch.Tensor:
-        s.load_into(m_template)
-        return backbone_vector(m_template).clone()
+        s.load_into(ctx.prep.template)
+        return backbone_vector(ctx.prep.template).clone()
 
-    lines_todo = [n for n in member_names if n != ft_name]
-    bar = tqdm(total=len(lines_todo), desc="analysis: lines to the fine-tuned model", unit="line",
-               disable=quiet, leave=False, dynamic_ncols=True)
-    for n in member_names + (["scratch"] if "scratch" in single_metrics else []):
+    out: dict[str, dict[str, Any]] = {}
+    bar = tqdm(total=len(members) - 1, desc="analysis: lines to the fine-tuned model", unit="line",
+               disable=ctx.quiet, leave=False, dynamic_ncols=True)
+    for n in members + (["scratch"] if "scratch" in singles else []):
         s = runner.snapshot(n)
-        c = _root_checkpoint(runner, n)
-        info = {**single_metrics[n], "meta": {k: s.meta.get(k) for k in ("method", "member", "cycle", "lr", "seed",
-                                                                          "parent", "kind")},
+        c = _root_checkpoint(plan, n)
+        info = {**singles[n], "meta": {k: s.meta.get(k) for k in ("method", "member", "cycle", "lr", "seed",
+                                                                   "parent", "kind")},
                 "dist_finetuned": float((s.params.double() - ft.params.double()).norm()),
-                "dist_pretrained": float((backbone_of(s).double() - pre_vector(c).double()).norm()) if c is not None else None,
+                "dist_pretrained": (float((backbone_of(s).double() - pre_vector(c).double()).norm())
+                                    if c is not None else None),
                 "checkpoint": c}
-        if n != ft_name and n in member_names:
-            config = {**base_config, "a": snapshot_fingerprint(ft), "b": snapshot_fingerprint(s),
-                      "alphas": alphas.tolist()}
-            grid = store.open_grid("curves", f"line-{ft_name}-{n}", (len(alphas),), metrics, {"alphas": alphas},
-                                   config, {"a": ft_name, "b": n, "bn_mode": "recompute"}, overwrite=True)
-            curve = compute_line(ev, ft, s, alphas, grid)
-            b = curve_barriers(alphas, curve)
-            grid.set_attrs({"barriers": b})
-            info["barrier_to_finetuned"] = {k: v["barrier"] for k, v in b.items()}
+        if n == ft_name:
+            info["barrier_to_finetuned"] = {k: 0.0 for k in BARRIER_KEYS}
+        elif n in members:
+            res = analyses.line(ctx.evaluator, ft, s, alphas, store=ctx.store, name=f"line-{ft_name}-{n}",
+                                provenance=ctx.provenance, overwrite=True)
+            info["barrier_to_finetuned"] = {k: v["barrier"] for k, v in res["barriers"].items()}
             bar.update(1)
-        elif n == ft_name:
-            info["barrier_to_finetuned"] = {k: 0.0 for k in ("train_loss", "train_error", "test_loss", "test_error")}
-        out["members"][n] = info
+        out[n] = info
     bar.close()
-
-    for m in cfg.methods:
-        res = out["methods"][m.name]
-        names = plan.members[m.name]
-        res["member_barrier_to_finetuned"] = {k: [out["members"][n]["barrier_to_finetuned"][k] for n in names]
-                                              for k in ("test_loss", "test_error", "train_loss", "train_error")}
-        res["member_dist_finetuned"] = [out["members"][n]["dist_finetuned"] for n in names]
-        res["member_dist_pretrained"] = [out["members"][n]["dist_pretrained"] for n in names]
-
-    # --- pairwise barriers within each method --------------------------------------------------
-    if an["pairwise"]:
-        pw_alphas = line_alphas(an["pairwise_points"])
-        todo = [m for m in cfg.methods if m.pairwise and len(plan.members[m.name]) >= 2]
-        bar = tqdm(total=len(todo), desc="analysis: pairwise barriers", unit="method", disable=quiet, leave=False,
-                   dynamic_ncols=True)
-        for m in todo:
-            names = plan.members[m.name]
-            snaps = [runner.snapshot(n) for n in names]
-            pairs = np.array([(i, j) for i in range(len(names)) for j in range(i + 1, len(names))], dtype=np.int64)
-            config = {**base_config, "snapshots": [snapshot_fingerprint(s) for s in snaps],
-                      "alphas": pw_alphas.tolist()}
-            grid = store.open_grid("barriers", m.name, (len(pairs), len(pw_alphas)), metrics,
-                                   {"alphas": pw_alphas, "pairs": pairs, "names": np.array(names, dtype="S")},
-                                   config, {"bn_mode": "recompute", "method": m.name}, overwrite=True)
-            data = compute_barrier_matrix(ev, snaps, pw_alphas, grid)
-            iu = np.triu_indices(len(names), 1)
-            res = out["methods"][m.name]
-            res["pairwise_barrier"] = {k[: -len("_barrier")]: data[k].tolist() for k in data if k.endswith("_barrier")}
-            res["mean_pairwise_barrier"] = {k[: -len("_barrier")]: float(np.mean(data[k][iu]))
-                                            for k in data if k.endswith("_barrier")}
-            bar.update(1)
-        bar.close()
-
-    # --- ensembles into the store ------------------------------------------------------------------
-    for m in cfg.methods:
-        res = out["methods"][m.name]
-        arrays = {k: res[k] for k in ("ensemble_acc", "ensemble_nll", "ensemble_ece", "ensemble_brier",
-                                     "member_acc", "member_nll")}
-        arrays = {k.removeprefix("ensemble_"): v for k, v in arrays.items()}  # acc, nll, ece, brier by size
-        arrays["members"] = np.array(res["members"], dtype="S")
-        store.write_group("ensembles", m.name, arrays,
-                     {"method": m.name, "type": m.type, "soup_acc": res["soup_acc"], "soup_nll": res["soup_nll"],
-                      "params": m.params})
-
-    # --- the plane -----------------------------------------------------------------------------------
-    if an["plane"]:
-        out["plane"] = _plane(prep, store, runner, ev, base_config, out, member_names, quiet)
-    store.flush()
     return out
+
+
+def pairwise_barriers(ctx: Context) -> dict[str, dict[str, Any]]:
+    """The barrier matrix among each method's members and its mean over pairs."""
+    alphas = line_alphas(ctx.an["pairwise_points"])
+    todo = [m for m in ctx.cfg.methods if m.pairwise and len(ctx.plan.members[m.name]) >= 2]
+    out = {}
+    for m in tqdm(todo, desc="analysis: pairwise barriers", unit="method", disable=ctx.quiet, leave=False,
+                  dynamic_ncols=True):
+        names = ctx.plan.members[m.name]
+        res = analyses.barrier_matrix(ctx.evaluator, [ctx.runner.snapshot(n) for n in names], alphas,
+                                      store=ctx.store, name=m.name, provenance={**ctx.provenance, "method": m.name},
+                                      overwrite=True)
+        iu = np.triu_indices(len(names), 1)
+        matrices = {k[: -len("_barrier")]: np.asarray(res[k]) for k in res if k.endswith("_barrier")}
+        out[m.name] = {"pairwise_barrier": {k: v.tolist() for k, v in matrices.items()},
+                       "mean_pairwise_barrier": {k: float(np.mean(v[iu])) for k, v in matrices.items()}}
+    return out
+
+
+def store_ensembles(ctx: Context, methods: dict[str, dict[str, Any]]) -> None:
+    """Each method's metrics by size and soup metrics, stored once per set of members."""
+    for m in ctx.cfg.methods:
+        res = methods[m.name]
+        config = {"members": [ctx.runner.snapshot(n).fingerprint() for n in res["members"]],
+                  "ece_bins": ctx.an["ece_bins"]}
+        if analyses.finished_ensemble(ctx.store, m.name, config, overwrite=True) is not None:
+            continue
+        arrays = {k.removeprefix("ensemble_"): res[k] for k in ("ensemble_acc", "ensemble_nll", "ensemble_ece",
+                                                               "ensemble_brier", "member_acc", "member_nll")}
+        arrays["size"] = np.arange(1, len(res["members"]) + 1)
+        ctx.store.write("ensembles", m.name, analyses.ensemble_arrays(arrays, res["members"]),
+                        {"method": m.name, "type": m.type, "soup_acc": res["soup_acc"], "soup_nll": res["soup_nll"],
+                         "params": m.params, "config": config}, overwrite=True)
 
 
 def default_plane_methods(cfg) -> list[str]:
@@ -218,50 +261,45 @@ def default_plane_methods(cfg) -> list[str]:
     return [first, second]
 
 
-def _plane(prep, store: Store, runner, ev: Evaluator, base_config: dict, out: dict, member_names: list[str],
-           quiet: bool) -> dict[str, Any]:
-    cfg, plan, an = prep.cfg, prep.plan, prep.cfg["analysis"]
-    refs = an["plane_through"] or default_plane_methods(cfg)
+def plane_members(cfg, plan) -> list[str]:
+    """The two members the study's plane passes through (besides the fine-tuned model)."""
     picked = []
-    for ref in refs:
+    for ref in cfg["analysis"]["plane_through"] or default_plane_methods(cfg):
         method, _, idx = ref.partition(":")
         names = plan.members[method]
         picked.append(names[int(idx)] if idx else names[-1])
+    return picked
+
+
+def study_plane(ctx: Context) -> dict[str, Any]:
+    plan, runner = ctx.plan, ctx.runner
+    picked = plane_members(ctx.cfg, plan)
     ft = runner.snapshot(plan.finetuned)
     b, c = runner.snapshot(picked[0]), runner.snapshot(picked[1])
     pl = plane_through(ft.params, b.params, c.params)
-    directions = pl.directions
+    members = ctx.member_names()
     # one snapshot at a time: large models do not fit in memory all together
-    _, coords, dists = project_snapshots((runner.snapshot(n) for n in member_names), ft.params, directions)
-    names = member_names
+    names, coords, dists = project_snapshots((runner.snapshot(n) for n in members), ft.params, pl.directions)
     # The grid covers the three defining points and every member close to the plane, with a margin.
     span = float(np.ptp(pl.coords.numpy(), axis=0).max())
     near = coords[dists <= 2.0 * span] if len(coords) else coords
     pts = np.concatenate([pl.coords.numpy(), near]) if len(near) else pl.coords.numpy()
     lo, hi = pts.min(0), pts.max(0)
     margin = 0.2 * np.maximum(hi - lo, 1e-3)
-    xs = np.linspace(lo[0] - margin[0], hi[0] + margin[0], an["plane_points"])
-    ys = np.linspace(lo[1] - margin[1], hi[1] + margin[1], an["plane_points"])
-    config = {**base_config, "points": [snapshot_fingerprint(s) for s in (ft, b, c)], "x": xs.tolist(),
-              "y": ys.tolist()}
-    attrs = {"kind": "plane", "points": [plan.finetuned, *picked], "center": plan.finetuned, "bn_mode": "recompute"}
-    store.write_directions("plane", directions, attrs, overwrite=True)
-    grid = store.open_grid("surfaces", "plane", (len(xs), len(ys)), ev.metric_names,
-                           {"xcoordinates": xs, "ycoordinates": ys}, config, {**attrs, "directions": "plane"},
-                           overwrite=True)
-    todo = len(grid.missing())
-    if todo and not quiet:
-        print(f"analysis: plane {len(xs)}x{len(ys)} through {plan.finetuned}, {picked[0]}, {picked[1]} "
-              f"({todo} points to evaluate)", flush=True)
-    surface = compute_plane(ev, ft, directions, xs, ys, grid, quiet=quiet)
-    grid.put("projection_names", np.array(names, dtype="S"))
-    grid.put("projection_coords", coords)
-    grid.put("projection_distances", dists)
-    method_of = {}
-    for m in cfg.methods:
-        for n in plan.members[m.name]:
-            method_of.setdefault(n, m.name)
+    n = ctx.an["plane_points"]
+    xs = np.linspace(lo[0] - margin[0], hi[0] + margin[0], n)
+    ys = np.linspace(lo[1] - margin[1], hi[1] + margin[1], n)
+    if not ctx.quiet:
+        print(f"analysis: plane {n}x{n} through {plan.finetuned}, {picked[0]}, {picked[1]}", flush=True)
+    res = analyses.plane(ctx.evaluator, ft, pl.directions, xs, ys, store=ctx.store, name="plane",
+                         provenance=ctx.provenance, direction_attrs={"kind": "plane",
+                                                                     "points": [plan.finetuned, *picked]},
+                         projections=(names, coords, dists), overwrite=True, quiet=ctx.quiet)
+    method_of: dict[str, str] = {}
+    for m in ctx.cfg.methods:
+        for name in plan.members[m.name]:
+            method_of.setdefault(name, m.name)
     return {"through": [plan.finetuned, *picked], "xcoordinates": xs.tolist(), "ycoordinates": ys.tolist(),
-            **{k: surface[k].tolist() for k in ev.metric_names},
-            "projections": [{"name": n, "method": method_of.get(n), "x": float(p[0]), "y": float(p[1]),
-                             "distance": float(d)} for n, p, d in zip(names, coords, dists)]}
+            **{k: res[k] for k in ctx.evaluator.metric_names},
+            "projections": [{"name": p["name"], "method": method_of.get(p["name"]), "x": p["x"], "y": p["y"],
+                             "distance": p["distance"]} for p in res["projections"]]}

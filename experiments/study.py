@@ -1,19 +1,20 @@
-"""Running a study: every stage writes into DIR/results.h5 as it finishes; a restart redoes nothing finished.
+"""Running a study: every stage writes into the store DIR/results as it finishes; a restart redoes nothing finished.
 
 Stages: pre-training (embedded data; checkpoints cached across studies), the from-scratch
-baseline, fine-tunings, the samplers' units, then the analysis and the report.
+baseline, fine-tuning, the samplers' units, then the analysis and the report.
 
-DIR/results.h5
-    /                     attrs: study_fingerprint, study_name, study_config (JSON), schema_version, ...
-    /snapshots/UNIT       the unit's weights, buffers and metadata (method, member, cycle, lr, seed, parent, ...)
-    /predictions/UNIT     logits [N_test, C] (fp16) with test_acc / test_loss attributes
-    /labels/test          the test labels the predictions refer to
-    /ensembles/METHOD     ensemble metrics by size, member names, soup metrics
-    /curves/line-ft-0-0-UNIT, /barriers/METHOD, /surfaces/plane, /directions/plane   (analysis)
+DIR/results (a store folder, see landscape.store)
+    store.json            attrs: study_fingerprint, study_name, study_source, study_config
+    snapshots/UNIT.h5     the unit's weights, buffers and metadata (method, member, cycle, lr, seed, parent, ...)
+    predictions/UNIT.h5   logits [N_test, C] with test_acc / test_loss attributes
+    labels/test.h5        the test labels the predictions refer to
+    ensembles/METHOD.h5   ensemble metrics by size, member names, soup metrics
+    curves/line-ft-0-0-UNIT.h5, barriers/METHOD.h5, surfaces/plane.h5, directions/plane.h5   (analysis)
 
-A unit is finished when its predictions and its snapshot are both stored (written in that
-order, each atomically). Every unit is a pure function of its starting snapshot and its seed, so
-a resumed study ends with the same numbers as an uninterrupted one.
+A unit is finished when its predictions and its snapshot are both stored (experiments.records).
+Every unit is a pure function of its starting snapshot and its seed, so a resumed study ends
+with the same numbers as an uninterrupted one. A rerun with nothing to do writes nothing to the
+store.
 """
 from __future__ import annotations
 
@@ -24,23 +25,27 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from landscape.checkpoints import Snapshot, apply_state_dict, read_state_dict
 from landscape.engine import resolve_device
-from landscape.errors import LandscapeError
-from landscape.store import Store, read_attrs, write_attrs
+from landscape.errors import LandscapeError, LandscapeFault
+from landscape.store import Store
+from landscape.validate import check_writable_dir
 
+from .analysis import analyze_study
 from .config import StudyConfig, load_config
 from .data import FolderTask, Task, embedded_tasks
 from .models import check_fits, load_backbone, load_checkpoint_file, seeded_build
+from .records import unit_done, write_labels, write_predictions
+from .files import write_json_atomically
+from .report import write_report
 from .samplers import Context, Plan, Unit, plan_study, run_unit
 from .training import Hooks, logits_metrics, predict
 
-RESULTS = "results.h5"
+RESULTS = "results"
 
 
 @dataclass
@@ -90,57 +95,32 @@ def prepare(cfg: StudyConfig, device: str | None = None) -> Prepared:
 
 
 def check_output(out: str, cfg: StudyConfig) -> str:
-    """The results file of `out`; refuses a folder that holds another study or other files."""
+    """The study's store inside `out`; refuses a folder that holds another study or other files."""
     out = os.path.abspath(os.path.expanduser(out))
     path = os.path.join(out, RESULTS)
     if os.path.exists(out) and not os.path.isdir(out):
         raise LandscapeError(f"output {out!r} exists and is not a folder")
-    if os.path.isfile(path):
+    if os.path.isdir(path):
         with Store(path, mode="r") as store:
-            attrs = read_attrs(store.file)
+            attrs = store.attrs
         fp = attrs.get("study_fingerprint")
-        if fp is None:
-            raise LandscapeError(f"output folder {out!r} holds a results.h5 that is not a study's; "
-                                 "choose another --out")
-        if fp != cfg.fingerprint():
+        if fp is None and store.exists:
+            raise LandscapeError(f"output folder {out!r} holds a store that is not a study's; choose another --out")
+        if fp is not None and fp != cfg.fingerprint():
             raise LandscapeError(f"output folder {out!r} holds a different study ({attrs.get('study_name')!r} from "
                                  f"{attrs.get('study_source')!r}); choose another --out or delete that folder")
     elif os.path.isdir(out) and os.listdir(out):
         raise LandscapeError(f"output folder {out!r} is not empty and holds no study (no {RESULTS}); "
                              "choose another --out")
+    parent = os.path.dirname(out)
+    check_writable_dir(out if os.path.isdir(out) else parent, "output folder")
     return path
 
 
 def _init_store(store: Store, cfg: StudyConfig) -> None:
-    if "study_fingerprint" not in store.file.attrs:
-        write_attrs(store.file, {"study_fingerprint": cfg.fingerprint(), "study_name": cfg.name,
-                                 "study_source": cfg.source, "study_config": cfg.to_json()})
-        store.flush()
-
-
-def unit_done(store: Store, unit: Unit) -> bool:
-    if not store.has("snapshots", unit.name):
-        return False
-    return unit.kind == "pretrain" or store.has("predictions", unit.name)
-
-
-def write_predictions(store: Store, name: str, logits: torch.Tensor, metrics: Mapping[str, float]) -> None:
-    """Logits (fp16) and metrics of one unit, written under a temporary name and renamed."""
-    store.write_group("predictions", name, {"logits": logits.to(torch.float16).numpy()}, dict(metrics))
-
-
-def read_logits(store: Store, name: str) -> torch.Tensor:
-    return torch.from_numpy(store.get("predictions", name)["logits"][()])
-
-
-def _write_labels(store: Store, labels: torch.Tensor) -> None:
-    grp = store.file.require_group("labels")
-    if "test" in grp:
-        if not np.array_equal(grp["test"][()], labels.numpy()):
-            raise LandscapeError(f"store {store.path!r}: the test labels changed since the study started")
-        return
-    grp.create_dataset("test", data=labels.numpy())
-    store.flush()
+    if "study_fingerprint" not in store.attrs:
+        store.set_attrs({"study_fingerprint": cfg.fingerprint(), "study_name": cfg.name,
+                         "study_source": cfg.source, "study_config": cfg.to_json()})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -206,10 +186,11 @@ class Runner:
                 cache[c] = load_checkpoint_file(cfg["pretrain"]["checkpoints"][c])
         return cache[c]
 
+    def todo(self) -> list[Unit]:
+        return [u for u in self.prep.plan.units if not unit_done(self.store, u)]
+
     def run(self) -> None:
-        units = self.prep.plan.units
-        todo = [u for u in units if not unit_done(self.store, u)]
-        self._run(units, todo)
+        self._run(self.prep.plan.units, self.todo())
 
     def _run(self, units: list[Unit], todo: list[Unit]) -> None:
         with tqdm(total=len(units), initial=len(units) - len(todo), desc="study", unit="run", disable=self.quiet,
@@ -299,31 +280,39 @@ def run_study(config: str | StudyConfig | Mapping[str, Any], out: str, *, device
 
 def _run_study(cfg: StudyConfig, path: str, device: str | None, quiet: bool, hooks: Hooks | None, use_cache: bool,
                analyze: bool) -> dict[str, Any]:
-    from .analysis import analyze_study
-    from .report import write_report
-
     t0 = time.perf_counter()
     prep = prepare(cfg, device)
     t_prep = time.perf_counter() - t0
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    out = os.path.dirname(path)
+    summary_path = os.path.join(out, "summary.json")
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as exc:
+        raise LandscapeFault(f"cannot create output folder {out!r}: {exc.strerror or exc}") from None
     with Store(path, mode="a") as store:
-        _init_store(store, cfg)
-        _write_labels(store, prep.target.test_labels())
         runner = Runner(prep, store, hooks or Hooks(), quiet, use_cache)
+        if runner.todo():
+            store.lock()  # one writer per study, refused before any training starts
+        _init_store(store, cfg)
+        write_labels(store, prep.target.test_labels())
         t1 = time.perf_counter()
         runner.run()
         t_train = time.perf_counter() - t1
         if not analyze:
-            return {"trained": runner.trained, "out": os.path.dirname(path)}
+            return {"trained": runner.trained, "out": out}
         t2 = time.perf_counter()
         results = analyze_study(prep, store, runner, quiet)
         t_analysis = time.perf_counter() - t2
+        wrote = store.wrote
+    if not wrote and os.path.isfile(summary_path):
+        # Nothing new: the report on disk is this study's; rewriting it would only risk it.
+        with open(summary_path) as f:
+            return json.load(f)
     results["timings"] = {"prepare_s": t_prep, "train_s": t_train, "analysis_s": t_analysis,
                           "trained_units": runner.trained, "unit_seconds": runner.timings}
     t3 = time.perf_counter()
-    summary = write_report(prep, results, os.path.dirname(path))
+    summary = write_report(prep, results, out)
     summary["timings"]["report_s"] = time.perf_counter() - t3
     summary["timings"]["total_s"] = time.perf_counter() - t0
-    with open(os.path.join(os.path.dirname(path), "summary.json"), "w") as f:
-        json.dump(summary, f, indent=1)
+    write_json_atomically(summary_path, summary)
     return summary

@@ -1,12 +1,14 @@
 """The Python functions behind every `landscape` subcommand.
 
-Each returns a JSON-able dict (what `--json` prints) and, given `out`, stores its result in an
-HDF5 store under `name`, resumable: rerun with the same arguments, only missing points are computed.
+Each returns a JSON-able dict (what `--json` prints) and, given `out` (a store folder), stores its
+result there under `name`, resumable: rerun with the same arguments and only missing points are
+computed; rerun when everything is finished and nothing is written. The computing and the
+storing are the analysis layer's (`landscape.analyses`); this module turns arguments into its
+inputs. Every argument is checked before the first forward pass.
 `chunk` is the number of points saved at a time (default: the engine's choice).
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -16,16 +18,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoints import Snapshot, check_same_architecture, load_snapshot
+from . import analyses
+from .checkpoints import Snapshot, check_same_architecture
 from .data import TensorData, load_data
 from .directions import pca_directions, plane_through, project, random_direction
 from .engine import Evaluator, LossFn, resolve_device
 from .errors import LandscapeError
-from .grid import MemoryGrid, line_alphas, parse_range
-from .lines import compute_barrier_matrix, compute_line, curve_barriers
+from .grid import line_alphas, parse_range
+from .jsonable import to_jsonable
 from .models import build_model
-from .planes import compute_plane, project_snapshots
-from .store import Store, read_attrs
+from .planes import project_snapshots
+from .refs import load_snapshot, stored_predictions
+from .store import Store
+from .validate import check_writable_dir, positive_int
 
 @dataclass
 class Setup:
@@ -61,47 +66,21 @@ def setup(model: str | nn.Module, data: str | TensorData | None, test_data: str 
     return Setup(module, spec, train, test, ev)
 
 
-def snapshot_fingerprint(s: Snapshot) -> str:
-    h = hashlib.sha1(s.params.detach().cpu().numpy().tobytes())
-    for k in sorted(s.buffers):
-        h.update(s.buffers[k].detach().cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
 def _snapshots(refs: Sequence[str | Snapshot], model: nn.Module) -> list[Snapshot]:
     snaps = [r if isinstance(r, Snapshot) else load_snapshot(r, model) for r in refs]
     check_same_architecture(snaps)
     return snaps
 
 
-def _open_store(out: str | None):
+def open_store(out: str | None) -> Store | nullcontext:
+    """The store `out` for writing (nothing is created until the first write), after checking
+    that a new one can be created; a null context without `out`."""
     if out is None:
         return nullcontext(None)
-    parent = os.path.dirname(os.path.abspath(out))
-    if not os.path.isdir(parent):
-        raise LandscapeError(f"output folder {parent!r} does not exist")
-    return Store(out, mode="a")
-
-
-def _grid(store: Store | None, kind: str, name: str, shape, metrics, arrays, config, attrs, overwrite):
-    if store is None:
-        return MemoryGrid(shape, metrics, arrays)
-    return store.open_grid(kind, name, shape, metrics, arrays, config, attrs, overwrite)
-
-
-def _jsonable(x: Any) -> Any:
-    """Arrays and numpy scalars as plain lists and numbers; NaN/inf (points not computed) as None."""
-    if isinstance(x, dict):
-        return {k: _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())
-    if isinstance(x, (float, np.floating)):
-        return float(x) if np.isfinite(x) else None
-    if isinstance(x, np.integer):
-        return int(x)
-    return x
+    store = Store(out, mode="a")
+    check_writable_dir(store.path if store.exists else os.path.dirname(store.path),
+                       "store folder" if store.exists else "output folder")
+    return store
 
 
 def interpolate(a: str | Snapshot, b: str | Snapshot, *, model: str | nn.Module, data=None, test_data=None,
@@ -110,21 +89,14 @@ def interpolate(a: str | Snapshot, b: str | Snapshot, *, model: str | nn.Module,
                 num_classes: int | None = None, batch_size: int = 250, bn_samples: int = 2000,
                 quiet: bool = True, loss_fn: LossFn | None = None, chunk: int | None = None) -> dict[str, Any]:
     """Metrics along θ(α) = (1−α)·θa + α·θb, and the loss and error barriers."""
-    s = setup(model, data, test_data, num_classes=num_classes, bn=bn, device=device, batch_size=batch_size,
-              bn_samples=bn_samples, loss_fn=loss_fn)
-    sa, sb = _snapshots([a, b], s.model)
-    alphas = line_alphas(num) if alphas is None else np.asarray(alphas, dtype=np.float64)
-    metrics = s.evaluator.metric_names
-    config = {**s.provenance(), **s.evaluator.config, "a": snapshot_fingerprint(sa), "b": snapshot_fingerprint(sb),
-              "alphas": alphas.tolist()}
-    with _open_store(out) as store:
-        grid = _grid(store, "curves", name, (len(alphas),), metrics, {"alphas": alphas}, config,
-                     {**s.provenance(), "a": sa.name, "b": sb.name}, overwrite)
-        curve = compute_line(s.evaluator, sa, sb, alphas, grid, chunk, quiet=quiet)
-        barriers = curve_barriers(alphas, curve)
-        grid.set_attrs({"barriers": barriers})
-    return _jsonable({"kind": "curve", "name": name, "a": sa.name, "b": sb.name, "bn_mode": bn, "alphas": alphas,
-                   **{m: curve[m] for m in metrics}, "barriers": barriers, "store": out})
+    alphas = line_alphas(positive_int(num, "--num")) if alphas is None else np.asarray(alphas, dtype=np.float64)
+    with open_store(out) as store:
+        s = setup(model, data, test_data, num_classes=num_classes, bn=bn, device=device, batch_size=batch_size,
+                  bn_samples=bn_samples, loss_fn=loss_fn)
+        sa, sb = _snapshots([a, b], s.model)
+        res = analyses.line(s.evaluator, sa, sb, alphas, store=store, name=name, provenance=s.provenance(),
+                            overwrite=overwrite, chunk=chunk, quiet=quiet)
+    return analyses.to_json({**res, "store": out})
 
 
 def barriers(snapshots: Sequence[str | Snapshot], *, model: str | nn.Module, data=None, test_data=None,
@@ -135,23 +107,14 @@ def barriers(snapshots: Sequence[str | Snapshot], *, model: str | nn.Module, dat
     """Loss and error barriers between every pair of snapshots, as matrices."""
     if len(snapshots) < 2:
         raise LandscapeError("barriers needs at least two snapshots")
-    s = setup(model, data, test_data, num_classes=num_classes, bn=bn, device=device, batch_size=batch_size,
-              bn_samples=bn_samples, loss_fn=loss_fn)
-    snaps = _snapshots(snapshots, s.model)
-    alphas = line_alphas(num)
-    n = len(snaps)
-    pairs = np.array([(i, j) for i in range(n) for j in range(i + 1, n)], dtype=np.int64)
-    metrics = s.evaluator.metric_names
-    names = [sn.name for sn in snaps]
-    config = {**s.provenance(), **s.evaluator.config, "snapshots": [snapshot_fingerprint(x) for x in snaps],
-              "alphas": alphas.tolist()}
-    with _open_store(out) as store:
-        grid = _grid(store, "barriers", name, (len(pairs), len(alphas)), metrics,
-                     {"alphas": alphas, "pairs": pairs, "names": np.array(names, dtype="S")}, config,
-                     s.provenance(), overwrite)
-        result = compute_barrier_matrix(s.evaluator, snaps, alphas, grid, chunk, quiet=quiet)
-    matrices = {k: v for k, v in result.items() if k.endswith("_barrier")}
-    return _jsonable({"kind": "barriers", "name": name, "snapshots": names, "bn_mode": bn, **matrices, "store": out})
+    alphas = line_alphas(positive_int(num, "--num"))
+    with open_store(out) as store:
+        s = setup(model, data, test_data, num_classes=num_classes, bn=bn, device=device, batch_size=batch_size,
+                  bn_samples=bn_samples, loss_fn=loss_fn)
+        snaps = _snapshots(snapshots, s.model)
+        res = analyses.barrier_matrix(s.evaluator, snaps, alphas, store=store, name=name,
+                                      provenance=s.provenance(), overwrite=overwrite, chunk=chunk, quiet=quiet)
+    return analyses.to_json({**res, "store": out})
 
 
 def plane(center: str | Snapshot, *, model: str | nn.Module, data=None, test_data=None,
@@ -170,56 +133,61 @@ def plane(center: str | Snapshot, *, model: str | nn.Module, data=None, test_dat
         raise LandscapeError("--pca needs at least three snapshots")
     if through is not None and len(through) != 2:
         raise LandscapeError("--through needs exactly two snapshots")
-    s = setup(model, data, test_data, num_classes=num_classes, bn=bn, device=device, batch_size=batch_size,
-              bn_samples=bn_samples, loss_fn=loss_fn)
-    snaps = _snapshots([center, *(through or []), *(pca or []), *project_onto], s.model)
-    c = snaps[0]
-    if through is not None:
-        pl = plane_through(c.params, snaps[1].params, snaps[2].params)
-        directions = pl.directions
-        dir_attrs = {"kind": "plane", "points": [sn.name for sn in snaps[:3]]}
-        xs, ys = _default_range(x, pl.coords[:, 0].numpy()), _default_range(y, pl.coords[:, 1].numpy())
-    elif pca is not None:
-        res = pca_directions([sn.params for sn in snaps[1:1 + len(pca)]], k=2, center="last")
-        directions = res.directions
-        dir_attrs = {"kind": "pca", "points": [sn.name for sn in snaps[1:1 + len(pca)]],
-                     "explained_variance_ratio": res.explained_variance_ratio.tolist()}
-        traj = np.array([project(sn.params, c.params, directions)[0].numpy() for sn in snaps[: 1 + len(pca)]])
-        xs, ys = _default_range(x, traj[:, 0]), _default_range(y, traj[:, 1])
-    else:
-        layout = s.evaluator.layout
-        directions = torch.stack([random_direction(layout, c.params, random, seed, ignore_bias_bn),
-                                  random_direction(layout, c.params, random, seed + 1, ignore_bias_bn)])
-        dir_attrs = {"kind": "random", "normalization": random, "seeds": [seed, seed + 1],
-                     "ignore_bias_bn": ignore_bias_bn}
-        xs = parse_range(x or "-1:1:11", "--x grid") if not isinstance(x, np.ndarray) else x
-        ys = parse_range(y or "-1:1:11", "--y grid") if not isinstance(y, np.ndarray) else y
-    names, coords, dists = project_snapshots(snaps, c.params, directions)
-    metrics = s.evaluator.metric_names
-    config = {**s.provenance(), **s.evaluator.config, **dir_attrs, "x": xs.tolist(), "y": ys.tolist(),
-              "snapshots": [snapshot_fingerprint(sn) for sn in snaps[: 1 + len(through or pca or [])]]}
-    with _open_store(out) as store:
-        if store is not None:
-            store.write_directions(name, directions, {**dir_attrs, "center": c.name}, overwrite=True)
-        grid = _grid(store, "surfaces", name, (len(xs), len(ys)), metrics,
-                     {"xcoordinates": xs, "ycoordinates": ys}, config,
-                     {**s.provenance(), **dir_attrs, "center": c.name, "directions": name}, overwrite)
-        surface = compute_plane(s.evaluator, c, directions, xs, ys, grid, chunk, quiet=quiet)
-        grid.put("projection_names", np.array(names, dtype="S"))
-        grid.put("projection_coords", coords)
-        grid.put("projection_distances", dists)
-    return _jsonable({"kind": "surface", "name": name, "center": c.name, "bn_mode": bn, **dir_attrs,
-                   "xcoordinates": xs, "ycoordinates": ys, **{m: surface[m] for m in metrics},
-                   "projections": [{"name": nm, "x": cc[0], "y": cc[1], "distance": d}
-                                   for nm, cc, d in zip(names, coords, dists)], "store": out})
+    if random is not None and random not in ("filter", "layer", "none"):
+        raise LandscapeError(f"unknown normalisation {random!r}: choose filter, layer or none")
+    # user-given grids are checked before anything is loaded
+    xs = _user_range(x, "--x grid")
+    ys = _user_range(y, "--y grid")
+    with open_store(out) as store:
+        s = setup(model, data, test_data, num_classes=num_classes, bn=bn, device=device, batch_size=batch_size,
+                  bn_samples=bn_samples, loss_fn=loss_fn)
+        snaps = _snapshots([center, *(through or []), *(pca or []), *project_onto], s.model)
+        c = snaps[0]
+        if through is not None:
+            pl = plane_through(c.params, snaps[1].params, snaps[2].params)
+            directions = pl.directions
+            dir_attrs = {"kind": "plane", "points": [sn.name for sn in snaps[:3]]}
+            xs = xs if xs is not None else _default_range(pl.coords[:, 0].numpy())
+            ys = ys if ys is not None else _default_range(pl.coords[:, 1].numpy())
+        elif pca is not None:
+            res = pca_directions([sn.params for sn in snaps[1:1 + len(pca)]], k=2, center="last")
+            directions = res.directions
+            dir_attrs = {"kind": "pca", "points": [sn.name for sn in snaps[1:1 + len(pca)]],
+                         "explained_variance_ratio": res.explained_variance_ratio.tolist()}
+            traj = np.array([project(sn.params, c.params, directions)[0].numpy() for sn in snaps[: 1 + len(pca)]])
+            xs = xs if xs is not None else _default_range(traj[:, 0])
+            ys = ys if ys is not None else _default_range(traj[:, 1])
+        else:
+            layout = s.evaluator.layout
+            directions = torch.stack([random_direction(layout, c.params, random, seed, ignore_bias_bn),
+                                      random_direction(layout, c.params, random, seed + 1, ignore_bias_bn)])
+            dir_attrs = {"kind": "random", "normalization": random, "seeds": [seed, seed + 1],
+                         "ignore_bias_bn": ignore_bias_bn}
+            xs = xs if xs is not None else parse_range("-1:1:11")
+            ys = ys if ys is not None else parse_range("-1:1:11")
+        dir_attrs["snapshots"] = [sn.fingerprint() for sn in snaps[: 1 + len(through or pca or [])]]
+        projections = project_snapshots(snaps, c.params, directions)
+        res = analyses.plane(s.evaluator, c, directions, xs, ys, store=store, name=name, provenance=s.provenance(),
+                             direction_attrs=dir_attrs, projections=projections, overwrite=overwrite, chunk=chunk,
+                             quiet=quiet)
+    return analyses.to_json({**res, "store": out})
 
 
-def _default_range(spec: str | np.ndarray | None, coords: np.ndarray, num: int = 11) -> np.ndarray:
-    """A grid covering the projected points with a 25% margin, unless the user gave one."""
+def _user_range(spec: str | np.ndarray | None, what: str) -> np.ndarray | None:
+    if spec is None or (isinstance(spec, str) and not spec):
+        return None
     if isinstance(spec, np.ndarray):
-        return spec
-    if spec:
-        return parse_range(spec, "grid")
+        if spec.ndim != 1 or not len(spec) or not np.isfinite(spec).all():
+            raise LandscapeError(f"{what} must be a non-empty 1-D array of finite values")
+        return spec.astype(np.float64)
+    return parse_range(spec, what)
+
+
+def _default_range(coords: np.ndarray, num: int = 11) -> np.ndarray:
+    """A grid covering the projected points with a 25% margin."""
+    coords = np.asarray(coords, dtype=np.float64)
+    if not np.isfinite(coords).all():
+        raise LandscapeError("the snapshots' plane coordinates are not finite (do the snapshots hold NaN or inf?)")
     lo, hi = float(coords.min()), float(coords.max())
     margin = 0.25 * max(hi - lo, 1e-3)
     return np.linspace(lo - margin, hi + margin, num)
@@ -228,7 +196,7 @@ def _default_range(spec: str | np.ndarray | None, coords: np.ndarray, num: int =
 def info(path: str) -> dict[str, Any]:
     """What a store holds: per kind and name, dataset shapes and key attributes."""
     with Store(path, mode="r") as store:
-        return _jsonable(store.describe())
+        return to_jsonable(store.describe())
 
 
 def plot(path: str, name: str, *, out: str | None = None, metric: str | None = None, style: str = "contour",
@@ -240,9 +208,9 @@ def plot(path: str, name: str, *, out: str | None = None, metric: str | None = N
         kind = next((k for k in ("surfaces", "curves", "barriers", "ensembles") if store.has(k, name)), None)
         if kind is None:
             raise LandscapeError(f"store {path!r} has no curve, surface, barrier matrix or ensemble named {name!r}")
-        g = store.get(kind, name)
-        data = {k: g[k][()] for k in g.keys() if hasattr(g[k], "shape") and k != "predictions"}
-        attrs = read_attrs(g)
+        obj = store.read(kind, name, skip=("predictions", "labels"))
+        data, attrs = obj.arrays, obj.attrs
+    # beside the store folder, not inside it: the store holds only its own objects
     out = out or os.path.join(os.path.dirname(os.path.abspath(path)), f"{name}.png")
     title = f"{name} (BN {attrs.get('bn_mode', '?')})"
     if kind == "curves":
@@ -269,21 +237,6 @@ def plot(path: str, name: str, *, out: str | None = None, metric: str | None = N
     return {"kind": kind[:-1], "name": name, "figure": out}
 
 
-def _stored_predictions(ref: str) -> tuple[list[str], torch.Tensor, torch.Tensor] | None:
-    """`FILE.h5:NAME` naming an ensemble with kept predictions: (member names, logits, labels)."""
-    from .checkpoints import is_store_ref
-
-    if not is_store_ref(ref):
-        return None
-    path, _, name = ref.rpartition(":")
-    with Store(path, mode="r") as store:
-        if not store.has("ensembles", name) or "predictions" not in store.get("ensembles", name):
-            return None
-        g = store.get("ensembles", name)
-        members = [m.decode() if isinstance(m, bytes) else str(m) for m in g["members"][()]]
-        return members, torch.from_numpy(g["predictions"][()]).float(), torch.from_numpy(g["labels"][()])
-
-
 def ensemble(members: Sequence[str | Snapshot], *, model: str | nn.Module | None = None, data=None,
              val_data=None, out: str | None = None, name: str = "ensemble", overwrite: bool = False,
              keep_predictions: bool = False, fp16: bool = False, orders: int = 0, seed: int = 0,
@@ -291,8 +244,9 @@ def ensemble(members: Sequence[str | Snapshot], *, model: str | nn.Module | None
              quiet: bool = True) -> dict[str, Any]:
     """Metrics of the ensembles of the first m members, m = 1..K, on `data` (the evaluation set).
 
-    Members are `.pt` checkpoints, `FILE.h5:SNAPSHOT`, or `FILE.h5:ENSEMBLE` holding kept predictions.
+    Members are `.pt` checkpoints, `STORE:SNAPSHOT`, or `STORE:ENSEMBLE` holding kept predictions.
     `val_data` enables temperature-scaled (calibrated) NLL; `orders` > 0 also averages over random orders.
+    Rerunning with the same arguments returns the stored result without computing or writing.
     """
     from tqdm.auto import tqdm
 
@@ -300,8 +254,11 @@ def ensemble(members: Sequence[str | Snapshot], *, model: str | nn.Module | None
 
     if not members:
         raise LandscapeError("ensemble needs at least one member")
+    batch_size = positive_int(batch_size, "--batch-size")
+    if isinstance(orders, bool) or not isinstance(orders, int) or orders < 0:
+        raise LandscapeError(f"--orders must be a non-negative integer, got {orders!r}")
     dev = resolve_device(device)
-    stored = [_stored_predictions(m) if isinstance(m, str) else None for m in members]
+    stored = [stored_predictions(m) if isinstance(m, str) else None for m in members]
     names: list[str] = []
     if all(s is not None for s in stored):
         if val_data is not None:
@@ -312,10 +269,12 @@ def ensemble(members: Sequence[str | Snapshot], *, model: str | nn.Module | None
             if s[2].shape != labels.shape or not torch.equal(s[2], labels):
                 raise LandscapeError("stored predictions of different data cannot form one ensemble")
             names += s[0]
-        batches = iter([(logits[:, i:i + batch_size].to(dev), labels[i:i + batch_size].to(dev))
-                        for i in range(0, labels.shape[0], batch_size)])
-        n_samples, spec, test = int(labels.shape[0]), "stored predictions", None
-        temps = None
+        fingerprints = [analyses.tensor_fingerprint(logits), analyses.tensor_fingerprint(labels)]
+        n_samples, spec, labels_out = int(labels.shape[0]), "stored predictions", labels
+
+        def start() -> tuple[Any, torch.Tensor | None]:
+            return iter([(logits[:, i:i + batch_size].to(dev), labels[i:i + batch_size].to(dev))
+                         for i in range(0, labels.shape[0], batch_size)]), None
     else:
         if any(s is not None for s in stored):
             raise LandscapeError("mix of stored predictions and checkpoints: give one kind of member")
@@ -332,80 +291,64 @@ def ensemble(members: Sequence[str | Snapshot], *, model: str | nn.Module | None
             except LandscapeError as exc:
                 raise LandscapeError(f"member {m!r}: {exc}") from None
         names = [s.name for s in snaps]
-        fwd = MemberForward(module, snaps, dev)
-        temps = None
-        if val is not None:
-            val_logits, val_labels = zip(*fwd.batches(val.x, val.y, batch_size))
-            temps = fit_temperatures(torch.cat(val_logits, 1).cpu(), torch.cat(val_labels).cpu())
-        bar = tqdm(total=len(test), desc="ensemble", unit="img", disable=quiet, leave=False)
+        fingerprints = [s.fingerprint() for s in snaps]
+        n_samples, spec, labels_out = len(test), test.spec, test.y
 
-        def stream():
-            for lg, yb in fwd.batches(test.x, test.y, batch_size):
-                bar.update(yb.shape[0])
-                yield lg, yb
+        def start() -> tuple[Any, torch.Tensor | None]:
+            """The member forward passes begin only here: nothing runs for a finished result."""
+            fwd = MemberForward(module, snaps, dev)
+            temps = None
+            if val is not None:
+                val_logits, val_labels = zip(*fwd.batches(val.x, val.y, batch_size))
+                temps = fit_temperatures(torch.cat(val_logits, 1).cpu(), torch.cat(val_labels).cpu())
 
-        batches, n_samples, spec = stream(), len(test), test.spec
-    with _open_store(out) as store:
-        kept = None
-        if store is not None:
-            if store.has("ensembles", name) and not overwrite:
-                raise LandscapeError(f"store {out!r} already has ensemble {name!r}; use --overwrite or another --name")
-            if keep_predictions:
-                kept = _PredictionWriter(store, name, len(names), n_samples, fp16)
-        res = evaluate_ensemble(batches, names, temps, orders, seed, keep=kept.write if kept else None)
-        if store is not None:
-            arrays = {k: v for k, v in res.items()}
-            attrs = {"members": names, "data_spec": spec, "orders": orders, "seed": seed,
-                     "model_spec": model if isinstance(model, str) else None}
-            if kept is not None:
-                kept.finish(arrays, attrs, test.y if test is not None else None)
+            def stream():
+                with tqdm(total=len(test), desc="ensemble", unit="img", disable=quiet, leave=False) as bar:
+                    for lg, yb in fwd.batches(test.x, test.y, batch_size):
+                        bar.update(yb.shape[0])
+                        yield lg, yb
+            return stream(), temps
+
+    config = {"members": fingerprints, "names": names, "data_spec": spec,
+              "val_data_spec": getattr(val_data, "spec", val_data), "orders": orders, "seed": seed,
+              "keep_predictions": bool(keep_predictions), "fp16": bool(fp16)}
+    attrs = {"members": names, "data_spec": spec, "orders": orders, "seed": seed, "config": config,
+             "model_spec": model if isinstance(model, str) else None}
+    with open_store(out) as store:
+        res = analyses.finished_ensemble(store, name, config, overwrite)
+        if res is None:
+            if store is not None and keep_predictions:
+                with store.new_object("ensembles", name, attrs, overwrite=True) as obj:
+                    writer = _PredictionWriter(obj, len(names), n_samples, fp16)
+                    batches, temps = start()
+                    res = evaluate_ensemble(batches, names, temps, orders, seed, keep=writer.write)
+                    for key, value in analyses.ensemble_arrays(res, names).items():
+                        obj.put(key, value)
+                    obj.put("labels", labels_out.cpu().numpy())
             else:
-                store.delete("ensembles", name)
-                store._write_atomically("ensembles", name, lambda g: _fill_ensemble(g, arrays, names, attrs))
-    return _jsonable({"kind": "ensemble", "name": name, "members": names, "rows": table_rows(res),
-                   "member_accuracies": res["member_accuracies"], "member_nlls": res["member_nlls"],
-                   **({"orders_mean": {k[:-len("_orders_mean")]: v for k, v in res.items()
-                                       if k.endswith("_orders_mean")}} if orders else {}),
-                   "store": out})
-
-
-def _fill_ensemble(g, arrays: dict, names: list[str], attrs: dict) -> None:
-    from .store import provenance, write_attrs
-
-    for k, v in arrays.items():
-        if k in g:
-            del g[k]
-        g.create_dataset(k, data=np.asarray(v))
-    if "members" not in g:
-        g.create_dataset("members", data=np.array(names, dtype="S"))
-    write_attrs(g, provenance(**attrs))
+                batches, temps = start()
+                res = evaluate_ensemble(batches, names, temps, orders, seed)
+                if store is not None:
+                    store.write("ensembles", name, analyses.ensemble_arrays(res, names), attrs, overwrite=True)
+    return to_jsonable({"kind": "ensemble", "name": name, "members": names, "rows": table_rows(res),
+                        "member_accuracies": res["member_accuracies"], "member_nlls": res["member_nlls"],
+                        **({"orders_mean": {k[:-len("_orders_mean")]: v for k, v in res.items()
+                                            if k.endswith("_orders_mean")}} if orders else {}),
+                        "store": out})
 
 
 class _PredictionWriter:
-    """Member logits written batch by batch into a chunked dataset under a temporary name."""
+    """Member logits written batch by batch into a chunked dataset of the object being written."""
 
-    def __init__(self, store: Store, name: str, m: int, n: int, fp16: bool) -> None:
-        self.store, self.name = store, name
-        grp = store.group("ensembles")
-        self.tmp = f".tmp-{name}"
-        if self.tmp in grp:
-            del grp[self.tmp]
-        self.group = grp.create_group(self.tmp)
-        self.m, self.n, self.fp16 = m, n, fp16
-        self.ds = None
+    def __init__(self, obj, m: int, n: int, fp16: bool) -> None:
+        self.obj, self.m, self.n, self.fp16 = obj, m, n, fp16
+        self.created = False
 
     def write(self, start: int, logits: torch.Tensor) -> None:
-        if self.ds is None:
+        if not self.created:
             c = logits.shape[-1]
-            self.ds = self.group.create_dataset("predictions", shape=(self.m, self.n, c),
-                                                dtype="f2" if self.fp16 else "f4",
-                                                chunks=(1, min(self.n, 1024), c))
-        self.ds[:, start:start + logits.shape[1]] = logits.detach().cpu().numpy()
-
-    def finish(self, arrays: dict, attrs: dict, labels: torch.Tensor | None) -> None:
-        _fill_ensemble(self.group, arrays, attrs["members"], attrs)
-        if labels is not None:
-            self.group.create_dataset("labels", data=labels.numpy())
-        self.store.delete("ensembles", self.name)
-        self.store.group("ensembles").move(self.tmp, self.name)
-        self.store.flush()
+            self.obj.create("predictions", (self.m, self.n, c), "f2" if self.fp16 else "f4",
+                            chunks=(1, min(self.n, 1024), c))
+            self.created = True
+        self.obj.write("predictions", (slice(None), slice(start, start + logits.shape[1])),
+                       logits.detach().cpu().numpy())

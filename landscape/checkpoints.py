@@ -1,6 +1,8 @@
-"""Loading weights into a model: `.pt`/`.pth` state dicts (weights_only) and store snapshots."""
+"""Snapshots (points in weight space) and loading `.pt`/`.pth` state dicts (weights_only only)."""
 from __future__ import annotations
 
+import copy
+import hashlib
 import os
 import pickle
 from collections import OrderedDict
@@ -11,7 +13,7 @@ import torch
 from torch import nn
 
 from .errors import LandscapeError
-from .params import ParamLayout, get_buffers, parameters_to_vector
+from .params import ParamLayout, get_buffers, parameters_to_vector, set_buffers, vector_to_model
 
 _WRAPPER_KEYS = ("state_dict", "model_state", "model_state_dict", "model")
 
@@ -31,12 +33,17 @@ class Snapshot:
         return cls(name, parameters_to_vector(model).clone(), ParamLayout.of(model), get_buffers(model), dict(meta))
 
     def load_into(self, model: nn.Module) -> nn.Module:
-        from .params import set_buffers, vector_to_model
-
         ParamLayout.of(model).check_same(self.layout, "model", f"snapshot {self.name!r}")
         vector_to_model(self.params, model)
         set_buffers(model, self.buffers)
         return model
+
+    def fingerprint(self) -> str:
+        """A short hash of the weights and buffers: what a stored result was computed from."""
+        h = hashlib.sha1(self.params.detach().cpu().numpy().tobytes())
+        for k in sorted(self.buffers):
+            h.update(self.buffers[k].detach().cpu().numpy().tobytes())
+        return h.hexdigest()[:16]
 
 
 def read_state_dict(path: str) -> dict[str, torch.Tensor]:
@@ -89,36 +96,6 @@ def apply_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], source
     """Load `state` into `model`, with one-line errors for missing, unexpected or misshapen keys."""
     check_state_fits(model.state_dict(), state, source)
     model.load_state_dict(state)
-
-
-def is_store_ref(ref: str) -> bool:
-    path, sep, name = ref.rpartition(":")
-    return bool(sep) and path.endswith((".h5", ".hdf5")) and bool(name)
-
-
-def load_snapshot(ref: str, model: nn.Module) -> Snapshot:
-    """A `.pt` checkpoint or `FILE.h5:NAME` store snapshot as a Snapshot for `model`'s architecture.
-
-    `model` is used as the template (its own weights are left untouched).
-    """
-    if is_store_ref(ref):
-        from .store import Store
-
-        path, _, name = ref.rpartition(":")
-        with Store(path, mode="r") as store:
-            snap = store.read_snapshot(name)
-        ParamLayout.of(model).check_same(snap.layout, "model", f"snapshot {ref!r}")
-        own_buffers = dict(model.named_buffers())
-        if set(snap.buffers) != set(own_buffers):
-            raise LandscapeError(f"snapshot {ref!r} does not fit the model: its buffers differ")
-        snap.name = ref
-        return snap
-    import copy
-
-    state = read_state_dict(ref)
-    clone = copy.deepcopy(model)
-    apply_state_dict(clone, state, ref)
-    return Snapshot.from_model(clone, name=ref, source=os.path.abspath(ref))
 
 
 def check_same_architecture(snapshots: list[Snapshot]) -> None:

@@ -29,7 +29,7 @@ def add_common(p: argparse.ArgumentParser, evaluation: bool = True) -> None:
         p.add_argument("--bn-samples", type=int, default=2000, help="training samples for BN recompute")
         p.add_argument("--batch-size", type=int, default=250)
         p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-        p.add_argument("--out", default=None, help="HDF5 store to write (resumable)")
+        p.add_argument("--out", default=None, help="store folder to write (created if new; resumable)")
         p.add_argument("--overwrite", action="store_true", help="replace a result of the same name")
         p.add_argument("--chunk", type=int, default=None,
                        help="points evaluated and saved together (the unit of progress and resume)")
@@ -43,13 +43,23 @@ def _eval_kwargs(args: argparse.Namespace) -> dict[str, Any]:
                 batch_size=args.batch_size, bn_samples=args.bn_samples, quiet=args.quiet, chunk=args.chunk)
 
 
+def _fmt_number(v: Any, fmt: str = "+.4f") -> str:
+    return format(v, fmt) if isinstance(v, (int, float)) else str(v)
+
+
 def _fmt_barriers(barriers: dict) -> str:
-    return "\n".join(f"  {k:<12} barrier {v['barrier']:+.4f} at α={v['alpha']:.3f}" for k, v in barriers.items())
+    return "\n".join(f"  {k:<12} barrier {_fmt_number(v['barrier'])} at α={_fmt_number(v['alpha'], '.3f')}"
+                     for k, v in barriers.items())
+
+
+def _diverged(res: dict) -> str:
+    """The summary line's note on points whose loss was NaN or inf."""
+    return f"; {res['diverged']} of {res['points']} points diverged (loss NaN or inf)" if res.get("diverged") else ""
 
 
 def cmd_interpolate(args: argparse.Namespace) -> tuple[dict, str]:
     res = api.interpolate(args.a, args.b, num=args.num, name=args.name or "interpolate", **_eval_kwargs(args))
-    lines = [f"line {res['a']} -> {res['b']} ({len(res['alphas'])} points, BN {res['bn_mode']})",
+    lines = [f"line {res['a']} -> {res['b']} ({len(res['alphas'])} points, BN {res['bn_mode']}){_diverged(res)}",
              _fmt_barriers(res["barriers"])]
     return res, "\n".join(lines)
 
@@ -57,11 +67,11 @@ def cmd_interpolate(args: argparse.Namespace) -> tuple[dict, str]:
 def cmd_barriers(args: argparse.Namespace) -> tuple[dict, str]:
     res = api.barriers(args.snapshots, num=args.num, name=args.name or "barriers", **_eval_kwargs(args))
     names = res["snapshots"]
-    lines = []
+    lines = [f"barriers between {len(names)} snapshots (BN {res['bn_mode']}){_diverged(res)}"]
     for key in [k for k in res if k.endswith("_barrier")]:
         lines.append(f"{key}:")
         for i, row in enumerate(res[key]):
-            lines.append(f"  [{i}] " + " ".join(f"{v:8.4f}" for v in row) + f"   {names[i]}")
+            lines.append(f"  [{i}] " + " ".join(f"{_fmt_number(v, '8.4f'):>8}" for v in row) + f"   {names[i]}")
     return res, "\n".join(lines)
 
 
@@ -70,9 +80,10 @@ def cmd_plane(args: argparse.Namespace) -> tuple[dict, str]:
                     ignore_bias_bn=not args.include_bias_bn, x=args.x, y=args.y, project_onto=args.project or (),
                     name=args.name or "plane", **_eval_kwargs(args))
     key = next(k for k in ("test_loss", "train_loss") if k in res)
-    vals = [v for row in res[key] for v in row if v is not None]
-    lines = [f"plane {res['name']}: {len(res['xcoordinates'])} x {len(res['ycoordinates'])} points, "
-             f"{key} min {min(vals):.4f} max {max(vals):.4f}"]
+    vals = [v for row in res[key] for v in row if isinstance(v, (int, float))]
+    span = f"{key} min {min(vals):.4f} max {max(vals):.4f}" if vals else f"no finite {key}"
+    lines = [f"plane {res['name']}: {len(res['xcoordinates'])} x {len(res['ycoordinates'])} points, {span}"
+             f"{_diverged(res)}"]
     lines += [f"  {p['name']}: ({p['x']:.4f}, {p['y']:.4f}), distance {p['distance']:.4g}" for p in res["projections"]]
     return res, "\n".join(lines)
 
@@ -106,7 +117,8 @@ def cmd_info(args: argparse.Namespace) -> tuple[dict, str]:
             attrs = {**(entry["attrs"].get("meta") or {}), **entry["attrs"]}
             shown = ", ".join(f"{k}={attrs[k]}" for k in keys if attrs.get(k) is not None)
             lines.append(f"  {kind[:-1] if kind.endswith('s') else kind:<10} {name}: {shapes}"
-                         + (f"  [{shown}]" if shown else ""))
+                         + (f"  [{shown}]" if shown else "")
+                         + (f"  DAMAGED: {entry['damaged']}" if entry.get("damaged") else ""))
     return res, "\n".join(lines)
 
 
@@ -144,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_plane)
 
     p = sub.add_parser("ensemble", help="ensemble metrics for every size 1..K")
-    p.add_argument("members", nargs="+", help=".pt checkpoints, FILE.h5:SNAPSHOT or FILE.h5:ENSEMBLE (kept predictions)")
+    p.add_argument("members", nargs="+", help=".pt checkpoints, STORE:SNAPSHOT or STORE:ENSEMBLE (kept predictions)")
     p.add_argument("--model", default=None, help="model spec (not needed for stored predictions)")
     p.add_argument("--num-classes", type=int, default=None)
     p.add_argument("--data", default=None, help="evaluation data (the test split for split datasets)")
@@ -204,15 +216,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         result, text = args.func(args)
     except LandscapeError as exc:
         print(f"landscape: error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
     except KeyboardInterrupt:
         print("landscape: interrupted (finished chunks are saved; rerun the same command to resume)",
               file=sys.stderr)
         return 130
-    if args.json:
-        print(json.dumps(result, indent=1))
-    else:
-        print(text)
+    except (OSError, MemoryError) as exc:  # a fault of the machine, not of the input: still one line
+        what = f"{exc.strerror}: {exc.filename}" if isinstance(exc, OSError) and exc.strerror and exc.filename \
+            else (exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__)
+        print(f"landscape: error: {' '.join(str(what).split())}", file=sys.stderr)
+        return 1
+    try:
+        print(json.dumps(result, indent=1) if args.json else text)
+    except BrokenPipeError:  # `landscape ... | head`: the result is stored; the reader left
+        return 0
     return 0
 
 

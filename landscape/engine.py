@@ -26,6 +26,7 @@ from .bn import BN_MODES, FoldedEval, bn_modules, recompute_bn
 from .data import TensorData, check_labels
 from .errors import LandscapeError
 from .family import AffineFamily
+from .validate import positive_int
 from .params import ParamLayout, set_buffers, vector_to_model
 
 
@@ -33,14 +34,33 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None or str(device) == "auto":
+    """`auto` (CUDA when present, else the CPU), `cpu`, `cuda` or `cuda:N` as a torch.device.
+
+    Only CPU and CUDA devices are supported; anything else (meta, xla, mps, a GPU index that
+    does not exist, a malformed string) is refused with a one-line LandscapeError."""
+    accepted = "accepted: auto, cpu, cuda, cuda:N"
+    if device is None or (isinstance(device, str) and device.strip() == "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not isinstance(device, (str, torch.device)):
+        raise LandscapeError(f"unknown device {device!r}: {accepted}")
     try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise LandscapeError(f"unknown device {device!r}: use auto, cpu or cuda") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise LandscapeError("--device cuda was asked for but CUDA is not available")
+        dev = torch.device(device.strip() if isinstance(device, str) else device)
+    except (RuntimeError, ValueError, TypeError):
+        raise LandscapeError(f"unknown device {str(device)!r}: {accepted}") from None
+    if dev.type == "cpu":
+        if dev.index not in (None, 0):
+            raise LandscapeError(f"unknown device {str(device)!r}: {accepted}")
+        return torch.device("cpu")
+    if dev.type != "cuda":
+        raise LandscapeError(f"unsupported device {str(device)!r}: only CPU and CUDA devices are "
+                             f"supported; {accepted}")
+    if not torch.cuda.is_available():
+        raise LandscapeError(f"device {str(device)!r} was asked for but CUDA is not available; "
+                             "accepted here: auto, cpu")
+    count = torch.cuda.device_count()
+    if dev.index is not None and dev.index >= count:
+        raise LandscapeError(f"device {str(device)!r}: no such GPU, this machine has {count} "
+                             f"(cuda:0 to cuda:{count - 1}); {accepted}")
     return dev
 
 
@@ -68,8 +88,8 @@ class Evaluator:
         self.device = resolve_device(device)
         self.bn_mode = bn_mode
         self.loss_fn = loss_fn or default_loss
-        self.batch_size = int(batch_size)
-        self.bn_samples = int(bn_samples)
+        self.batch_size = positive_int(batch_size, "--batch-size")
+        self.bn_samples = positive_int(bn_samples, "--bn-samples")
         self.model = copy.deepcopy(model).to(self.device)
         self.layout = ParamLayout.of(self.model)
         self.has_bn = bool(bn_modules(self.model))
@@ -195,6 +215,7 @@ class Evaluator:
         """
         if chunk_size is None:
             chunk_size = self.points_per_pass if self.batched is not None else 8
+        chunk_size = positive_int(chunk_size, "--chunk")
         coeffs = torch.as_tensor(np.asarray(coeffs, dtype=np.float64)).reshape(len(coeffs), -1)
         if coeffs.shape[1] != family.ndim:
             raise LandscapeError(f"{coeffs.shape[1]} coefficients per point for {family.ndim} directions")
@@ -219,6 +240,7 @@ class Evaluator:
                         chunk_metrics[m].append(v)
                     bar.update(1)
                 arrays = {m: np.asarray(v) for m, v in chunk_metrics.items()}
+            arrays = flag_nonfinite(arrays)
             if on_chunk is not None:
                 on_chunk(chunk, arrays)
             for m, v in arrays.items():
@@ -246,6 +268,18 @@ class Evaluator:
             loss, acc = batched_metrics(fwd, x, y, self.batch_size, loss_fn)
             out[f"{split}_loss"], out[f"{split}_acc"] = loss.cpu().numpy(), acc.cpu().numpy()
         return out
+
+
+def flag_nonfinite(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A point whose loss is NaN or inf has no meaningful accuracy (argmax of NaN logits is 0):
+    its accuracy on that split becomes NaN too, so it is never stored as an ordinary number."""
+    out = dict(arrays)
+    for key, loss in arrays.items():
+        if key.endswith("_loss"):
+            acc_key = key[: -len("_loss")] + "_acc"
+            if acc_key in out:
+                out[acc_key] = np.where(np.isfinite(loss), out[acc_key], np.nan)
+    return out
 
 
 def first_layer_flop_share(model: nn.Module, x: torch.Tensor) -> float:

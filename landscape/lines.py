@@ -70,10 +70,7 @@ def compute_barrier_matrix(evaluator: Evaluator, snaps: Sequence[Snapshot], alph
                       on_chunk=lambda idx, vals, off=p * na: grid.write(idx + off, vals), quiet=quiet,
                       desc=f"pair {i}-{j}")
     data = grid.read()
-    matrices = barrier_matrices(alphas, data, pairs, n)
-    for key, mat in matrices.items():
-        grid.put(key, mat)
-    data.update(matrices)
+    data.update(barrier_matrices(alphas, data, pairs, n))
     return data
 
 

@@ -1,41 +1,73 @@
-"""The HDF5 store: one file per study or analysis (schema in DESIGN.md).
+"""The store: a folder holding one HDF5 file per finished object.
 
-Layout
-    /                       attrs: schema_version, created, versions
-    /snapshots/NAME         params [P], buffers/<name>, attrs: layout, meta (method, member, ...)
-    /directions/NAME        directions [d, P], attrs: kind, normalization, seed, ...
-    /curves/NAME            alphas, train_loss, train_acc, test_loss, test_acc, done
-    /surfaces/NAME          xcoordinates, ycoordinates, <metric> [len(x), len(y)], done,
-                            projections/ (names, coords, distances)
-    /barriers/NAME          names, alphas, curve_<metric> [n, n, len(alphas)], <metric>_barrier [n, n], done
-    /ensembles/NAME         per-size metric arrays (and kept member predictions)
-    /predictions/NAME       a study's per-snapshot test logits (fp16) with metrics as attributes
-    /labels/NAME            the labels those predictions refer to
+Layout (schema 2)
+    STORE/store.json                 schema_version, creation provenance, and the store's own attributes
+    STORE/.lock                      present while a writer holds the store: host, pid, command, since
+    STORE/snapshots/NAME.h5          params [P], buffers/<name>; attrs: layout, dtype, meta, provenance
+    STORE/directions/NAME.h5         directions [d, P]; attrs: kind, normalization, seeds, ...
+    STORE/curves/NAME.h5             alphas, train_loss, train_acc, test_loss, test_acc, done, nonfinite
+    STORE/surfaces/NAME.h5           xcoordinates, ycoordinates, <metric> [len(x), len(y)], done, nonfinite,
+                                     projection_names / projection_coords / projection_distances
+    STORE/barriers/NAME.h5           names, pairs, alphas, <metric> [pairs, len(alphas)], <metric>_barrier [n, n]
+    STORE/ensembles/NAME.h5          per-size metrics, members (and kept predictions, labels)
+    STORE/predictions/NAME.h5        a study unit's test logits with its metrics as attributes
+    STORE/labels/NAME.h5             the labels those predictions refer to
+    STORE/KIND/.partial-NAME.h5      an unfinished grid: the points computed so far (resume state)
 
-Crash safety: grids are pre-allocated contiguous datasets; each finished chunk writes its
-values, then its `done` flags, then flushes, so a kill leaves a readable file whose `done`
-mask tells a restart what is missing. New snapshots are written under a temporary name and
-renamed when complete.
+Every object file is self-contained: its datasets sit at the file's root and its root attributes
+hold `schema_version`, `kind`, `name`, the provenance (package versions, creation time) and, for
+grids, the `config` a resumed run must match. Accuracies are fractions in [0, 1]; surfaces are
+indexed [x, y] (Goldstein's scripts use meshgrid(x, y) order and percent: an export format).
+
+Guarantees
+- A finished object is never written again. It is written whole under a temporary name, synced,
+  and renamed into place; replacing it (`overwrite`) is the same rename, so the old object stays
+  intact until its replacement is complete. No kill, crash or failed write (disk full, quota,
+  file-size limit) can make a finished object unreadable or change it: at most the object being
+  written is lost, and rerunning the command completes it.
+- A grid in progress is its `.partial-` file, rewritten whole (temporary name + rename) after
+  every chunk, so it always holds a consistent set of finished points: a resumed run computes
+  only what is missing and ends with the numbers of an uninterrupted one.
+- One writer at a time, by a lock file created atomically with link(2) (works on NFS; does not
+  rely on HDF5's file locking, which is switched off). The lock names its holder. A lock left by a
+  dead process on this host is taken over; one from another host must be removed by hand.
+- The lock is taken only when something is written, so a rerun with nothing to compute writes
+  nothing, and readers (info, plot, snapshot references) never lock.
+- Replaced objects free their space (whole files are replaced; nothing is edited in place).
+
+Not guaranteed: durability of the last object across a power loss or kernel crash beyond what
+fsync gives; exclusion of a writer that ignores the lock; a consistent view across several objects
+for a reader while a writer runs (each object read is complete, but the store may move on).
 """
 from __future__ import annotations
 
 import json
 import os
 import platform
+import re
+import socket
+import sys
 import time
+import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import h5py
 import numpy as np
 import torch
 
 from .checkpoints import Snapshot
-from .errors import LandscapeError
+from .errors import LandscapeError, LandscapeFault
+from .grid import Grid
 from .params import ParamLayout
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 KINDS = ("snapshots", "directions", "curves", "surfaces", "barriers", "ensembles", "predictions", "labels")
+MARKER = "store.json"
+LOCK = ".lock"
+PARTIAL = ".partial-"
+TMP = ".tmp-"
 
 
 def package_versions() -> dict[str, str]:
@@ -80,60 +112,152 @@ def _decode(value: Any) -> Any:
     return value
 
 
-def read_attrs(obj: h5py.HLObject) -> dict[str, Any]:
-    return {k: _decode(v) for k, v in obj.attrs.items()}
+def _reason(exc: BaseException) -> str:
+    """The OS's words for a failed write, out of h5py's long messages."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    text = str(exc)
+    m = re.search(r"error message = '([^']+)'", text)
+    if m:
+        return m.group(1)
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
-def write_attrs(obj: h5py.HLObject, attrs: Mapping[str, Any]) -> None:
+def check_name(name: str) -> str:
+    if (not isinstance(name, str) or not name or "/" in name or "\0" in name or name.startswith(".")
+            or name.strip() != name or len(name) > 200):
+        raise LandscapeError(f"invalid name {name!r}: use a non-empty name without '/' or a leading '.'")
+    return name
+
+
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _open_h5(path: str, mode: str) -> h5py.File:
+    # The store's own lock file excludes other writers; HDF5's locks fail on many network file systems.
+    return h5py.File(path, mode, locking=False)
+
+
+@dataclass
+class StoredObject:
+    """A finished object read back whole: its datasets and its root attributes."""
+
+    kind: str
+    name: str
+    arrays: dict[str, np.ndarray]
+    attrs: dict[str, Any]
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        return self.arrays[key]
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.arrays
+
+
+def _read_file(path: str, what: str, skip: Sequence[str] = ()) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    arrays: dict[str, np.ndarray] = {}
+    try:
+        with _open_h5(path, "r") as f:
+            def visit(key: str, obj: Any) -> None:
+                if isinstance(obj, h5py.Dataset) and key not in skip:
+                    arrays[key] = obj[()]
+            f.visititems(visit)
+            attrs = {k: _decode(v) for k, v in f.attrs.items()}
+    except (OSError, KeyError, RuntimeError, ValueError) as exc:
+        raise LandscapeError(f"{what} is unreadable (truncated or corrupted): {_reason(exc)}") from None
+    return arrays, attrs
+
+
+def _fill(f: h5py.File, arrays: Mapping[str, Any], attrs: Mapping[str, Any]) -> None:
+    for key, value in arrays.items():
+        value = np.asarray(value)
+        if value.dtype.kind == "U":  # h5py stores fixed-width bytes, not numpy unicode
+            value = value.astype("S")
+        f.create_dataset(key, data=value)
     for k, v in attrs.items():
         if v is not None:
-            obj.attrs[k] = _encode(v)
+            f.attrs[k] = _encode(v)
 
 
-def _describe_open_error(path: str, exc: Exception) -> str:
-    text = str(exc)
-    if "unable to lock file" in text.lower():
-        return f"store {path!r} is open for writing by another process"
-    if "signature" in text.lower():
-        return f"{path!r} is not an HDF5 file"
-    return f"store {path!r} is unreadable (truncated or corrupted): {text.splitlines()[0] if text else type(exc).__name__}"
+class ObjectWriter:
+    """A new object written piece by piece (large kept predictions); see Store.new_object."""
+
+    def __init__(self, file: h5py.File) -> None:
+        self._file = file
+
+    def create(self, key: str, shape: Sequence[int], dtype: str, chunks: Sequence[int] | None = None) -> None:
+        self._file.create_dataset(key, shape=tuple(shape), dtype=dtype, chunks=tuple(chunks) if chunks else None)
+
+    def write(self, key: str, index: Any, values: np.ndarray) -> None:
+        self._file[key][index] = values
+
+    def put(self, key: str, value: Any) -> None:
+        _fill(self._file, {key: value}, {})
+
+    def set_attrs(self, attrs: Mapping[str, Any]) -> None:
+        _fill(self._file, {}, attrs)
 
 
 class Store:
-    """An HDF5 file of snapshots, directions and results. Use as a context manager."""
+    """A folder of finished objects (see the module docstring for the layout and the guarantees).
+
+    mode "r": read only. mode "a": a writer; nothing is created or locked until the first write,
+    so opening an existing store to find nothing to do leaves it untouched. Use as a context manager.
+    """
 
     def __init__(self, path: str, mode: str = "r") -> None:
         if mode not in ("r", "a"):
             raise ValueError("mode must be 'r' or 'a'")
-        self.path = str(path)
-        if mode == "r" and not os.path.isfile(self.path):
+        self.path = os.path.abspath(os.path.expanduser(str(path)))
+        self.mode = mode
+        self._locked = False
+        self.wrote = False  # whether this session took the lock (so may have changed the store)
+        self._meta: dict[str, Any] | None = None
+        if os.path.isfile(self.path):
+            if h5py.is_hdf5(self.path):
+                raise LandscapeError(f"{self.path!r} is a single HDF5 file, not a store folder (stores are folders "
+                                     "since schema 2): choose another path")
+            raise LandscapeError(f"{self.path!r} is a file, not a store folder")
+        if os.path.isdir(self.path):
+            self._meta = self._read_marker()
+        elif mode == "r":
             raise LandscapeError(f"store {self.path!r} does not exist")
-        if os.path.exists(self.path) and not os.path.isfile(self.path):
-            raise LandscapeError(f"store {self.path!r} is not a file")
-        if os.path.isfile(self.path) and not h5py.is_hdf5(self.path):
-            raise LandscapeError(f"{self.path!r} is not an HDF5 file")
+        else:
+            parent = os.path.dirname(self.path)
+            if not os.path.isdir(parent):
+                raise LandscapeError(f"output folder {parent!r} does not exist")
+
+    # -- opening -------------------------------------------------------------------------
+    def _read_marker(self) -> dict[str, Any] | None:
+        marker = os.path.join(self.path, MARKER)
+        if not os.path.isfile(marker):
+            # A folder holding only our own hidden files is a store whose creation was cut short.
+            if all(n.startswith(".") or (n in KINDS and self._only_hidden(n)) for n in os.listdir(self.path)):
+                return None
+            raise LandscapeError(f"{self.path!r} is a folder but not a landscape store (no {MARKER})")
         try:
-            self.file = h5py.File(self.path, mode)
-        except (OSError, BlockingIOError) as exc:
-            raise LandscapeError(_describe_open_error(self.path, exc)) from None
-        try:
-            if mode == "a" and "schema_version" not in self.file.attrs:
-                if len(self.file.keys()):
-                    raise LandscapeError(f"{self.path!r} is an HDF5 file but not a landscape store")
-                write_attrs(self.file, {"schema_version": SCHEMA_VERSION, **provenance()})
-                self.file.flush()
-            version = self.file.attrs.get("schema_version")
-            if version is None:
-                raise LandscapeError(f"{self.path!r} is an HDF5 file but not a landscape store")
-            if int(version) > SCHEMA_VERSION:
-                raise LandscapeError(f"store {self.path!r} has schema version {int(version)}, "
-                                     f"newer than this toolkit's {SCHEMA_VERSION}")
-        except LandscapeError:
-            self.file.close()
-            raise
-        except (OSError, KeyError, RuntimeError) as exc:
-            self.file.close()
-            raise LandscapeError(_describe_open_error(self.path, exc)) from None
+            with open(marker) as f:
+                meta = json.load(f)
+            version = int(meta["schema_version"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise LandscapeError(f"store {self.path!r} is unreadable: {MARKER} is damaged ({_reason(exc)})") from None
+        if version > SCHEMA_VERSION:
+            raise LandscapeError(f"store {self.path!r} has schema version {version}, newer than this toolkit's "
+                                 f"{SCHEMA_VERSION}")
+        return meta
+
+    def _only_hidden(self, kind: str) -> bool:
+        return all(n.startswith(".") for n in os.listdir(os.path.join(self.path, kind)))
 
     def __enter__(self) -> "Store":
         return self
@@ -142,205 +266,405 @@ class Store:
         self.close()
 
     def close(self) -> None:
-        if self.file.id.valid:
-            self.file.close()
+        self._unlock()
 
-    def flush(self) -> None:
-        self.file.flush()
+    @property
+    def exists(self) -> bool:
+        return self._meta is not None
 
-    # -- generic -----------------------------------------------------------------------
-    def group(self, kind: str) -> h5py.Group:
+    @property
+    def attrs(self) -> dict[str, Any]:
+        """The store's own attributes (a study's fingerprint and config, for example)."""
+        return dict((self._meta or {}).get("attrs", {}))
+
+    @property
+    def schema_version(self) -> int:
+        return int((self._meta or {}).get("schema_version", SCHEMA_VERSION))
+
+    # -- the writer's lock ---------------------------------------------------------------
+    def lock(self) -> None:
+        """Become the store's one writer (created if new); idempotent. Refused if another holds it."""
+        if self._locked:
+            return
+        if self.mode != "a":
+            raise LandscapeError(f"store {self.path!r} was opened read-only")
+        try:
+            os.makedirs(self.path, exist_ok=True)
+        except OSError as exc:
+            raise LandscapeFault(f"cannot create store {self.path!r}: {_reason(exc)}") from None
+        lock = os.path.join(self.path, LOCK)
+        holder = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                  "command": " ".join(sys.argv)[:500]}
+        tmp = os.path.join(self.path, f"{TMP}lock-{uuid.uuid4().hex}")
+        try:
+            with open(tmp, "w") as f:
+                json.dump(holder, f)
+            for _ in range(3):
+                try:
+                    os.link(tmp, lock)  # atomic, and fails if the lock exists, on NFS too
+                    break
+                except FileExistsError:
+                    if not self._break_stale_lock(lock):
+                        raise LandscapeFault(self._busy_message(lock)) from None
+            else:
+                raise LandscapeFault(self._busy_message(lock))
+        except OSError as exc:
+            raise LandscapeFault(f"cannot lock store {self.path!r}: {_reason(exc)}") from None
+        finally:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+        self._locked = True
+        self.wrote = True
+        try:
+            self._remove_leftovers()
+            self._meta = self._read_marker() if self._meta is None else self._meta
+            if self._meta is None:
+                self._write_marker({"schema_version": SCHEMA_VERSION, **provenance(), "attrs": {}})
+        except BaseException:
+            self._unlock()
+            raise
+
+    def _holder(self, lock: str) -> dict[str, Any] | None:
+        try:
+            with open(lock) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return None
+
+    def _busy_message(self, lock: str) -> str:
+        h = self._holder(lock) or {}
+        return (f"store {self.path!r} is being written by another process (pid {h.get('pid', '?')} on "
+                f"{h.get('host', '?')} since {h.get('since', '?')}: {h.get('command', '?')}); wait for it to end, "
+                f"or remove {lock!r} if that process is gone")
+
+    def _break_stale_lock(self, lock: str) -> bool:
+        """Take over a lock whose holder is a dead process on this host."""
+        h = self._holder(lock)
+        if not h or h.get("host") != socket.gethostname():
+            return False
+        try:
+            os.kill(int(h["pid"]), 0)
+            return False  # alive (or not ours to signal): a real holder
+        except ProcessLookupError:
+            pass
+        except (PermissionError, ValueError, KeyError, TypeError):
+            return False
+        stale = os.path.join(self.path, f"{TMP}stale-lock-{uuid.uuid4().hex}")
+        try:
+            os.rename(lock, stale)
+        except FileNotFoundError:
+            return True  # another process broke it first: try again
+        if self._holder(stale) != h:  # a new holder slipped in between: give its lock back
+            try:
+                os.link(stale, lock)
+            except OSError:
+                pass
+            os.unlink(stale)
+            return False
+        os.unlink(stale)
+        return True
+
+    def _unlock(self) -> None:
+        if self._locked:
+            self._locked = False
+            try:
+                os.unlink(os.path.join(self.path, LOCK))
+            except OSError:
+                pass
+
+    def _remove_leftovers(self) -> None:
+        """Temporary files of writers that died (we hold the lock, so none is being written)."""
+        for folder in [self.path] + [os.path.join(self.path, k) for k in KINDS]:
+            if not os.path.isdir(folder):
+                continue
+            for n in os.listdir(folder):
+                if n.startswith(TMP):
+                    try:
+                        os.unlink(os.path.join(folder, n))
+                    except OSError:
+                        pass
+
+    # -- atomic files ------------------------------------------------------------------------
+    def _tmp_path(self, folder: str, suffix: str) -> str:
+        return os.path.join(folder, f"{TMP}{os.getpid()}-{uuid.uuid4().hex[:12]}{suffix}")
+
+    def _write_marker(self, meta: dict[str, Any]) -> None:
+        def write(tmp: str) -> None:
+            with open(tmp, "w") as f:
+                json.dump(meta, f, indent=1, default=str)
+                f.flush()
+                os.fsync(f.fileno())
+        self._replace(self.path, MARKER, ".json", write, f"{MARKER}")
+        self._meta = meta
+
+    def _replace(self, folder: str, filename: str, suffix: str, write, what: str) -> None:
+        """Write a file under a temporary name, sync it, and rename it into place."""
+        self.lock()
+        tmp = self._tmp_path(folder, suffix)
+        try:
+            os.makedirs(folder, exist_ok=True)
+            write(tmp)
+            os.replace(tmp, os.path.join(folder, filename))
+        except BaseException as exc:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            if isinstance(exc, (OSError, RuntimeError, ValueError)) and not isinstance(exc, LandscapeError):
+                gone = "" if os.path.isdir(self.path) else " (the store folder was removed)"
+                raise LandscapeFault(f"cannot write {what} to store {self.path!r}: {_reason(exc)}{gone}") from None
+            raise
+        _fsync_dir(folder)
+
+    def _write_h5(self, kind: str, filename: str, fill, what: str) -> None:
+        def write(tmp: str) -> None:
+            with _open_h5(tmp, "w") as f:
+                fill(f)
+                f.flush()
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        self._replace(os.path.join(self.path, kind), filename, ".h5", write, what)
+
+    def set_attrs(self, attrs: Mapping[str, Any]) -> None:
+        """Merge `attrs` into the store's own attributes (store.json, replaced atomically)."""
+        self.lock()
+        meta = dict(self._meta or {})
+        meta["attrs"] = {**meta.get("attrs", {}), **attrs}
+        self._write_marker(meta)
+
+    # -- objects -------------------------------------------------------------------------
+    def _file(self, kind: str, name: str) -> str:
         assert kind in KINDS, kind
-        return self.file.require_group(kind)
+        return os.path.join(self.path, kind, f"{check_name(name)}.h5")
+
+    def _partial_file(self, kind: str, name: str) -> str:
+        return os.path.join(self.path, kind, f"{PARTIAL}{check_name(name)}.h5")
 
     def names(self, kind: str) -> list[str]:
-        grp = self.file.get(kind)
-        return sorted(k for k in grp.keys() if not k.startswith(".tmp")) if grp is not None else []
+        folder = os.path.join(self.path, kind)
+        if not os.path.isdir(folder):
+            return []
+        return sorted(n[:-3] for n in os.listdir(folder) if n.endswith(".h5") and not n.startswith("."))
+
+    def unfinished(self, kind: str) -> list[str]:
+        folder = os.path.join(self.path, kind)
+        if not os.path.isdir(folder):
+            return []
+        return sorted(n[len(PARTIAL):-3] for n in os.listdir(folder) if n.startswith(PARTIAL) and n.endswith(".h5"))
 
     def has(self, kind: str, name: str) -> bool:
-        return f"{kind}/{name}" in self.file
+        return os.path.isfile(self._file(kind, name))
 
-    def get(self, kind: str, name: str) -> h5py.Group:
+    def _what(self, kind: str, name: str) -> str:
+        return f"{kind[:-1]} {name!r}"
+
+    def _missing(self, kind: str, name: str) -> LandscapeError:
+        available = ", ".join(self.names(kind)) or "none"
+        return LandscapeError(f"store {self.path!r} has no {kind[:-1]} {name!r} (available: {available})")
+
+    def read(self, kind: str, name: str, skip: Sequence[str] = ()) -> StoredObject:
+        """A finished object's datasets (except `skip`) and attributes."""
         if not self.has(kind, name):
-            available = ", ".join(self.names(kind)) or "none"
-            raise LandscapeError(f"store {self.path!r} has no {kind[:-1]} {name!r} (available: {available})")
-        return self.file[f"{kind}/{name}"]
+            raise self._missing(kind, name)
+        arrays, attrs = _read_file(self._file(kind, name), f"{self._what(kind, name)} in store {self.path!r}", skip)
+        return StoredObject(kind, name, arrays, attrs)
+
+    def read_attrs(self, kind: str, name: str) -> dict[str, Any]:
+        if not self.has(kind, name):
+            raise self._missing(kind, name)
+        try:
+            with _open_h5(self._file(kind, name), "r") as f:
+                return {k: _decode(v) for k, v in f.attrs.items()}
+        except (OSError, RuntimeError, KeyError) as exc:
+            raise LandscapeError(f"{self._what(kind, name)} in store {self.path!r} is unreadable "
+                                 f"(truncated or corrupted): {_reason(exc)}") from None
+
+    def datasets(self, kind: str, name: str) -> dict[str, list[int]]:
+        """Shapes of an object's datasets, without reading them."""
+        shapes: dict[str, list[int]] = {}
+        try:
+            with _open_h5(self._file(kind, name), "r") as f:
+                f.visititems(lambda k, v: shapes.__setitem__(k, list(v.shape)) if isinstance(v, h5py.Dataset) else None)
+        except (OSError, RuntimeError, KeyError) as exc:
+            raise LandscapeError(f"{self._what(kind, name)} in store {self.path!r} is unreadable "
+                                 f"(truncated or corrupted): {_reason(exc)}") from None
+        return shapes
+
+    def write(self, kind: str, name: str, arrays: Mapping[str, Any], attrs: Mapping[str, Any],
+              overwrite: bool = False) -> None:
+        """A whole finished object: datasets and attributes, renamed into place when complete."""
+        if self.has(kind, name) and not overwrite:
+            raise LandscapeError(f"store {self.path!r} already has {self._what(kind, name)}")
+        root = {"schema_version": SCHEMA_VERSION, "object": kind[:-1], "name": name, **provenance(), **attrs}
+        self._write_h5(kind, f"{check_name(name)}.h5", lambda f: _fill(f, arrays, root), self._what(kind, name))
+
+    @contextmanager
+    def new_object(self, kind: str, name: str, attrs: Mapping[str, Any], overwrite: bool = False
+                   ) -> Iterator[ObjectWriter]:
+        """An object written piece by piece; it appears (or replaces the old one) only if the block ends
+        without an exception."""
+        if self.has(kind, name) and not overwrite:
+            raise LandscapeError(f"store {self.path!r} already has {self._what(kind, name)}")
+        root = {"schema_version": SCHEMA_VERSION, "object": kind[:-1], "name": name, **provenance(), **attrs}
+        self.lock()
+        folder = os.path.join(self.path, kind)
+        tmp = self._tmp_path(folder, ".h5")
+        try:
+            os.makedirs(folder, exist_ok=True)
+            with _open_h5(tmp, "w") as f:
+                _fill(f, {}, root)
+                yield ObjectWriter(f)
+                f.flush()
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, self._file(kind, name))
+        except BaseException as exc:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            if isinstance(exc, (OSError, RuntimeError, ValueError)) and not isinstance(exc, LandscapeError):
+                raise LandscapeFault(f"cannot write {self._what(kind, name)} to store {self.path!r}: "
+                                     f"{_reason(exc)}") from None
+            raise
+        _fsync_dir(folder)
 
     def delete(self, kind: str, name: str) -> None:
-        if self.has(kind, name):
-            del self.file[f"{kind}/{name}"]
+        self.lock()
+        for path in (self._file(kind, name), self._partial_file(kind, name)):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
 
-    def _write_atomically(self, kind: str, name: str, fill) -> h5py.Group:
-        """Build a new object under a temporary name, then rename it into place."""
-        _check_name(name)
-        grp = self.group(kind)
-        tmp = f".tmp-{name}-{os.getpid()}"
-        if tmp in grp:
-            del grp[tmp]
-        obj = grp.create_group(tmp)
-        fill(obj)
-        self.file.flush()
-        if name in grp:
-            del grp[name]
-        grp.move(tmp, name)
-        self.file.flush()
-        return grp[name]
-
-    def write_group(self, kind: str, name: str, arrays: Mapping[str, Any], attrs: Mapping[str, Any],
-                    overwrite: bool = True) -> None:
-        """A whole new object of datasets and attributes, written atomically (temporary name + rename)."""
-        if self.has(kind, name) and not overwrite:
-            raise LandscapeError(f"store {self.path!r} already has {kind[:-1]} {name!r}")
-
-        def fill(g: h5py.Group) -> None:
-            for key, value in arrays.items():
-                g.create_dataset(key, data=np.asarray(value))
-            write_attrs(g, attrs)
-
-        self._write_atomically(kind, name, fill)
-
-    # -- snapshots ---------------------------------------------------------------------
+    # -- snapshots -----------------------------------------------------------------------
     def write_snapshot(self, snap: Snapshot, name: str | None = None, overwrite: bool = False,
                        attrs: Mapping[str, Any] | None = None) -> None:
         name = name or snap.name
-        if self.has("snapshots", name) and not overwrite:
-            raise LandscapeError(f"store {self.path!r} already has snapshot {name!r}")
-
-        def fill(g: h5py.Group) -> None:
-            g.create_dataset("params", data=snap.params.detach().cpu().numpy())
-            bg = g.create_group("buffers")
-            for bname, value in snap.buffers.items():
-                bg.create_dataset(bname, data=value.detach().cpu().numpy())
-            write_attrs(g, provenance(layout=snap.layout.to_json(), dtype=str(snap.params.dtype),
-                                      meta=snap.meta, **(attrs or {})))
-
-        self._write_atomically("snapshots", name, fill)
+        arrays = {"params": snap.params.detach().cpu().numpy(),
+                  **{f"buffers/{k}": v.detach().cpu().numpy() for k, v in snap.buffers.items()}}
+        self.write("snapshots", name, arrays, {"layout": snap.layout.to_json(), "dtype": str(snap.params.dtype),
+                                               "meta": snap.meta, **(attrs or {})}, overwrite=overwrite)
 
     def read_snapshot(self, name: str) -> Snapshot:
-        g = self.get("snapshots", name)
-        attrs = read_attrs(g)
+        obj = self.read("snapshots", name)
         try:
-            params = torch.from_numpy(g["params"][()])
-            buffers = {k: torch.from_numpy(np.asarray(v[()])) for k, v in g["buffers"].items()}
-            layout = ParamLayout.from_json(attrs["layout"])
-        except (KeyError, OSError, TypeError) as exc:
-            raise LandscapeError(f"snapshot {name!r} in {self.path!r} is damaged: {exc}") from None
-        return Snapshot(name, params, layout, buffers, attrs.get("meta", {}) or {})
+            params = torch.from_numpy(obj["params"])
+            buffers = {k[len("buffers/"):]: torch.from_numpy(np.asarray(v)) for k, v in obj.arrays.items()
+                       if k.startswith("buffers/")}
+            layout = ParamLayout.from_json(obj.attrs["layout"])
+        except (KeyError, TypeError) as exc:
+            raise LandscapeError(f"snapshot {name!r} in store {self.path!r} is damaged: missing {exc}") from None
+        return Snapshot(name, params, layout, buffers, obj.attrs.get("meta", {}) or {})
 
-    # -- directions --------------------------------------------------------------------
+    # -- directions ----------------------------------------------------------------------
     def write_directions(self, name: str, directions: torch.Tensor, attrs: Mapping[str, Any],
-                         overwrite: bool = True) -> None:
-        if self.has("directions", name) and not overwrite:
-            raise LandscapeError(f"store {self.path!r} already has directions {name!r}")
-
-        def fill(g: h5py.Group) -> None:
-            g.create_dataset("directions", data=directions.detach().cpu().numpy())
-            write_attrs(g, provenance(**attrs))
-
-        self._write_atomically("directions", name, fill)
+                         overwrite: bool = False) -> None:
+        self.write("directions", name, {"directions": directions.detach().cpu().numpy()}, attrs, overwrite)
 
     def read_directions(self, name: str) -> tuple[torch.Tensor, dict[str, Any]]:
-        g = self.get("directions", name)
-        return torch.from_numpy(g["directions"][()]), read_attrs(g)
+        obj = self.read("directions", name)
+        return torch.from_numpy(obj["directions"]), obj.attrs
 
-    # -- resumable grids ---------------------------------------------------------------
-    def open_grid(self, kind: str, name: str, shape: Sequence[int], metrics: Iterable[str],
+    # -- resumable grids -----------------------------------------------------------------
+    def open_grid(self, kind: str, name: str, shape: Sequence[int], metrics: Sequence[str],
                   arrays: Mapping[str, np.ndarray], config: Mapping[str, Any],
-                  attrs: Mapping[str, Any] | None = None, overwrite: bool = False) -> "GridWriter":
-        """A pre-allocated result grid; reopened for resume when `config` matches."""
-        _check_name(name)
+                  attrs: Mapping[str, Any] | None = None, overwrite: bool = False) -> Grid:
+        """A result grid under `name`: the finished one if `config` matches (nothing to compute),
+        else the unfinished one to resume, else a new one. Refuses, changing nothing, when a grid of
+        that name was computed with a different config, unless `overwrite`; even then the old one
+        stays until the new one is finished."""
+        check_name(name)
         config_json = json.dumps(config, sort_keys=True, default=str)
+        grid = Grid(self, kind, name, tuple(int(s) for s in shape), list(metrics), dict(arrays), config_json,
+                          dict(attrs or {}))
         if self.has(kind, name):
-            g = self.file[f"{kind}/{name}"]
-            old = g.attrs.get("config")
-            old = old.decode() if isinstance(old, bytes) else old
-            if old == config_json and "done" in g:
-                return GridWriter(self, g, tuple(shape), list(metrics))
+            old = self.read_attrs(kind, name).get("config")
+            if same_config(old, config):
+                obj = self.read(kind, name)
+                grid.load_finished(obj.arrays, obj.attrs)
+                return grid
             if not overwrite:
-                raise LandscapeError(f"{kind[:-1]} {name!r} in {self.path!r} was computed with different "
-                                     "arguments; use --overwrite to replace it or choose another --name")
-            del self.file[f"{kind}/{name}"]
+                raise LandscapeError(f"{self._what(kind, name)} in store {self.path!r} was computed with different "
+                                     f"arguments ({config_differences(old, config)}); use --overwrite to replace it or "
+                                     "choose another --name")
+        self.lock()  # we will compute: become the writer before any work, then look again
+        partial = self._partial_file(kind, name)
+        if os.path.isfile(partial):
+            try:
+                arrays_, attrs_ = _read_file(partial, "partial")
+            except LandscapeError:
+                arrays_, attrs_ = None, {}  # cut short mid-write: only the unfinished grid is lost
+            if arrays_ is not None and same_config(attrs_.get("config"), config):
+                grid.load_partial(arrays_)
+            elif arrays_ is not None and not overwrite:
+                raise LandscapeError(f"an unfinished {self._what(kind, name)} in store {self.path!r} was started "
+                                     f"with different arguments ({config_differences(attrs_.get('config'), config)}); "
+                                     "rerun that command to finish it, or use --overwrite to replace it")
+        return grid
 
-        def fill(g: h5py.Group) -> None:
-            for key, value in arrays.items():
-                g.create_dataset(key, data=np.asarray(value))
-            for m in metrics:
-                g.create_dataset(m, shape=tuple(shape), dtype="f8", fillvalue=np.nan)
-            g.create_dataset("done", shape=tuple(shape), dtype="bool", fillvalue=False)
-            write_attrs(g, provenance(config=config_json, **(attrs or {})))
-            g.attrs["config"] = config_json  # stored verbatim: it is compared byte for byte on resume
+    def _write_grid(self, grid: Grid, final: bool) -> None:
+        data = grid.arrays()
+        root = {"schema_version": SCHEMA_VERSION, "object": grid.kind[:-1], "name": grid.name, **provenance(),
+                **grid.attrs, "config": grid.config_json}
+        filename = f"{grid.name}.h5" if final else f"{PARTIAL}{grid.name}.h5"
+        self._write_h5(grid.kind, filename, lambda f: _fill(f, data, root), self._what(grid.kind, grid.name))
+        if final:
+            try:
+                os.unlink(self._partial_file(grid.kind, grid.name))
+            except FileNotFoundError:
+                pass
 
-        g = self._write_atomically(kind, name, fill)
-        return GridWriter(self, g, tuple(shape), list(metrics))
-
-    # -- overview ----------------------------------------------------------------------
+    # -- overview ------------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
-        """Everything the store holds: per kind, per name, its datasets' shapes and key attributes."""
-        out: dict[str, Any] = {"path": self.path, "schema_version": int(self.file.attrs["schema_version"])}
+        """Everything the store holds: per kind, per name, dataset shapes and key attributes.
+        A damaged object is listed with the reason instead of stopping the listing."""
+        out: dict[str, Any] = {"path": self.path, "schema_version": self.schema_version, "attrs": {
+            k: v for k, v in self.attrs.items() if k not in ("study_config",)}}
         for kind in KINDS:
-            entries = {}
+            entries: dict[str, Any] = {}
             for name in self.names(kind):
-                g = self.file[f"{kind}/{name}"]
-                if isinstance(g, h5py.Dataset):
-                    entries[name] = {"datasets": {"": list(g.shape)}, "attrs": {}}
+                try:
+                    shapes = self.datasets(kind, name)
+                    attrs = {k: v for k, v in self.read_attrs(kind, name).items()
+                             if k not in ("versions", "layout", "config", "schema_version", "object", "name")}
+                except LandscapeError as exc:
+                    entries[name] = {"datasets": {}, "attrs": {}, "damaged": str(exc)}
                     continue
-                datasets = {}
-                g.visititems(lambda k, v: datasets.__setitem__(k, list(v.shape))
-                             if isinstance(v, h5py.Dataset) else None)
-                attrs = {k: v for k, v in read_attrs(g).items() if k not in ("versions", "layout", "config")}
-                if "done" in g:
-                    done = g["done"][()]
+                if "done" in shapes:
+                    done = self.read(kind, name, skip=[k for k in shapes if k != "done"])["done"]
                     attrs["complete"] = f"{int(done.sum())}/{done.size}"
-                entries[name] = {"datasets": datasets, "attrs": attrs}
+                entries[name] = {"datasets": shapes, "attrs": attrs}
+            for name in self.unfinished(kind):
+                if name not in entries:
+                    entries[name] = {"datasets": {}, "attrs": {"complete": "unfinished"}}
             if entries:
                 out[kind] = entries
         return out
 
 
-@dataclass
-class GridWriter:
-    store: Store
-    group: h5py.Group
-    shape: tuple[int, ...]
-    metrics: list[str]
-
-    def done_mask(self) -> np.ndarray:
-        return self.group["done"][()]
-
-    def missing(self) -> np.ndarray:
-        """Flat indices (C order) of the points not yet computed."""
-        return np.flatnonzero(~self.done_mask().reshape(-1))
-
-    def write(self, flat_indices: Sequence[int], values: Mapping[str, Sequence[float]]) -> None:
-        """Write a finished chunk: values first, then its done flags, then flush."""
-        idx = np.unravel_index(np.asarray(flat_indices, dtype=np.int64), self.shape)
-        for m in self.metrics:
-            if m in values:
-                self._set(m, idx, np.asarray(values[m], dtype=np.float64))
-        self._set("done", idx, np.ones(len(flat_indices), dtype=bool))
-        self.store.flush()
-
-    def _set(self, key: str, idx: tuple[np.ndarray, ...], vals: np.ndarray) -> None:
-        ds = self.group[key]
-        data = ds[()]
-        data[idx] = vals
-        ds[...] = data  # whole-array write: small grids, and no fancy-index ordering rules to meet
-
-    def read(self) -> dict[str, np.ndarray]:
-        return {k: self.group[k][()] for k in self.group.keys() if isinstance(self.group[k], h5py.Dataset)}
-
-    def set_attrs(self, attrs: Mapping[str, Any]) -> None:
-        write_attrs(self.group, attrs)
-        self.store.flush()
-
-    def put(self, key: str, value: np.ndarray) -> None:
-        """A derived dataset (barrier matrices, projections), replaced whole."""
-        if key in self.group:
-            del self.group[key]
-        self.group.create_dataset(key, data=np.asarray(value))
-        self.store.flush()
+def same_config(stored: Any, config: Mapping[str, Any]) -> bool:
+    """Whether a stored config (decoded, or its JSON text) is the one asked for."""
+    if isinstance(stored, str):
+        try:
+            stored = json.loads(stored)
+        except json.JSONDecodeError:
+            return False
+    canon = lambda c: json.dumps(c, sort_keys=True, default=str)  # noqa: E731
+    return canon(stored) == canon(json.loads(canon(config)))
 
 
-def _check_name(name: str) -> None:
-    if not name or "/" in name or name.startswith(".") or name.strip() != name:
-        raise LandscapeError(f"invalid name {name!r}: use a non-empty name without '/' or leading '.'")
+def config_differences(old: Any, new: Mapping[str, Any]) -> str:
+    """Which keys of a stored config differ from the one asked for."""
+    if isinstance(old, str):
+        try:
+            old = json.loads(old)
+        except json.JSONDecodeError:
+            old = None
+    if not isinstance(old, Mapping):
+        return "unknown stored arguments"
+    new = json.loads(json.dumps(new, sort_keys=True, default=str))
+    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    return "differs in " + ", ".join(keys) if keys else "same arguments, different encoding"

@@ -91,7 +91,7 @@ def load_state(path):
 
 
 def test_interpolate_matches_plain_forward(work, capsys):
-    res = run_json(capsys, "interpolate", "m0.pt", "m2.pt", "--num", "5", "--out", "s.h5", *COMMON)
+    res = run_json(capsys, "interpolate", "m0.pt", "m2.pt", "--num", "5", "--out", "s", *COMMON)
     sa, sb = load_state("m0.pt"), load_state("m2.pt")
     for i, alpha in enumerate(res["alphas"]):
         mix = {k: (1 - alpha) * sa[k] + alpha * sb[k] if sa[k].is_floating_point() else sa[k] for k in sa}
@@ -101,23 +101,23 @@ def test_interpolate_matches_plain_forward(work, capsys):
             assert res[f"{split}_acc"][i] == pytest.approx(acc)
     chord = np.linspace(res["test_loss"][0], res["test_loss"][-1], 5)
     assert res["barriers"]["test_loss"]["barrier"] == pytest.approx(max(np.asarray(res["test_loss"]) - chord))
-    with h5py.File("s.h5", "r") as f:
-        assert f.attrs["schema_version"] == 1
-        np.testing.assert_allclose(f["curves/interpolate/test_loss"][()], res["test_loss"])
-        assert f["curves/interpolate"].attrs["bn_mode"] == "keep"
+    with h5py.File("s/curves/interpolate.h5", "r") as f:  # each object is a self-contained HDF5 file
+        assert f.attrs["schema_version"] == 2
+        np.testing.assert_allclose(f["test_loss"][()], res["test_loss"])
+        assert f.attrs["bn_mode"] == "keep"
     code, out, _ = run_cli(capsys, "interpolate", "m0.pt", "m2.pt", "--num", "5", *COMMON)
     assert code == 0 and "test_loss" in out and "barrier" in out
 
 
 def test_barriers_plane_plot_info(work, capsys):
-    res = run_json(capsys, "barriers", "m0.pt", "m1.pt", "m2.pt", "--num", "5", "--out", "s.h5", *COMMON)
+    res = run_json(capsys, "barriers", "m0.pt", "m1.pt", "m2.pt", "--num", "5", "--out", "s", *COMMON)
     mat = np.asarray(res["test_loss_barrier"])
     assert mat.shape == (3, 3) and np.allclose(mat, mat.T) and np.all(np.diag(mat) == 0)
     line = run_json(capsys, "interpolate", "m1.pt", "m2.pt", "--num", "5", *COMMON)
     assert mat[1, 2] == pytest.approx(line["barriers"]["test_loss"]["barrier"], rel=1e-6)
 
     res = run_json(capsys, "plane", "m0.pt", "--through", "m1.pt", "m2.pt", "--x", "-0.2:1.2:4",
-                   "--y", "-0.2:1.2:3", "--out", "s.h5", *COMMON)
+                   "--y", "-0.2:1.2:3", "--out", "s", *COMMON)
     assert np.asarray(res["test_loss"]).shape == (4, 3)
     # the corner point, by an independent forward pass with the centre's buffers
     s0, s1, s2 = (load_state(f"m{i}.pt") for i in range(3))
@@ -140,24 +140,24 @@ def test_barriers_plane_plot_info(work, capsys):
     assert res["test_acc"][3][2] == pytest.approx(acc)
 
     res = run_json(capsys, "plane", "m0.pt", "--random", "filter", "--seed", "3", "--x", "-1:1:3", "--y", "-1:1:2",
-                   "--name", "rnd", "--out", "s.h5", "--bn", "recompute", *COMMON)
+                   "--name", "rnd", "--out", "s", "--bn", "recompute", *COMMON)
     assert np.asarray(res["train_loss"]).shape == (3, 2)
 
     # PCA of a three-point trajectory ending at the centre spans exactly its plane
-    res = run_json(capsys, "plane", "m0.pt", "--pca", "m1.pt", "m2.pt", "m0.pt", "--name", "pca", "--out", "s.h5",
+    res = run_json(capsys, "plane", "m0.pt", "--pca", "m1.pt", "m2.pt", "m0.pt", "--name", "pca", "--out", "s",
                    *COMMON)
     assert res["kind"] == "pca" and sum(res["explained_variance_ratio"]) == pytest.approx(1.0)
     assert all(p["distance"] < 1e-4 for p in res["projections"])
     assert np.isfinite(np.asarray(res["test_loss"], dtype=float)).all()
 
-    info = run_json(capsys, "info", "s.h5")
+    info = run_json(capsys, "info", "s")
     assert set(info["surfaces"]) == {"plane", "rnd", "pca"} and "barriers" in info["barriers"]
     assert info["surfaces"]["plane"]["datasets"]["test_loss"] == [4, 3]
     for name in ("plane", "rnd", "barriers", "interpolate"):
-        code, out, err = run_cli(capsys, "plot", "s.h5", name, "-o", f"{name}.png") if name != "interpolate" else (0, "", "")
+        code, out, err = run_cli(capsys, "plot", "s", name, "-o", f"{name}.png") if name != "interpolate" else (0, "", "")
         assert code == 0, err
     for style in ("filled", "heatmap", "3d"):
-        assert run_cli(capsys, "plot", "s.h5", "plane", "--style", style, "--log", "-o", f"p_{style}.pdf")[0] == 0
+        assert run_cli(capsys, "plot", "s", "plane", "--style", style, "--log", "-o", f"p_{style}.pdf")[0] == 0
     assert (work / "plane.png").stat().st_size > 1000
 
 
@@ -167,15 +167,14 @@ KILL_SCRIPT = textwrap.dedent("""
     from landscape import store
     from landscape.cli import main
     calls = {"n": 0}
-    original = store.GridWriter._set
-    def dying_set(self, key, idx, vals):
-        # die between a chunk's values and its done flags: the worst moment for a writer
-        if key == "done":
-            calls["n"] += 1
-            if calls["n"] == 3:
-                os.kill(os.getpid(), signal.SIGKILL)
-        return original(self, key, idx, vals)
-    store.GridWriter._set = dying_set
+    original = store.Store._write_grid
+    def dying_write(self, grid, final):
+        # die while the third chunk's progress is being saved: the worst moment for a writer
+        calls["n"] += 1
+        if calls["n"] == 3:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return original(self, grid, final)
+    store.Store._write_grid = dying_write
     main(sys.argv[1:])
 """)
 
@@ -184,17 +183,19 @@ def test_resume_after_kill_gives_identical_numbers(work, capsys, monkeypatch):
     args = ["plane", "m0.pt", "--random", "layer", "--x", "-1:1:5", "--y", "-1:1:4", "--bn", "recompute",
             "--chunk", "4", *COMMON]
     (work / "kill.py").write_text(KILL_SCRIPT)
-    proc = subprocess.run([sys.executable, "kill.py", *args, "--out", "killed.h5"], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "kill.py", *args, "--out", "killed"], capture_output=True, text=True)
     assert proc.returncode == -9, proc.stderr
-    with h5py.File("killed.h5", "r") as f:  # readable after the kill, partly done
-        done = f["surfaces/plane/done"][()]
+    with h5py.File("killed/surfaces/.partial-plane.h5", "r") as f:  # the progress saved before the kill
+        done = f["done"][()]
         assert 0 < done.sum() < done.size
-    resumed = run_json(capsys, *args, "--out", "killed.h5")
-    fresh = run_json(capsys, *args, "--out", "fresh.h5")
+    assert not os.path.exists("killed/surfaces/plane.h5")
+    resumed = run_json(capsys, *args, "--out", "killed")
+    assert resumed["computed_now"] == done.size - done.sum()  # only what was missing
+    fresh = run_json(capsys, *args, "--out", "fresh")
     for m in ("train_loss", "train_acc", "test_loss", "test_acc"):
         assert resumed[m] == fresh[m]
-    with h5py.File("killed.h5", "r") as f:
-        assert f["surfaces/plane/done"][()].all()
+    with h5py.File("killed/surfaces/plane.h5", "r") as f:
+        assert f["done"][()].all()
     # a finished result is not recomputed
     from landscape.engine import Evaluator
 
@@ -202,11 +203,19 @@ def test_resume_after_kill_gives_identical_numbers(work, capsys, monkeypatch):
         raise AssertionError("a finished point was evaluated again")
 
     monkeypatch.setattr(Evaluator, "evaluate", no_evaluation)
-    again = run_json(capsys, *args, "--out", "killed.h5")
+    again = run_json(capsys, *args, "--out", "killed")
     assert again["test_loss"] == fresh["test_loss"]
 
 
 def digest(path):
+    """A file's bytes, or a folder's whole tree (names and bytes); None if absent."""
+    if os.path.isdir(path):
+        h = hashlib.sha1()
+        for root, dirs, files in sorted(os.walk(path)):
+            for name in sorted(files):
+                full = os.path.join(root, name)
+                h.update(os.path.relpath(full, path).encode() + open(full, "rb").read())
+        return h.hexdigest()
     return hashlib.sha1(open(path, "rb").read()).hexdigest() if os.path.exists(path) else None
 
 
@@ -228,24 +237,33 @@ class Evil:
 
 
 def test_bad_inputs(work, capsys):
-    assert run_cli(capsys, "interpolate", "m0.pt", "m1.pt", "--num", "3", "--out", "keep.h5", *COMMON)[0] == 0
+    assert run_cli(capsys, "interpolate", "m0.pt", "m1.pt", "--num", "3", "--out", "keep", *COMMON)[0] == 0
     (work / "notes.txt").write_text("not hdf5")
-    raw = open("keep.h5", "rb").read()
-    (work / "trunc.h5").write_bytes(raw[: len(raw) // 3])
+    import shutil
+    shutil.copytree("keep", "trunc")
+    raw = open("keep/curves/interpolate.h5", "rb").read()
+    (work / "trunc/curves/interpolate.h5").write_bytes(raw[: len(raw) // 3])
     torch.save({"w": Evil()}, work / "evil.pt")
     torch.save({"x": torch.zeros(0, 2, 6, 6), "y": torch.zeros(0, dtype=torch.long)}, work / "empty.pt")
     torch.save({"x": torch.zeros(4, 2, 6, 6), "y": torch.tensor([0, 1, 7, 2])}, work / "badlabels.pt")
     with h5py.File("other.h5", "w") as f:
         f.create_dataset("junk", data=[1])
-    keep = ["keep.h5", "notes.txt", "trunc.h5", "other.h5"]
+    (work / "somefolder").mkdir()
+    (work / "somefolder" / "data.csv").write_text("1,2")
+    keep = ["keep", "notes.txt", "trunc", "other.h5", "somefolder"]
     e = lambda argv, needle: assert_one_line_error(capsys, argv, needle, keep)  # noqa: E731
 
-    e(["info", "missing.h5"], "does not exist")
-    e(["info", "notes.txt"], "not an HDF5 file")
-    e(["info", "trunc.h5"], "truncated or corrupted")
-    e(["info", "other.h5"], "not a landscape store")
-    e(["interpolate", "m0.pt", "m1.pt", "--out", "notes.txt", *COMMON], "not an HDF5 file")
-    e(["interpolate", "m0.pt", "m1.pt", "--out", "trunc.h5", *COMMON], "truncated or corrupted")
+    e(["info", "missing"], "does not exist")
+    e(["info", "notes.txt"], "not a store folder")
+    e(["plot", "trunc", "interpolate"], "truncated or corrupted")
+    e(["info", "other.h5"], "single HDF5 file")
+    e(["info", "somefolder"], "not a landscape store")
+    e(["interpolate", "m0.pt", "m1.pt", "--out", "notes.txt", *COMMON], "not a store folder")
+    e(["interpolate", "m0.pt", "m1.pt", "--num", "3", "--out", "trunc", *COMMON], "truncated or corrupted")
+    e(["interpolate", "m0.pt", "m1.pt", "--out", "somefolder", *COMMON], "not a landscape store")
+    # info lists a damaged object instead of failing on it
+    code, out, err = run_cli(capsys, "info", "trunc")
+    assert code == 0 and "DAMAGED" in out
     e(["interpolate", "m0.pt", "evil.pt", *COMMON], "arbitrary code")
     assert not (work / "pwned").exists()
     e(["interpolate", "m0.pt", "wide.pt", *COMMON], "does not fit the model")
@@ -262,29 +280,34 @@ def test_bad_inputs(work, capsys):
     e(["interpolate", "m0.pt", "m1.pt", "--model", "user_model:make", "--data", "tensors:"], "malformed data spec")
     e(["interpolate", "m0.pt", "m1.pt", "--model", "mlp", "--data", "tensors:train.pt"], "does not fit")
     # different arguments on an existing name are refused, the stored curve kept
-    e(["interpolate", "m0.pt", "m2.pt", "--num", "3", "--out", "keep.h5", *COMMON], "different arguments")
+    e(["interpolate", "m0.pt", "m2.pt", "--num", "3", "--out", "keep", *COMMON], "different arguments")
 
     # snapshots of different architectures on one line (store snapshots carry their layout)
     import user_model
     from landscape.checkpoints import Snapshot
     from landscape.store import Store
 
-    with Store("snaps.h5", "a") as st:
+    with Store("snaps", "a") as st:
         st.write_snapshot(Snapshot.from_model(user_model.make(), "narrow"))
         st.write_snapshot(Snapshot.from_model(user_model.make_wide(), "wide"))
-    e(["interpolate", "snaps.h5:narrow", "snaps.h5:wide", *COMMON], "different architectures")
+    e(["interpolate", "snaps:narrow", "snaps:wide", *COMMON], "different architectures")
+    e(["interpolate", "snaps:narrow", "nostore:x", *COMMON], "neither a checkpoint file nor STORE:NAME")
 
-    # an output file another process is writing
-    holder = subprocess.Popen([sys.executable, "-c", "import h5py, sys, time; f = h5py.File('keep.h5', 'a'); "
-                               "print('open', flush=True); time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    # a store another process is writing (HDF5's own locking plays no part: the store's lock file does)
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from landscape.store import Store; "
+                               "s = Store('keep', 'a'); s.lock(); print('locked', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
     try:
-        assert holder.stdout.readline().strip() == "open"
-        e(["interpolate", "m0.pt", "m1.pt", "--num", "3", "--out", "keep.h5", *COMMON], "another process")
+        assert holder.stdout.readline().strip() == "locked"
+        e(["interpolate", "m0.pt", "m2.pt", "--num", "3", "--name", "new", "--out", "keep", *COMMON],
+          f"being written by another process (pid {holder.pid}")
     finally:
         holder.kill()
         holder.wait()
-    with h5py.File("keep.h5", "r") as f:  # the earlier result is intact
-        assert f["curves/interpolate/done"][()].all()
+    # the earlier result is intact, and the dead holder's lock is taken over
+    assert run_json(capsys, "interpolate", "m0.pt", "m1.pt", "--num", "3", "--out", "keep", *COMMON)["computed_now"] == 0
+    assert run_cli(capsys, "interpolate", "m0.pt", "m2.pt", "--num", "3", "--name", "new", "--out", "keep",
+                   *COMMON)[0] == 0
 
 
 def test_store_snapshot_roundtrip_and_overwrite_flag(work, capsys):
@@ -293,9 +316,9 @@ def test_store_snapshot_roundtrip_and_overwrite_flag(work, capsys):
     from landscape.store import Store
 
     m = user_model.make()
-    with Store("st.h5", "a") as st:
+    with Store("st", "a") as st:
         st.write_snapshot(Snapshot.from_model(m, "s0", method="local_de", member=0, seed=7))
-    with Store("st.h5", "r") as st:
+    with Store("st", "r") as st:
         s = st.read_snapshot("s0")
     assert s.meta == {"method": "local_de", "member": 0, "seed": 7}
     m2 = user_model.make()
@@ -303,8 +326,8 @@ def test_store_snapshot_roundtrip_and_overwrite_flag(work, capsys):
     for (k, a), b in zip(m.state_dict().items(), m2.state_dict().values()):
         assert torch.equal(a, b), k
     # a snapshot from a store is usable on the command line
-    res = run_json(capsys, "interpolate", "st.h5:s0", "m1.pt", "--num", "3", *COMMON)
-    assert res["a"] == "st.h5:s0"
-    assert run_cli(capsys, "interpolate", "m0.pt", "m1.pt", "--num", "3", "--out", "st.h5", *COMMON)[0] == 0
-    assert run_cli(capsys, "interpolate", "m0.pt", "m2.pt", "--num", "3", "--out", "st.h5", "--overwrite",
+    res = run_json(capsys, "interpolate", "st:s0", "m1.pt", "--num", "3", *COMMON)
+    assert res["a"] == "st:s0"
+    assert run_cli(capsys, "interpolate", "m0.pt", "m1.pt", "--num", "3", "--out", "st", *COMMON)[0] == 0
+    assert run_cli(capsys, "interpolate", "m0.pt", "m2.pt", "--num", "3", "--out", "st", "--overwrite",
                    *COMMON)[0] == 0

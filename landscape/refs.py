@@ -1,0 +1,65 @@
+"""What a snapshot or prediction argument names: a `.pt`/`.pth` file, or `STORE:NAME` in a store.
+
+The one place references are resolved, for the CLI, the API and the study alike.
+"""
+from __future__ import annotations
+
+import copy
+import os
+
+import torch
+from torch import nn
+
+from .checkpoints import Snapshot, apply_state_dict, read_state_dict
+from .errors import LandscapeError
+from .params import ParamLayout
+from .store import Store
+
+
+def split_store_ref(ref: str) -> tuple[str, str] | None:
+    """(store folder, object name) for `STORE:NAME`; None for a checkpoint file path."""
+    if os.path.isfile(ref):
+        return None
+    path, sep, name = ref.rpartition(":")
+    if not sep or not path or not name:
+        return None
+    if os.path.isdir(path) or not os.path.isfile(ref):
+        return path, name
+    return None
+
+
+def load_snapshot(ref: str, model: nn.Module) -> Snapshot:
+    """A `.pt` checkpoint or `STORE:NAME` snapshot as a Snapshot for `model`'s architecture.
+
+    `model` is used as the template (its own weights are left untouched).
+    """
+    store_ref = split_store_ref(ref)
+    if store_ref is not None and os.path.isdir(store_ref[0]):
+        path, name = store_ref
+        with Store(path, mode="r") as store:
+            snap = store.read_snapshot(name)
+        ParamLayout.of(model).check_same(snap.layout, "model", f"snapshot {ref!r}")
+        if set(snap.buffers) != set(dict(model.named_buffers())):
+            raise LandscapeError(f"snapshot {ref!r} does not fit the model: its buffers differ")
+        snap.name = ref
+        return snap
+    if store_ref is not None and not os.path.exists(ref):
+        raise LandscapeError(f"{ref!r} is neither a checkpoint file nor STORE:NAME of an existing store")
+    state = read_state_dict(ref)
+    clone = copy.deepcopy(model)
+    apply_state_dict(clone, state, ref)
+    return Snapshot.from_model(clone, name=ref, source=os.path.abspath(ref))
+
+
+def stored_predictions(ref: str) -> tuple[list[str], torch.Tensor, torch.Tensor] | None:
+    """`STORE:ENSEMBLE` naming an ensemble with kept predictions: (member names, logits, labels)."""
+    store_ref = split_store_ref(ref)
+    if store_ref is None or not os.path.isdir(store_ref[0]):
+        return None
+    path, name = store_ref
+    with Store(path, mode="r") as store:
+        if not store.has("ensembles", name) or "predictions" not in store.datasets("ensembles", name):
+            return None
+        obj = store.read("ensembles", name)
+    members = [m.decode() if isinstance(m, bytes) else str(m) for m in obj["members"]]
+    return members, torch.from_numpy(obj["predictions"]).float(), torch.from_numpy(obj["labels"])
