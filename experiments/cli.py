@@ -22,25 +22,29 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def headline(summary: dict[str, Any], out: str) -> str:
-    """A few lines: transfer margin, each method at size K, the verdicts, where the outputs are."""
-    from .report import _f, _pct
+    """A few lines: transfer margin, each method at size K, the verdicts, where the outputs are.
+
+    Takes the summary as write_report returns it: None (not computed) prints as n/a, a computed
+    non-finite value as nan or inf.
+    """
+    from .markdown import fmt_num, fmt_pct, fmt_points
 
     K = summary["study"]["members"]
     tr = summary["transfer"]
     lines = [f"study {summary['study']['name']!r} -> {out}"]
-    line = f"fine-tuned {_pct(tr['finetuned_acc'])}"
+    line = f"fine-tuned {fmt_pct(tr['finetuned_acc'])}"
     if tr.get("scratch_acc") is not None:
-        line += f", from scratch {_pct(tr['scratch_acc'])} (transfer {100 * tr['margin']:+.1f} points)"
+        line += f", from scratch {fmt_pct(tr['scratch_acc'])} (transfer {fmt_points(tr.get('margin'))})"
     lines.append(line)
     lines.append(f"{'method':<26} {'ens acc':>8} {'ens NLL':>8} {'member':>8} {'barrier':>8} {'pairwise':>8}  (K={K})")
     for m in summary["methods"].values():
         pw = (m.get("mean_pairwise_barrier") or {}).get("test_loss")
-        lines.append(f"{m['label']:<26} {_pct(m['ensemble_acc'][-1]):>8} {_f(m['ensemble_nll'][-1]):>8} "
-                     f"{_pct(sum(m['member_acc']) / len(m['member_acc'])):>8} "
-                     f"{_f(m['new_member_mean_barrier_test_loss']):>8} {_f(pw):>8}")
+        lines.append(f"{m['label']:<26} {fmt_pct(m['ensemble_acc'][-1]):>8} {fmt_num(m['ensemble_nll'][-1]):>8} "
+                     f"{fmt_pct(m['member_mean_acc']):>8} {fmt_num(m['new_member_mean_barrier_test_loss']):>8} "
+                     f"{fmt_num(pw):>8}")
     for f in summary["findings"]:
         lines.append(f"[{f['verdict']}] {f['claim']}")
-    t = summary.get("timings", {})
+    t = summary.get("timings") or {}
     if t:
         lines.append(f"time {t.get('total_s', 0):.1f} s (train {t.get('train_s', 0):.1f} s, analysis "
                      f"{t.get('analysis_s', 0):.1f} s); report: {out}/report.md")

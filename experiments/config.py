@@ -15,13 +15,17 @@ A config has these tables (see experiments/configs/demo.toml for a commented exa
                 test_samples, bn_samples
 
 Errors name the file and the key: an unknown key (with the closest known one), a wrong type, a
-missing data folder or checkpoint file, a method without its required hyperparameters.
+missing data folder or checkpoint file, a method without its required hyperparameters, and any
+value that could only fail later (a learning rate that is not a finite positive number, a
+momentum outside [0, 1), a count that is not a positive integer, a grid too large for memory, a
+plane through a member that does not exist), so a bad study is refused before any training.
 """
 from __future__ import annotations
 
 import difflib
 import hashlib
 import json
+import math
 import os
 import tomllib
 from dataclasses import asdict, dataclass, field
@@ -29,6 +33,7 @@ from importlib import resources
 from typing import Any, Mapping
 
 from landscape.errors import LandscapeError
+from landscape.validate import check_grid_size, finite_positive, positive_int
 
 from .data import EmbeddedSpec
 
@@ -196,13 +201,134 @@ def _fill(table: Mapping[str, Any], schema: Mapping[str, tuple[str, Any]], where
     return out
 
 
-def _positive(cfg: dict, where: str, keys: list[str], allow_zero: tuple[str, ...] = ()) -> None:
-    for k in keys:
-        v = cfg.get(k)
-        if v is None:
-            continue
-        if v < 0 or (v == 0 and k not in allow_zero):
-            raise LandscapeError(f"{where}{k} must be {'non-negative' if k in allow_zero else 'positive'}, got {v!r}")
+# ----------------------------------------------------------------------------------------------
+# value checks: each names its key and says what it wants, in one line
+
+SEED_LIMIT = 2**32
+# The embedded problem is generated in memory: refuse one that could not be.
+MAX_EMBEDDED_BYTES = 8 << 30
+
+
+def _count(table: dict, where: str, key: str, minimum: int = 1) -> None:
+    """An integer >= minimum (1: a positive integer, 0: a non-negative one); None means 'default'."""
+    v = table.get(key)
+    if v is None:
+        return
+    if minimum == 1:
+        table[key] = positive_int(v, f"{where}{key}")
+    elif not isinstance(v, int) or isinstance(v, bool) or v < minimum:
+        kind = "a non-negative integer" if minimum == 0 else f"an integer of at least {minimum}"
+        raise LandscapeError(f"{where}{key} must be {kind}, got {v!r}")
+
+
+def _rate(table: dict, where: str, key: str) -> None:
+    """A learning rate or lr scale: finite and > 0 (anything else would only fail after training)."""
+    if table.get(key) is not None:
+        table[key] = finite_positive(table[key], f"{where}{key}")
+
+
+def _decay(table: dict, where: str, key: str) -> None:
+    v = table.get(key)
+    if v is not None and not (math.isfinite(v) and v >= 0):
+        raise LandscapeError(f"{where}{key} must be a finite non-negative number, got {v!r}")
+
+
+def _momentum(table: dict, where: str, key: str) -> None:
+    v = table.get(key)
+    if v is not None and not (math.isfinite(v) and 0 <= v < 1):
+        raise LandscapeError(f"{where}{key} must be a finite number in [0, 1), got {v!r}")
+
+
+def _seed(table: dict, where: str, key: str) -> None:
+    v = table.get(key)
+    if v is not None and not 0 <= v < SEED_LIMIT:
+        raise LandscapeError(f"{where}{key} must be an integer in [0, 2**32), got {v!r}")
+
+
+def _recipe(table: dict, where: str) -> None:
+    """An SGD recipe: epochs, lr, momentum, weight decay, batch size (whichever the table has)."""
+    for k in ("epochs", "batch_size", "checkpoints"):
+        if k in table and not isinstance(table[k], list):
+            _count(table, where, k)
+    _rate(table, where, "lr")
+    _momentum(table, where, "momentum")
+    _decay(table, where, "weight_decay")
+
+
+def _derived_lr(value: float, what: str) -> None:
+    """A product of two valid numbers (lr × scale) can still overflow to inf or underflow to 0."""
+    if not (math.isfinite(value) and value > 0):
+        raise LandscapeError(f"{what} must be a finite positive number, got {value!r}")
+
+
+def _check_embedded(data: dict) -> None:
+    where = "data."
+    _seed(data, where, "seed")
+    for k in ("image_size", "channels", "parts", "part_size", "parts_per_image", "source_classes", "source_train",
+              "source_test", "target_classes", "target_train_per_class", "target_test"):
+        _count(data, where, k)
+    for k in ("noise", "background"):
+        _decay(data, where, k)
+    images = data["source_train"] + data["source_test"] + data["target_classes"] * data["target_train_per_class"] \
+        + data["target_test"]
+    need = 4 * data["channels"] * (images * data["image_size"] ** 2 + data["parts"] * data["part_size"] ** 2)
+    if need > MAX_EMBEDDED_BYTES:
+        raise LandscapeError(f"data: the embedded problem's {images:,} images (data.source_train + source_test + "
+                             f"target_classes × target_train_per_class + target_test) of {data['channels']}x"
+                             f"{data['image_size']}x{data['image_size']} need {need / 2**30:.1f} GiB; the limit is "
+                             f"{MAX_EMBEDDED_BYTES / 2**30:.0f} GiB: use fewer samples or a smaller data.image_size")
+
+
+def _check_plane_through(refs: list[str], methods: list[MethodConfig]) -> None:
+    """Two distinct members, neither the fine-tuned model (the plane's centre)."""
+    if len(refs) != 2:
+        raise LandscapeError("analysis.plane_through must name two methods (their last members span the "
+                             "plane with the fine-tuned model), e.g. [\"local_de\", \"starsse_large\"]")
+    by_name = {m.name: m for m in methods}
+    picked = []
+    for ref in refs:
+        name, colon, idx = ref.partition(":")
+        if name not in by_name:
+            raise LandscapeError(f"analysis.plane_through names {ref!r}, which is not a method "
+                                 f"(methods: {', '.join(by_name)})")
+        m = by_name[name]
+        if colon:
+            if not (idx.isascii() and idx.isdigit()) or int(idx) >= m.members:
+                raise LandscapeError(f"analysis.plane_through names {ref!r}: the member index must be an integer "
+                                     f"from 0 to {m.members - 1} ({name} has {m.members} members)")
+            i = int(idx)
+        else:
+            i = m.members - 1
+        # Member 0 of every method but SWA is the fine-tuned model (see samplers.plan_study).
+        if i == 0 and m.type != "swa":
+            raise LandscapeError(f"analysis.plane_through names {ref!r}, which is the fine-tuned model, the plane's "
+                                 "centre: name another member")
+        picked.append((name, i))
+    if picked[0] == picked[1]:
+        raise LandscapeError(f"analysis.plane_through names the same member twice ({refs[0]!r}, {refs[1]!r}): "
+                             "a plane needs two different members")
+
+
+def _check_analysis(an: dict, methods: list[MethodConfig]) -> None:
+    where = "analysis."
+    for k in ("train_samples", "test_samples", "bn_samples", "ece_bins"):
+        _count(an, where, k)
+    for k in ("line_points", "pairwise_points", "plane_points"):
+        _count(an, where, k, minimum=3)
+    # Refuse a grid whose arrays cannot be allocated now, not after every member has trained.
+    n = an["line_points"]
+    check_grid_size((n,), f"analysis.line_points = {n}: each line")
+    n = an["pairwise_points"]
+    check_grid_size((n,), f"analysis.pairwise_points = {n}: each line")
+    if an["pairwise"]:
+        for m in methods:
+            if m.pairwise and m.members >= 2:
+                pairs = m.members * (m.members - 1) // 2
+                check_grid_size((pairs, n), f"analysis.pairwise_points = {n}: methods.{m.name}'s barrier grid")
+    n = an["plane_points"]
+    check_grid_size((n, n), f"analysis.plane_points = {n}: the plane")
+    if an["plane_through"] is not None:
+        _check_plane_through(an["plane_through"], methods)
 
 
 def parse_config(raw: Mapping[str, Any], source: str = "<config>", check_paths: bool = True) -> StudyConfig:
@@ -221,23 +347,26 @@ def _parse(raw: Mapping[str, Any], check_paths: bool) -> "_Parsed":
     sections = {name: _fill(raw.get(name, {}), schema, f"{name}.") for name, schema in SCHEMA.items()}
     st, data, model, pre, ft, sc, an = (sections[k] for k in ("study", "data", "model", "pretrain", "finetune",
                                                               "scratch", "analysis"))
-    _positive(st, "study.", ["members", "eval_batch_size"], allow_zero=())
-    _positive(st, "study.", ["threads"], allow_zero=("threads",))
-    if st["members"] < 2:
-        raise LandscapeError(f"study.members must be at least 2 (an ensemble), got {st['members']}")
+    _seed(st, "study.", "seed")
+    _count(st, "study.", "members", minimum=2)
+    _count(st, "study.", "eval_batch_size")
+    _count(st, "study.", "threads", minimum=0)
 
     # data
     if data["kind"] not in DATA_KINDS:
         raise LandscapeError(f"data.kind must be one of {', '.join(DATA_KINDS)}, got {data['kind']!r}")
     given = set(raw.get("data", {}))
+    _count(data, "data.", "augment_shift", minimum=0)
     if data["kind"] == "embedded":
         bad = sorted(given & REAL_ONLY)
         if bad:
             raise LandscapeError(f"data.{bad[0]} does not apply to the embedded data (kind = \"embedded\")")
+        _count(data, "data.", "image_size")  # before the default: 0 is not "unset"
         data["image_size"] = data["image_size"] or EmbeddedSpec.image_size
         for k in list(data):
             if k in REAL_ONLY:
                 data.pop(k)
+        _check_embedded(data)
         EmbeddedSpec(**{k: data[k] for k in asdict(EmbeddedSpec())}).check()
     else:
         bad = sorted(given & EMBEDDED_ONLY)
@@ -249,22 +378,23 @@ def _parse(raw: Mapping[str, Any], check_paths: bool) -> "_Parsed":
         if not data.get("root"):
             raise LandscapeError(f"data.root (the local {data['kind']} folder) is required")
         data["root"] = os.path.expanduser(data["root"])
+        _count(data, "data.", "image_size")
+        _count(data, "data.", "num_workers", minimum=0)
         data["image_size"] = data["image_size"] or 224
         if check_paths and not os.path.isdir(data["root"]):
             raise LandscapeError(f"data folder {data['root']!r} does not exist (data.root)")
-        _positive(data, "data.", ["image_size"])
-        _positive(data, "data.", ["num_workers"], allow_zero=("num_workers",))
-    _positive(data, "data.", ["augment_shift"], allow_zero=("augment_shift",))
+    if data["augment_shift"] >= data["image_size"]:
+        raise LandscapeError(f"data.augment_shift must be less than the image size ({data['image_size']}), "
+                             f"got {data['augment_shift']}")
 
     # model
     if model["width"] is not None and model["name"] not in ("small_cnn", "tiny_cnn"):
         raise LandscapeError(f"model.width only applies to small_cnn and tiny_cnn, not {model['name']!r}")
-    _positive(model, "model.", ["width"])
+    _count(model, "model.", "width")
 
-    # recipes
-    _positive(ft, "finetune.", ["epochs", "lr", "batch_size"])
-    _positive(ft, "finetune.", ["momentum", "weight_decay"], allow_zero=("momentum", "weight_decay"))
-    _positive(sc, "scratch.", ["epochs", "lr"])
+    # recipes (scratch's defaults come from the fine-tuning recipe, checked first)
+    _recipe(ft, "finetune.")
+    _recipe(sc, "scratch.")
     sc["epochs"] = sc["epochs"] or 2 * ft["epochs"]
     sc["lr"] = sc["lr"] or ft["lr"]
 
@@ -284,12 +414,19 @@ def _parse(raw: Mapping[str, Any], check_paths: bool) -> "_Parsed":
             raise LandscapeError(f"{where}type must be one of {', '.join(METHOD_TYPES)}, got {_describe(mtype)}")
         filled = _fill(table, {**METHOD_COMMON, **METHOD_SCHEMA[mtype]}, where)
         filled.pop("type")
+        _count(filled, where, "members", minimum=1 if mtype == "swa" else 2)
         members = filled.pop("members") or st["members"]
         pairwise = filled.pop("pairwise")
-        if members < 2 and mtype != "swa":
-            raise LandscapeError(f"{where}members must be at least 2, got {members}")
-        _positive(filled, where, [k for k in filled if k not in ("anneal_epochs",)])
-        _positive(filled, where, ["anneal_epochs"], allow_zero=("anneal_epochs",))
+        for k in ("lr_scale", "lr1_scale", "lr2_scale"):
+            _rate(filled, where, k)
+            if k in filled:
+                _derived_lr(ft["lr"] * filled[k], f"finetune.lr × {where}{k}")
+        if mtype == "fge":
+            _rate(filled, where, "cycle_epochs")  # a float: FGE cycles may be fractions of an epoch
+        else:
+            _count(filled, where, "cycle_epochs")
+        _count(filled, where, "epochs")
+        _count(filled, where, "anneal_epochs", minimum=0)
         if mtype in ("sse", "starsse"):
             filled["cycle_epochs"] = filled["cycle_epochs"] or ft["epochs"]
         if mtype == "swa":
@@ -308,8 +445,8 @@ def _parse(raw: Mapping[str, Any], check_paths: bool) -> "_Parsed":
         if isinstance(pre["checkpoints"], list):
             raise LandscapeError("pretrain.checkpoints must be an integer for the embedded data "
                                  "(how many checkpoints to pre-train on the source task)")
+        _recipe(pre, "pretrain.")
         pre["checkpoints"] = pre["checkpoints"] or need
-        _positive(pre, "pretrain.", ["checkpoints", "epochs", "lr", "batch_size"])
     else:
         ck = pre["checkpoints"]
         if not isinstance(ck, list) or not ck:
@@ -329,20 +466,7 @@ def _parse(raw: Mapping[str, Any], check_paths: bool) -> "_Parsed":
         raise LandscapeError(f"global_de with {need} members needs {need} pre-trained checkpoints, "
                              f"pretrain.checkpoints gives {pre['checkpoints'] if isinstance(pre['checkpoints'], int) else len(pre['checkpoints'])}")
 
-    # analysis
-    _positive(an, "analysis.", ["train_samples", "test_samples", "bn_samples", "ece_bins"])
-    for k in ("line_points", "pairwise_points", "plane_points"):
-        if an[k] < 3:
-            raise LandscapeError(f"analysis.{k} must be at least 3, got {an[k]}")
-    names = [m.name for m in methods]
-    if an["plane_through"] is not None:
-        if len(an["plane_through"]) != 2:
-            raise LandscapeError("analysis.plane_through must name two methods (their last members span the "
-                                 "plane with the fine-tuned model), e.g. [\"local_de\", \"starsse_large\"]")
-        for ref in an["plane_through"]:
-            if ref.partition(":")[0] not in names:
-                raise LandscapeError(f"analysis.plane_through names {ref!r}, which is not a method "
-                                     f"(methods: {', '.join(names)})")
+    _check_analysis(an, methods)
     return _Parsed(sections, methods)
 
 

@@ -161,6 +161,18 @@ def _generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(seed))
 
 
+# The config key that sets each kind of unit's learning rate: named when a unit diverges.
+LR_KEY = {"pretrain": "pretrain.lr", "scratch": "scratch.lr, which defaults to finetune.lr", "finetune": "finetune.lr",
+          "sse": "methods.{}.lr_scale", "starsse": "methods.{}.lr_scale", "fge": "methods.{}.lr1_scale",
+          "swa": "methods.{}.lr_scale"}
+
+
+def _diverged_text(ctx: Context, unit: Unit) -> dict[str, str]:
+    """train()'s `what` and `hint`: which study and unit diverged, and the key that sets its lr."""
+    key = LR_KEY[unit.kind].format(unit.method)
+    return {"what": f"config {ctx.cfg.source}, unit {unit.name}", "hint": f"({key}; this run's lr {unit.lr:g})"}
+
+
 def _bar(ctx: Context, unit: Unit, total: int) -> tqdm:
     return tqdm(total=total, desc=f"  {unit.name} epochs", unit="ep", leave=False, disable=ctx.quiet,
                 dynamic_ncols=True)
@@ -211,7 +223,7 @@ def _cosine_run(ctx: Context, unit: Unit, model: nn.Module, task: Task, optim: O
     with _bar(ctx, unit, epochs) as bar:
         train(model, task, opt, iterations=epochs * ipe, batch_size=optim.batch_size, generator=g,
               device=ctx.device, per_iteration=lambda i: cosine_factor(i // ipe, epochs), hooks=ctx.hooks,
-              unit=unit, bar=bar, iters_per_epoch=ipe)
+              unit=unit, bar=bar, iters_per_epoch=ipe, **_diverged_text(ctx, unit))
     return model
 
 
@@ -230,7 +242,7 @@ def _fge_run(ctx: Context, unit: Unit, model: nn.Module, optim: Optim, g: torch.
     with _bar(ctx, unit, math.ceil(n / ipe)) as bar:
         train(model, ctx.target, opt, iterations=n, batch_size=optim.batch_size, generator=g, device=ctx.device,
               per_iteration=lambda i: fge_lr(offset + i, lr1, lr2, c) / lr1, hooks=ctx.hooks, unit=unit, bar=bar,
-              iters_per_epoch=ipe)
+              iters_per_epoch=ipe, **_diverged_text(ctx, unit))
     return model
 
 
@@ -253,7 +265,8 @@ def _swa_run(ctx: Context, unit: Unit, model: nn.Module, optim: Optim, g: torch.
 
     with _bar(ctx, unit, epochs) as bar:
         train(model, ctx.target, opt, iterations=epochs * ipe, batch_size=optim.batch_size, generator=g,
-              device=ctx.device, epoch_end=epoch_end, hooks=ctx.hooks, unit=unit, bar=bar, iters_per_epoch=ipe)
+              device=ctx.device, epoch_end=epoch_end, hooks=ctx.hooks, unit=unit, bar=bar, iters_per_epoch=ipe,
+              **_diverged_text(ctx, unit))
     # BN statistics of the averaged weights: one more pass over the (augmented) training data, as
     # in the SWA paper and torch's recipe; the pass draws its order from the same generator.
     update_bn(swa_bn_loader(ctx.target, optim.batch_size, g, ctx.device), swa_model, ctx.device)

@@ -306,8 +306,13 @@ def _run_study(cfg: StudyConfig, path: str, device: str | None, quiet: bool, hoo
         wrote = store.wrote
     if not wrote and os.path.isfile(summary_path):
         # Nothing new: the report on disk is this study's; rewriting it would only risk it.
+        # (the returned copy carries this run's timings; the file keeps those of the run that computed)
         with open(summary_path) as f:
-            return json.load(f)
+            summary = json.load(f)
+        summary["timings"] = {"prepare_s": t_prep, "train_s": t_train, "analysis_s": t_analysis,
+                              "trained_units": [], "unit_seconds": {}, "total_s": time.perf_counter() - t0,
+                              "nothing_to_do": True}
+        return summary
     results["timings"] = {"prepare_s": t_prep, "train_s": t_train, "analysis_s": t_analysis,
                           "trained_units": runner.trained, "unit_seconds": runner.timings}
     t3 = time.perf_counter()

@@ -13,6 +13,10 @@ Schedules (all exact closed forms, applied through torch.optim.lr_scheduler):
 
 All randomness of a run (data order, augmentation) comes from one torch.Generator seeded by the
 run, so a run repeated from the same starting point gives the same weights bit for bit.
+
+A run whose training loss stops being finite is stopped at once with TrainingDiverged (a
+LandscapeError: one line, exit status 2), not carried on to crash in the analysis. The loss is
+averaged on the device and read back only every CHECK_EVERY steps and at each epoch's end.
 """
 from __future__ import annotations
 
@@ -25,7 +29,17 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from landscape.errors import LandscapeError
+
 from .data import Task
+
+# Steps between reads of the running loss: often enough to stop a diverged run within a few
+# dozen steps, rare enough that the host seldom waits for the device (one sync per CHECK_EVERY steps).
+CHECK_EVERY = 32
+
+
+class TrainingDiverged(LandscapeError):
+    """The training loss became nan or inf: the learning rate is too high for this recipe."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -112,17 +126,22 @@ def _batches(task: Task, batch_size: int, g: torch.Generator, device: torch.devi
 def train(model: nn.Module, task: Task, optimizer: torch.optim.Optimizer, *, iterations: int, batch_size: int,
           generator: torch.Generator, device: torch.device, per_iteration: Callable[[int], float] | None = None,
           epoch_end: Callable[[int], None] | None = None, hooks: Hooks | None = None, unit: Any = None,
-          bar: tqdm | None = None, iters_per_epoch: int | None = None) -> RunInfo:
+          bar: tqdm | None = None, iters_per_epoch: int | None = None, what: str | None = None,
+          hint: str = "") -> RunInfo:
     """Run `iterations` SGD steps of cross-entropy on the task's training batches.
 
     per_iteration(i) -> lr factor: applied through a LambdaLR stepped after every iteration
     (base lr = the optimizer's lr). epoch_end(e): called after each complete epoch (SWA uses it).
+    Raises TrainingDiverged("WHAT: training diverged at epoch E (loss nan); lower the learning
+    rate HINT") within CHECK_EVERY steps of the loss becoming non-finite; `what` defaults to the
+    unit's name.
     """
     info = RunInfo()
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, per_iteration) if per_iteration else None
     ipe = iters_per_epoch or iterations_per_epoch(task.train_size(), batch_size)
     model.train()
-    running = None
+    running: torch.Tensor | None = None  # an exponential average of the loss, kept on the device
+    value = float("nan")
     stream = _batches(task, batch_size, generator, device)
     channels_last = is_channels_last(model)
     for i in range(iterations):
@@ -139,19 +158,33 @@ def train(model: nn.Module, task: Task, optimizer: torch.optim.Optimizer, *, ite
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
-        value = float(loss.detach())
-        running = value if running is None else 0.9 * running + 0.1 * value
-        if (i + 1) % ipe == 0:
+        # nan and inf persist in the average, so a read every few steps sees any step that diverged.
+        step_loss = loss.detach().float()
+        running = step_loss.clone() if running is None else running.mul_(0.9).add_(step_loss, alpha=0.1)
+        epoch_done = (i + 1) % ipe == 0
+        if epoch_done or (i + 1) % CHECK_EVERY == 0 or i + 1 == iterations:
+            value = float(running)
+            if not math.isfinite(value):
+                raise TrainingDiverged(f"{_describe(unit, what)}: training diverged at epoch {i // ipe + 1} "
+                                       f"(loss {value}); lower the learning rate{hint and ' ' + hint}")
+        if epoch_done:
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{running:.3f}", lr=f"{lr:.3g}", refresh=False)
+                bar.set_postfix(loss=f"{value:.3f}", lr=f"{lr:.3g}", refresh=False)
             if epoch_end is not None:
                 epoch_end((i + 1) // ipe - 1)
     if bar is not None and iterations % ipe:
         bar.update(1)
     info.iterations = iterations
-    info.loss = float("nan") if running is None else running
+    info.loss = value
     return info
+
+
+def _describe(unit: Any, what: str | None) -> str:
+    if what:
+        return what
+    name = getattr(unit, "name", unit)
+    return f"unit {name}" if name is not None else "training"
 
 
 def is_channels_last(model: nn.Module) -> bool:

@@ -23,6 +23,7 @@ from .checkpoints import Snapshot, check_same_architecture
 from .data import TensorData, load_data
 from .directions import pca_directions, plane_through, project, random_direction
 from .engine import Evaluator, LossFn, resolve_device
+from .ensembles import MemberForward, evaluate_ensemble, fit_temperatures, table_rows
 from .errors import LandscapeError
 from .grid import line_alphas, parse_range
 from .jsonable import to_jsonable
@@ -202,7 +203,7 @@ def info(path: str) -> dict[str, Any]:
 def plot(path: str, name: str, *, out: str | None = None, metric: str | None = None, style: str = "contour",
          log: bool = False) -> dict[str, Any]:
     """Draw a stored curve, surface, barrier matrix or ensemble to PNG/PDF."""
-    from . import plots
+    from . import plots  # matplotlib only when drawing: it adds to every command's start-up
 
     with Store(path, mode="r") as store:
         kind = next((k for k in ("surfaces", "curves", "barriers", "ensembles") if store.has(k, name)), None)
@@ -249,8 +250,6 @@ def ensemble(members: Sequence[str | Snapshot], *, model: str | nn.Module | None
     Rerunning with the same arguments returns the stored result without computing or writing.
     """
     from tqdm.auto import tqdm
-
-    from .ensembles import MemberForward, evaluate_ensemble, fit_temperatures, table_rows
 
     if not members:
         raise LandscapeError("ensemble needs at least one member")

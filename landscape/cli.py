@@ -13,6 +13,7 @@ from typing import Any, Callable, Sequence
 
 from . import api
 from .errors import LandscapeError
+from .store import KINDS
 
 
 def add_common(p: argparse.ArgumentParser, evaluation: bool = True) -> None:
@@ -106,8 +107,6 @@ def cmd_plot(args: argparse.Namespace) -> tuple[dict, str]:
 
 
 def cmd_info(args: argparse.Namespace) -> tuple[dict, str]:
-    from .store import KINDS
-
     res = api.info(args.file)
     lines = [f"{res['path']} (schema {res['schema_version']})"]
     keys = ("method", "member", "cycle", "lr", "seed", "bn_mode", "complete", "kind", "normalization", "center")

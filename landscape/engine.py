@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .batched import BatchedForward
+from .batched import BatchedForward, batched_metrics
 from .bn import BN_MODES, FoldedEval, bn_modules, recompute_bn
 from .data import TensorData, check_labels
 from .errors import LandscapeError
@@ -251,8 +251,6 @@ class Evaluator:
     @torch.no_grad()
     def _run_batched(self, family: AffineFamily, coeffs: torch.Tensor) -> dict[str, np.ndarray]:
         """All points of a chunk in one pass per data batch (BN recompute batched too)."""
-        from .batched import batched_metrics
-
         fwd = self.batched
         fwd.bind(family, coeffs)
         if self.bn_mode == "recompute" and self.has_bn:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import numpy as np
 
 from .errors import LandscapeError
+from .validate import check_grid_size
 
 if TYPE_CHECKING:  # the store saves grids; grids only hold a reference to it
     from .store import Store
@@ -23,6 +24,7 @@ def parse_range(text: str, what: str = "grid") -> np.ndarray:
         raise LandscapeError(f"malformed {what} {text!r}: expected MIN:MAX:NUM, e.g. -1:1:21") from None
     if num < 1 or not np.isfinite(lo) or not np.isfinite(hi) or (num > 1 and hi <= lo):
         raise LandscapeError(f"malformed {what} {text!r}: need MAX > MIN and NUM >= 1")
+    check_grid_size((num,), what)  # before the axis itself is allocated
     return np.linspace(lo, hi, num)
 
 
@@ -30,6 +32,7 @@ def line_alphas(num: int = 21, lo: float = 0.0, hi: float = 1.0) -> np.ndarray:
     """A grid of α over [lo, hi] that always contains 0 and 1 exactly (barriers need both ends)."""
     if num < 2:
         raise LandscapeError("a line needs at least 2 points")
+    check_grid_size((num,), "line", n_coeffs=1)
     if lo > 0 or hi < 1:
         raise LandscapeError("the line's α range must include 0 and 1")
     alphas = np.union1d(np.linspace(0.0, 1.0, num), [lo, hi])

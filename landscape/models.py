@@ -128,6 +128,3 @@ def build_model(spec: str, num_classes: int | None = None, input_shape: Sequence
         raise LandscapeError(f"model spec {spec!r}: the factory returned {type(model).__name__}, not an nn.Module")
     return model
 
-
-def has_batchnorm(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())

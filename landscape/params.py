@@ -101,20 +101,3 @@ def set_buffers(model: nn.Module, buffers: Mapping[str, torch.Tensor]) -> None:
         if name in own:
             own[name].copy_(value.to(own[name].dtype))
 
-
-def interpolate_buffers(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor],
-                        alpha: float) -> dict[str, torch.Tensor]:
-    """(1-α)·a + α·b for floating buffers; integer ones (num_batches_tracked) are taken from a."""
-    out = {}
-    for name, va in a.items():
-        vb = b[name]
-        if va.is_floating_point():
-            out[name] = torch.lerp(va, vb.to(va.dtype), float(alpha))
-        else:
-            out[name] = va.clone()
-    return out
-
-
-def model_state(model: nn.Module) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """(parameter vector, buffers) of a model, detached copies."""
-    return parameters_to_vector(model).clone(), get_buffers(model)

@@ -390,6 +390,17 @@ class Store:
     def _tmp_path(self, folder: str, suffix: str) -> str:
         return os.path.join(folder, f"{TMP}{os.getpid()}-{uuid.uuid4().hex[:12]}{suffix}")
 
+    def _ensure_folder(self, folder: str) -> None:
+        """The kind's folder inside the store; never the store itself, so that a store removed
+        during a run is reported instead of silently created again without its objects."""
+        if not os.path.isdir(self.path):
+            raise LandscapeFault(f"store {self.path!r} was removed during the run; nothing more was written")
+        if folder != self.path:
+            try:
+                os.mkdir(folder)
+            except FileExistsError:
+                pass
+
     def _write_marker(self, meta: dict[str, Any]) -> None:
         def write(tmp: str) -> None:
             with open(tmp, "w") as f:
@@ -404,7 +415,7 @@ class Store:
         self.lock()
         tmp = self._tmp_path(folder, suffix)
         try:
-            os.makedirs(folder, exist_ok=True)
+            self._ensure_folder(folder)
             write(tmp)
             os.replace(tmp, os.path.join(folder, filename))
         except BaseException as exc:
@@ -419,12 +430,18 @@ class Store:
         _fsync_dir(folder)
 
     def _write_h5(self, kind: str, filename: str, fill, what: str) -> None:
+        # The HDF5 file is built in memory and written with plain file I/O: a failed write then
+        # reports the OS's reason (ENOSPC, EDQUOT, EFBIG) and never leaves HDF5 half-flushed.
+        with h5py.File(f"{uuid.uuid4().hex}.h5", "w", driver="core", backing_store=False, locking=False) as f:
+            fill(f)
+            f.flush()
+            image = f.id.get_file_image()
+
         def write(tmp: str) -> None:
-            with _open_h5(tmp, "w") as f:
-                fill(f)
-                f.flush()
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
+            with open(tmp, "wb") as out:
+                out.write(image)
+                out.flush()
+                os.fsync(out.fileno())
         self._replace(os.path.join(self.path, kind), filename, ".h5", write, what)
 
     def set_attrs(self, attrs: Mapping[str, Any]) -> None:
@@ -512,7 +529,7 @@ class Store:
         folder = os.path.join(self.path, kind)
         tmp = self._tmp_path(folder, ".h5")
         try:
-            os.makedirs(folder, exist_ok=True)
+            self._ensure_folder(folder)
             with _open_h5(tmp, "w") as f:
                 _fill(f, {}, root)
                 yield ObjectWriter(f)

@@ -11,7 +11,7 @@ from experiments.config import SHIPPED, load_config, parse_override, shipped_pat
 from experiments.study import RESULTS
 from landscape.cli import main
 from landscape.errors import LandscapeError
-from landscape.store import Store, write_attrs
+from landscape.store import Store
 
 
 def _tiny_text() -> str:
@@ -115,7 +115,8 @@ def test_other_bad_values(capsys, tmp_path):
     _fails(capsys, ["run", "tiny", "--out", str(out), "--set", "methods.sse_small.type=snapshot"],
            "methods.sse_small.type must be one of")
     _fails(capsys, ["run", "tiny", "--out", str(out), "--set", "methods.x.type=sse"], "methods.x.lr_scale is required")
-    _fails(capsys, ["run", "tiny", "--out", str(out), "--set", "finetune.lr=-1"], "finetune.lr must be positive")
+    _fails(capsys, ["run", "tiny", "--out", str(out), "--set", "finetune.lr=-1"],
+           "finetune.lr must be a finite positive number, got -1.0")
     _fails(capsys, ["run", "tiny", "--out", str(out), "--set", "pretrain.checkpoints=2"],
            "global_de with 3 members needs 3 pre-trained checkpoints")
     _fails(capsys, ["run", "tiny", "--out", str(out), "--set", "data.root=/x"], "data.root does not apply")
@@ -142,23 +143,31 @@ def test_model_that_does_not_fit_the_data(capsys, tmp_path):
     assert not out.exists()
 
 
-def _digest(path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def _digest(folder) -> str:
+    """Every file under `folder`, names and contents."""
+    h = hashlib.sha256()
+    for root, dirs, names in sorted(os.walk(folder)):
+        for name in sorted(names):
+            path = os.path.join(root, name)
+            h.update(os.path.relpath(path, folder).encode())
+            with open(path, "rb") as f:
+                h.update(f.read())
+    return h.hexdigest()
 
 
 def test_output_folder_of_a_different_study(capsys, tmp_path):
     out = tmp_path / "other"
     out.mkdir()
     with Store(str(out / RESULTS), "a") as store:
-        write_attrs(store.file, {"study_fingerprint": "0123456789abcdef", "study_name": "someone-else",
-                                 "study_source": "theirs.toml"})
-    before = _digest(out / RESULTS)
+        store.set_attrs({"study_fingerprint": "0123456789abcdef", "study_name": "someone-else",
+                         "study_source": "theirs.toml"})
+    before = _digest(out)
     _fails(capsys, ["run", "tiny", "--out", str(out)], "holds a different study", "someone-else")
-    assert _digest(out / RESULTS) == before and os.listdir(out) == [RESULTS]
+    assert _digest(out) == before and os.listdir(out) == [RESULTS]
     # a changed recipe is a different study too
     cfg = load_config("tiny")
     with Store(str(out / RESULTS), "a") as store:
-        store.file.attrs["study_fingerprint"] = cfg.fingerprint()
+        store.set_attrs({"study_fingerprint": cfg.fingerprint()})
     _fails(capsys, ["run", "tiny", "--out", str(out), "--set", "finetune.epochs=4"], "holds a different study")
     # a folder with other files and no study
     busy = tmp_path / "busy"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import os
 
 import h5py
@@ -11,6 +12,7 @@ import pytest
 from experiments.config import load_config
 from experiments.samplers import plan_study
 from experiments.study import RESULTS, run_study
+from landscape.store import Store
 from experiments.training import Hooks
 from landscape.cli import main
 
@@ -51,7 +53,8 @@ def test_end_to_end_outputs(e2e):
     summary = json.loads(stdout)
     cfg = load_config("tiny")
     K = cfg.members
-    for name in ("results.h5", "report.md", "summary.json"):
+    assert (out / RESULTS / "store.json").is_file()
+    for name in ("report.md", "summary.json"):
         assert (out / name).is_file()
     for fig in ("ensemble_by_size.png", "barrier_vs_cycle_lr.png", "plane.png"):
         assert (out / "figures" / fig).stat().st_size > 1000
@@ -64,14 +67,14 @@ def test_end_to_end_outputs(e2e):
         assert m["mean_pairwise_barrier"]["test_loss"] >= 0
         assert 0 <= m["soup_acc"] <= 1
     # the ensemble of size 1 is the first member; members' own accuracy agrees with the stored predictions
-    with h5py.File(out / RESULTS, "r") as f:
-        y = f["labels/test"][()]
+    with Store(str(out / RESULTS), "r") as st:
+        y = st.read("labels", "test")["labels"]
         for name, m in summary["methods"].items():
-            first = f[f"predictions/{m['members'][0]}/logits"][()].astype(np.float32)
+            first = st.read("predictions", m["members"][0])["logits"].astype(np.float32)
             assert m["ensemble_acc"][0] == pytest.approx(float((first.argmax(1) == y).mean()))
-        assert f.attrs["study_fingerprint"] == cfg.fingerprint()
-        assert "plane" in f["surfaces"] and f["surfaces/plane/done"][()].all()
-        assert set(f["ensembles"].keys()) == set(summary["methods"])
+        assert st.attrs["study_fingerprint"] == cfg.fingerprint()
+        assert st.read("surfaces", "plane")["done"].all()
+        assert set(st.names("ensembles")) == set(summary["methods"])
     assert summary["methods"]["local_de"]["barrier_to_finetuned"]["test_loss"][0] == 0.0
     assert summary["transfer"]["scratch_acc"] is not None
     report = (out / "report.md").read_text()
@@ -130,17 +133,15 @@ def test_interrupted_analysis_resumes(e2e, tmp_path):
     rc, stdout, _, src = e2e
     out = tmp_path / "analysis"
     out.mkdir()
-    with h5py.File(src / RESULTS, "r") as f_in, h5py.File(out / RESULTS, "w") as f_out:
-        for k, v in f_in.attrs.items():
-            f_out.attrs[k] = v
-        for key in f_in:
-            f_in.copy(key, f_out)
-        # forget half of one barrier grid and the whole plane, as if killed mid-analysis
-        done = f_out["barriers/local_de/done"]
-        d = done[()]
+    shutil.copytree(src / RESULTS, out / RESULTS)
+    # forget half of one barrier grid (now an unfinished grid) and the whole plane, as if killed mid-analysis
+    finished, partial = out / RESULTS / "barriers" / "local_de.h5", out / RESULTS / "barriers" / ".partial-local_de.h5"
+    finished.rename(partial)
+    with h5py.File(partial, "a") as f:
+        d = f["done"][()]
         d.reshape(-1)[::2] = False
-        done[...] = d
-        del f_out["surfaces/plane"]
+        f["done"][...] = d
+    (out / RESULTS / "surfaces" / "plane.h5").unlink()
     summary = run_study("tiny", str(out), quiet=True, use_cache=False)
     assert summary["timings"]["trained_units"] == []
     assert _numbers(summary) == _numbers(json.loads(stdout))

@@ -1,0 +1,76 @@
+"""Writing the study's output files so that a failed write never loses the previous file.
+
+Each file is written under a temporary name in its own folder, flushed to disk, then renamed
+over the old one with os.replace (atomic on POSIX and Windows): a full disk, a quota or a kill
+part-way leaves the previous file whole. An OSError becomes a LandscapeFault (exit status 1)
+whose one line names the file and the OS error.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from typing import Any, BinaryIO, Callable
+
+from landscape.errors import LandscapeFault
+from landscape.jsonable import to_jsonable
+
+
+def write_atomically(path: str, write: Callable[[BinaryIO], None]) -> str:
+    """Call `write(f)` on a temporary file beside `path`, then rename it to `path`; returns `path`.
+
+    On any failure the temporary file is removed and `path` is left as it was.
+    """
+    path = os.path.abspath(os.path.expanduser(path))
+    folder, base = os.path.split(path)
+    tmp = os.path.join(folder, f".{base}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    created = False
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with open(tmp, "xb") as f:  # "x": a new file (never someone else's), permissions from the umask
+            created = True
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())  # a disk that is full only at flush time fails here, not after the rename
+        os.replace(tmp, path)
+        created = False
+    except OSError as exc:
+        raise LandscapeFault(f"cannot write {path}: {exc.strerror or exc}") from None
+    finally:
+        if created:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+    _sync_folder(folder)
+    return path
+
+
+def _sync_folder(folder: str) -> None:
+    """Make the rename itself durable where the OS allows it (best effort: the file is in place)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_text_atomically(path: str, text: str) -> str:
+    """`text` (UTF-8) into `path`, atomically."""
+    data = text.encode("utf-8")
+    return write_atomically(path, lambda f: f.write(data))
+
+
+def write_json_atomically(path: str, obj: Any) -> str:
+    """`obj` as JSON into `path`, atomically.
+
+    Encoded by landscape.jsonable.to_jsonable: a computed nan/inf becomes the string "nan"/"inf",
+    None stays null ("not available"), so the file is always strict JSON.
+    """
+    text = json.dumps(to_jsonable(obj), indent=1, allow_nan=False)
+    return write_text_atomically(path, text + "\n")
