@@ -76,7 +76,7 @@ def register(subparsers: Any) -> None:
                               "command after an interruption).")
     p.add_argument("config", help="a TOML file, or a shipped config: demo, demo_quick, cifar10_resnet50, "
                    "cifar100_resnet50")
-    p.add_argument("--out", required=True, help="output folder (DIR/results.h5, DIR/report.md, DIR/summary.json, "
+    p.add_argument("--out", required=True, help="output folder (the store DIR/results, DIR/report.md, DIR/summary.json, "
                    "DIR/figures)")
     _common(p)
     p.set_defaults(func=cmd_run)

@@ -145,3 +145,43 @@ def test_interrupted_analysis_resumes(e2e, tmp_path):
     summary = run_study("tiny", str(out), quiet=True, use_cache=False)
     assert summary["timings"]["trained_units"] == []
     assert _numbers(summary) == _numbers(json.loads(stdout))
+
+
+def test_rerun_of_a_finished_study_on_a_full_disk_changes_nothing(e2e):
+    """Nothing to do: no byte is written (RLIMIT_FSIZE=1 makes any write fail), exit 0."""
+    import hashlib
+    import resource
+    import subprocess
+    import sys
+
+    _, _, _, out = e2e
+
+    def tree():
+        return {os.path.relpath(os.path.join(r, f), out): hashlib.sha1(open(os.path.join(r, f), "rb").read()).hexdigest()
+                for r, _, fs in os.walk(out) for f in fs}
+
+    before = tree()
+    proc = subprocess.run([sys.executable, "-m", "landscape", "run", "tiny", "--out", str(out), "--quiet",
+                           "--no-cache"], capture_output=True, text=True, timeout=300,
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (1, 1)))
+    assert proc.returncode == 0, proc.stderr
+    assert tree() == before
+
+
+def test_output_folder_removed_during_a_study_is_a_failure(tmp_path):
+    from landscape.errors import LandscapeFault
+
+    out = tmp_path / "removed"
+
+    def remove(name):
+        if name == "scratch":
+            shutil.rmtree(out)
+
+    with pytest.raises(LandscapeFault, match="removed during the run"):
+        run_study("tiny", str(out), quiet=True, hooks=Hooks(unit_done=remove), use_cache=False)
+
+
+def test_unwritable_output_folder_is_refused_before_work(capsys):
+    code = main(["demo", "--quick", "--out", "/proc/landscape-demo", "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "not writable" in err[0]

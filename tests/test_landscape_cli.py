@@ -331,3 +331,16 @@ def test_store_snapshot_roundtrip_and_overwrite_flag(work, capsys):
     assert run_cli(capsys, "interpolate", "m0.pt", "m1.pt", "--num", "3", "--out", "st", *COMMON)[0] == 0
     assert run_cli(capsys, "interpolate", "m0.pt", "m2.pt", "--num", "3", "--out", "st", "--overwrite",
                    *COMMON)[0] == 0
+
+
+def test_exit_status_by_kind_of_failure(work, capsys, monkeypatch):
+    """2 for bad input, 1 for a fault of the machine, 130 for Ctrl-C: always one line."""
+    from landscape import api
+
+    for exc, status in ((KeyboardInterrupt(), 130), (OSError(28, "No space left on device"), 1),
+                        (MemoryError(), 1)):
+        def fail(*a, _exc=exc, **k):
+            raise _exc
+        monkeypatch.setattr(api, "interpolate", fail)
+        code, out, err = run_cli(capsys, "interpolate", "m0.pt", "m1.pt", *COMMON)
+        assert code == status and len(err.strip().splitlines()) == 1 and "Traceback" not in err
