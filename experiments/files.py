@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 from typing import Any, BinaryIO, Callable
 
+from landscape import atomic
 from landscape.errors import LandscapeFault
 from landscape.jsonable import to_jsonable
 
@@ -19,45 +19,15 @@ from landscape.jsonable import to_jsonable
 def write_atomically(path: str, write: Callable[[BinaryIO], None]) -> str:
     """Call `write(f)` on a temporary file beside `path`, then rename it to `path`; returns `path`.
 
-    On any failure the temporary file is removed and `path` is left as it was.
+    On any failure the temporary file is removed and `path` is left as it was. The folder is
+    created if needed.
     """
     path = os.path.abspath(os.path.expanduser(path))
-    folder, base = os.path.split(path)
-    tmp = os.path.join(folder, f".{base}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
-    created = False
     try:
-        os.makedirs(folder, exist_ok=True)
-        with open(tmp, "xb") as f:  # "x": a new file (never someone else's), permissions from the umask
-            created = True
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())  # a disk that is full only at flush time fails here, not after the rename
-        os.replace(tmp, path)
-        created = False
+        os.makedirs(os.path.dirname(path), exist_ok=True)
     except OSError as exc:
         raise LandscapeFault(f"cannot write {path}: {exc.strerror or exc}") from None
-    finally:
-        if created:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-    _sync_folder(folder)
-    return path
-
-
-def _sync_folder(folder: str) -> None:
-    """Make the rename itself durable where the OS allows it (best effort: the file is in place)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    return atomic.write_atomically(path, write)
 
 
 def write_text_atomically(path: str, text: str) -> str:

@@ -7,7 +7,6 @@ refused with a LandscapeError. Figures are written atomically by `save_figure`.
 from __future__ import annotations
 
 import os
-import secrets
 from typing import Mapping, Sequence
 
 import matplotlib
@@ -17,7 +16,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib import colors  # noqa: E402
 
-from .errors import LandscapeError, LandscapeFault  # noqa: E402
+from .atomic import write_atomically  # noqa: E402
+from .errors import LandscapeError  # noqa: E402
 from .lines import barrier  # noqa: E402
 
 PLANE_STYLES = ("contour", "filled", "heatmap", "3d")
@@ -48,9 +48,9 @@ def save_figure(fig, path: str | os.PathLike, *, dpi: int = 150, bbox_inches: st
                 **savefig) -> str:
     """Write `fig` to `path` atomically and close it; returns `path`.
 
-    The figure is rendered into a temporary file in the target folder (same extension),
-    flushed to disk and renamed over `path` with os.replace: a failed write never leaves a
-    half-written figure and never harms an existing one. Bad paths (see check_figure_path)
+    The figure is rendered into a temporary file beside `path` and renamed over it
+    (landscape.atomic): a failed write never leaves a half-written figure and never harms an
+    existing one. Bad paths (see check_figure_path)
     raise LandscapeError; an unwritable folder or a failed write (OSError: permission, full
     disk, quota) raises LandscapeFault("cannot write PATH: REASON"). The figure is closed
     whatever happens. Other keyword arguments go to `fig.savefig` (the format always follows
@@ -59,55 +59,11 @@ def save_figure(fig, path: str | os.PathLike, *, dpi: int = 150, bbox_inches: st
     try:
         path = os.fspath(path)
         ext = check_figure_path(path)
-        folder = os.path.dirname(os.path.abspath(path))
-        stem = os.path.basename(path)[: -len(ext)]
-        tmp = None
-        try:
-            fd, tmp = _create_temp(folder, stem, ext)
-            with os.fdopen(fd, "wb") as fh:
-                fig.savefig(fh, format=ext[1:], dpi=dpi, bbox_inches=bbox_inches, **savefig)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-            tmp = None
-        except OSError as exc:
-            raise LandscapeFault(f"cannot write {path}: {exc.strerror or exc}") from None
-        finally:
-            if tmp is not None:
-                try:
-                    os.unlink(tmp)
-                except OSError:
-                    pass
-        _fsync_folder(folder)
+        write_atomically(path, lambda fh: fig.savefig(fh, format=ext[1:], dpi=dpi, bbox_inches=bbox_inches,
+                                                      **savefig))
     finally:
         plt.close(fig)
     return path
-
-
-def _create_temp(folder: str, stem: str, ext: str) -> tuple[int, str]:
-    """A new file beside the target, created exclusively with the umask's usual mode (unlike
-    mkstemp's 0600, so the renamed figure has the permissions a plain write would give)."""
-    for _ in range(100):
-        tmp = os.path.join(folder, f".{stem}.tmp-{secrets.token_hex(4)}{ext}")
-        try:
-            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666), tmp
-        except FileExistsError:
-            continue
-    raise FileExistsError(17, "cannot create a temporary file", folder)
-
-
-def _fsync_folder(folder: str) -> None:
-    """Make the rename durable where the platform allows it (best effort)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _nothing_to_draw(metric: str) -> LandscapeError:

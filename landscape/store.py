@@ -57,6 +57,7 @@ import h5py
 import numpy as np
 import torch
 
+from .atomic import fsync_dir, is_temp_name, temp_path, write_atomically
 from .checkpoints import Snapshot
 from .errors import LandscapeError, LandscapeFault
 from .grid import Grid
@@ -67,7 +68,6 @@ KINDS = ("snapshots", "directions", "curves", "surfaces", "barriers", "ensembles
 MARKER = "store.json"
 LOCK = ".lock"
 PARTIAL = ".partial-"
-TMP = ".tmp-"
 
 
 def package_versions() -> dict[str, str]:
@@ -128,19 +128,6 @@ def check_name(name: str) -> str:
             or name.strip() != name or len(name) > 200):
         raise LandscapeError(f"invalid name {name!r}: use a non-empty name without '/' or a leading '.'")
     return name
-
-
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _open_h5(path: str, mode: str) -> h5py.File:
@@ -295,7 +282,7 @@ class Store:
         lock = os.path.join(self.path, LOCK)
         holder = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                   "command": " ".join(sys.argv)[:500]}
-        tmp = os.path.join(self.path, f"{TMP}lock-{uuid.uuid4().hex}")
+        tmp = temp_path(lock)
         try:
             with open(tmp, "w") as f:
                 json.dump(holder, f)
@@ -351,7 +338,7 @@ class Store:
             pass
         except (PermissionError, ValueError, KeyError, TypeError):
             return False
-        stale = os.path.join(self.path, f"{TMP}stale-lock-{uuid.uuid4().hex}")
+        stale = temp_path(lock)
         try:
             os.rename(lock, stale)
         except FileNotFoundError:
@@ -380,16 +367,13 @@ class Store:
             if not os.path.isdir(folder):
                 continue
             for n in os.listdir(folder):
-                if n.startswith(TMP):
+                if is_temp_name(n):
                     try:
                         os.unlink(os.path.join(folder, n))
                     except OSError:
                         pass
 
     # -- atomic files ------------------------------------------------------------------------
-    def _tmp_path(self, folder: str, suffix: str) -> str:
-        return os.path.join(folder, f"{TMP}{os.getpid()}-{uuid.uuid4().hex[:12]}{suffix}")
-
     def _ensure_folder(self, folder: str) -> None:
         """The kind's folder inside the store; never the store itself, so that a store removed
         during a run is reported instead of silently created again without its objects."""
@@ -402,32 +386,19 @@ class Store:
                 pass
 
     def _write_marker(self, meta: dict[str, Any]) -> None:
-        def write(tmp: str) -> None:
-            with open(tmp, "w") as f:
-                json.dump(meta, f, indent=1, default=str)
-                f.flush()
-                os.fsync(f.fileno())
-        self._replace(self.path, MARKER, ".json", write, f"{MARKER}")
+        data = json.dumps(meta, indent=1, default=str).encode()
+        self._replace(self.path, MARKER, lambda f: f.write(data), MARKER)
         self._meta = meta
 
-    def _replace(self, folder: str, filename: str, suffix: str, write, what: str) -> None:
-        """Write a file under a temporary name, sync it, and rename it into place."""
+    def _replace(self, folder: str, filename: str, write, what: str) -> None:
+        """Write a file of the store whole (landscape.atomic), as its one writer."""
         self.lock()
-        tmp = self._tmp_path(folder, suffix)
+        self._ensure_folder(folder)
         try:
-            self._ensure_folder(folder)
-            write(tmp)
-            os.replace(tmp, os.path.join(folder, filename))
-        except BaseException as exc:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            if isinstance(exc, (OSError, RuntimeError, ValueError)) and not isinstance(exc, LandscapeError):
-                gone = "" if os.path.isdir(self.path) else " (the store folder was removed)"
-                raise LandscapeFault(f"cannot write {what} to store {self.path!r}: {_reason(exc)}{gone}") from None
-            raise
-        _fsync_dir(folder)
+            write_atomically(os.path.join(folder, filename), write, f"{what} to store {self.path!r}")
+        except LandscapeFault as exc:
+            gone = "" if os.path.isdir(self.path) else " (the store folder was removed)"
+            raise LandscapeFault(f"{exc}{gone}") from None
 
     def _write_h5(self, kind: str, filename: str, fill, what: str) -> None:
         # The HDF5 file is built in memory and written with plain file I/O: a failed write then
@@ -436,13 +407,7 @@ class Store:
             fill(f)
             f.flush()
             image = f.id.get_file_image()
-
-        def write(tmp: str) -> None:
-            with open(tmp, "wb") as out:
-                out.write(image)
-                out.flush()
-                os.fsync(out.fileno())
-        self._replace(os.path.join(self.path, kind), filename, ".h5", write, what)
+        self._replace(os.path.join(self.path, kind), filename, lambda out: out.write(image), what)
 
     def set_attrs(self, attrs: Mapping[str, Any]) -> None:
         """Merge `attrs` into the store's own attributes (store.json, replaced atomically)."""
@@ -527,9 +492,10 @@ class Store:
         root = {"schema_version": SCHEMA_VERSION, "object": kind[:-1], "name": name, **provenance(), **attrs}
         self.lock()
         folder = os.path.join(self.path, kind)
-        tmp = self._tmp_path(folder, ".h5")
+        self._ensure_folder(folder)
+        # Too large to build in memory (kept predictions): HDF5 writes the temporary file itself.
+        tmp = temp_path(self._file(kind, name))
         try:
-            self._ensure_folder(folder)
             with _open_h5(tmp, "w") as f:
                 _fill(f, {}, root)
                 yield ObjectWriter(f)
@@ -546,7 +512,7 @@ class Store:
                 raise LandscapeFault(f"cannot write {self._what(kind, name)} to store {self.path!r}: "
                                      f"{_reason(exc)}") from None
             raise
-        _fsync_dir(folder)
+        fsync_dir(folder)
 
     def delete(self, kind: str, name: str) -> None:
         self.lock()

@@ -14,6 +14,7 @@ import pytest
 
 import experiments.cli
 import experiments.files as files
+from landscape import atomic
 from experiments.cli import headline
 from experiments.config import load_config
 from experiments.files import write_json_atomically, write_text_atomically
@@ -223,7 +224,7 @@ class _FailingFile:
 @pytest.fixture
 def full_disk(monkeypatch):
     """Writes through experiments.files fail half-way with ENOSPC."""
-    monkeypatch.setattr(files, "open", lambda *a, **k: _FailingFile(open(*a, **k)), raising=False)
+    monkeypatch.setattr(atomic, "open", lambda *a, **k: _FailingFile(open(*a, **k)), raising=False)
 
 
 def test_json_written_atomically(tmp_path):
@@ -257,7 +258,7 @@ def test_a_failed_flush_keeps_the_previous_file(tmp_path, monkeypatch):
     def fsync(fd):
         raise OSError(errno.EIO, os.strerror(errno.EIO))
 
-    monkeypatch.setattr(files.os, "fsync", fsync)
+    monkeypatch.setattr(atomic.os, "fsync", fsync)
     with pytest.raises(LandscapeFault, match=r"^cannot write .*report\.md: Input/output error$"):
         write_text_atomically(str(path), "new report")
     assert path.read_text() == "old report"
@@ -281,7 +282,7 @@ def test_a_full_disk_during_the_report_keeps_the_previous_report(tmp_path, monke
         f = real_open(file, *a, **k)
         return _FailingFile(f) if os.path.basename(file).startswith(".report.md.") else f
 
-    monkeypatch.setattr(files, "open", fail_on_report, raising=False)
+    monkeypatch.setattr(atomic, "open", fail_on_report, raising=False)
     with pytest.raises(LandscapeFault, match=r"cannot write .*report\.md: No space left on device"):
         write_report(prep, _results(prep, seed=1), str(tmp_path))
     assert (tmp_path / "report.md").read_bytes() == before[tmp_path / "report.md"]
@@ -323,7 +324,7 @@ def test_cli_exit_status_1_when_the_report_cannot_be_written(tmp_path, monkeypat
         return _FailingFile(f) if os.path.basename(file).startswith(".report.md.") else f
 
     out = tmp_path / "o"
-    monkeypatch.setattr(files, "open", full_for_report, raising=False)
+    monkeypatch.setattr(atomic, "open", full_for_report, raising=False)
     rc = main(["run", "tiny", "--out", str(out), "--quiet", "--no-cache"])
     err = capsys.readouterr().err.strip()
     assert rc == 1, err
