@@ -113,15 +113,19 @@ def barrier_matrix(evaluator: Evaluator, snapshots: Sequence[Snapshot], alphas: 
 def plane(evaluator: Evaluator, center: Snapshot, directions: torch.Tensor, xs: np.ndarray, ys: np.ndarray, *,
           store: Store | None = None, name: str = "plane", provenance: Mapping[str, Any] | None = None,
           direction_attrs: Mapping[str, Any] | None = None,
-          projections: tuple[list[str], np.ndarray, np.ndarray] | None = None, overwrite: bool = False,
+          projections: tuple[list[str], np.ndarray, np.ndarray] | None = None,
+          buffer_directions: Mapping[str, torch.Tensor] | None = None, overwrite: bool = False,
           chunk: int | None = None, quiet: bool = True) -> dict[str, Any]:
     """The surface θ0 + x·d1 + y·d2 on the grid xs × ys (object `name`), with its directions
-    (stored under the same name, once the surface is finished) and projected snapshots."""
+    (stored under the same name, once the surface is finished) and projected snapshots.
+    `buffer_directions` moves the BN buffers with the weights (planes through snapshots);
+    without them every point has the centre's buffers."""
     if directions.ndim != 2 or directions.shape[0] != 2:
         raise LandscapeError(f"a plane needs two directions, got shape {list(directions.shape)}")
     chunk = None if chunk is None else positive_int(chunk, "--chunk")
     xs, ys = np.asarray(xs, dtype=np.float64), np.asarray(ys, dtype=np.float64)
     prov, dir_attrs = dict(provenance or {}), dict(direction_attrs or {})
+    dir_attrs["buffers"] = "interpolated" if buffer_directions else "centre"
     config = {**prov, **evaluator.config, **dir_attrs, "center": center.fingerprint(),
               "directions": tensor_fingerprint(directions), "x": xs.tolist(), "y": ys.tolist()}
     grid = _open_grid(store, "surfaces", name, (len(xs), len(ys)), evaluator.metric_names,
@@ -129,7 +133,8 @@ def plane(evaluator: Evaluator, center: Snapshot, directions: torch.Tensor, xs: 
                       {**prov, **dir_attrs, "bn_mode": evaluator.bn_mode, "center": center.name, "directions": name},
                       overwrite, 2)
     todo = len(grid.missing())
-    compute_plane(evaluator, center, directions, xs, ys, grid, chunk, quiet=quiet)
+    compute_plane(evaluator, center, directions, xs, ys, grid, chunk, quiet=quiet,
+                  buffer_directions=dict(buffer_directions or {}))
     names, coords, dists = projections or ([], np.zeros((0, 2)), np.zeros(0))
     if store is not None and not grid.finished:
         # Directions first: if the surface's own write then fails, rerunning the command rewrites both.

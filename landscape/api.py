@@ -21,14 +21,14 @@ from torch import nn
 from . import analyses
 from .checkpoints import Snapshot, check_same_architecture
 from .data import TensorData, load_data
-from .directions import pca_directions, plane_through, project, random_direction
+from .directions import pca_directions, plane_through, project, random_direction, relative_frame
 from .engine import Evaluator, LossFn, resolve_device
 from .ensembles import MemberForward, evaluate_ensemble, fit_temperatures, table_rows
 from .errors import LandscapeError
 from .grid import line_alphas, parse_range
 from .jsonable import to_jsonable
 from .models import build_model
-from .planes import project_snapshots
+from .planes import project_snapshots, through_buffer_directions
 from .refs import load_snapshot, stored_predictions
 from .store import Store
 from .validate import check_writable_dir, positive_int
@@ -50,8 +50,12 @@ class Setup:
                 "bn_mode": self.evaluator.bn_mode, "dtype": str(next(self.model.parameters()).dtype)}
 
 
+# What a through-plane's axes measure, stored with the surface and written on its figures.
+COORD_UNITS = {"relative": "relative (B at (1, 0), C at (x, 1))", "distance": "weight-space distance"}
+
+
 def setup(model: str | nn.Module, data: str | TensorData | None, test_data: str | TensorData | None = None, *,
-          num_classes: int | None = None, bn: str = "keep", device: str = "auto", batch_size: int = 250,
+          num_classes: int | None = None, bn: str = "auto", device: str = "auto", batch_size: int = 250,
           bn_samples: int = 2000, loss_fn: LossFn | None = None) -> Setup:
     train = load_data(data, "train") if isinstance(data, str) else data
     test = load_data(test_data, "test") if isinstance(test_data, str) else test_data
@@ -85,7 +89,7 @@ def open_store(out: str | None) -> Store | nullcontext:
 
 
 def interpolate(a: str | Snapshot, b: str | Snapshot, *, model: str | nn.Module, data=None, test_data=None,
-                alphas: np.ndarray | None = None, num: int = 21, bn: str = "keep", out: str | None = None,
+                alphas: np.ndarray | None = None, num: int = 21, bn: str = "auto", out: str | None = None,
                 name: str = "interpolate", overwrite: bool = False, device: str = "auto",
                 num_classes: int | None = None, batch_size: int = 250, bn_samples: int = 2000,
                 quiet: bool = True, loss_fn: LossFn | None = None, chunk: int | None = None) -> dict[str, Any]:
@@ -101,7 +105,7 @@ def interpolate(a: str | Snapshot, b: str | Snapshot, *, model: str | nn.Module,
 
 
 def barriers(snapshots: Sequence[str | Snapshot], *, model: str | nn.Module, data=None, test_data=None,
-             num: int = 11, bn: str = "keep", out: str | None = None, name: str = "barriers",
+             num: int = 11, bn: str = "auto", out: str | None = None, name: str = "barriers",
              overwrite: bool = False, device: str = "auto", num_classes: int | None = None,
              batch_size: int = 250, bn_samples: int = 2000, quiet: bool = True,
              loss_fn: LossFn | None = None, chunk: int | None = None) -> dict[str, Any]:
@@ -122,18 +126,25 @@ def plane(center: str | Snapshot, *, model: str | nn.Module, data=None, test_dat
           through: Sequence[str | Snapshot] | None = None, random: str | None = None,
           pca: Sequence[str | Snapshot] | None = None, seed: int = 0,
           ignore_bias_bn: bool = True, x: str | np.ndarray | None = None, y: str | np.ndarray | None = None,
-          project_onto: Sequence[str | Snapshot] = (), bn: str = "keep", out: str | None = None,
+          project_onto: Sequence[str | Snapshot] = (), coords: str = "relative", bn: str = "auto",
+          out: str | None = None,
           name: str = "plane", overwrite: bool = False, device: str = "auto", num_classes: int | None = None,
           batch_size: int = 250, bn_samples: int = 2000, quiet: bool = True,
           loss_fn: LossFn | None = None, chunk: int | None = None) -> dict[str, Any]:
     """A 2D loss plane around `center`: through two more snapshots, on two random directions,
-    or on the top two PCA directions of a trajectory of snapshots."""
+    or on the top two PCA directions of a trajectory of snapshots.
+
+    Through-planes: `coords="relative"` puts the second snapshot at (1, 0) and the third at
+    (x3, 1); `"distance"` uses weight-space distances. With BN mode `keep` the buffers move with
+    the weights, so each snapshot's own point is exactly that snapshot."""
     if sum(v is not None for v in (through, random, pca)) != 1:
         raise LandscapeError("give one of --through B C, --random filter|layer|none or --pca S1 S2 ...")
     if pca is not None and len(pca) < 3:
         raise LandscapeError("--pca needs at least three snapshots")
     if through is not None and len(through) != 2:
         raise LandscapeError("--through needs exactly two snapshots")
+    if coords not in COORD_UNITS:
+        raise LandscapeError(f"unknown --coords {coords!r}: choose relative or distance")
     if random is not None and random not in ("filter", "layer", "none"):
         raise LandscapeError(f"unknown normalisation {random!r}: choose filter, layer or none")
     # user-given grids are checked before anything is loaded
@@ -144,17 +155,21 @@ def plane(center: str | Snapshot, *, model: str | nn.Module, data=None, test_dat
                   bn_samples=bn_samples, loss_fn=loss_fn)
         snaps = _snapshots([center, *(through or []), *(pca or []), *project_onto], s.model)
         c = snaps[0]
+        buffer_directions = None
         if through is not None:
             pl = plane_through(c.params, snaps[1].params, snaps[2].params)
-            directions = pl.directions
-            dir_attrs = {"kind": "plane", "points": [sn.name for sn in snaps[:3]]}
-            xs = xs if xs is not None else _default_range(pl.coords[:, 0].numpy())
-            ys = ys if ys is not None else _default_range(pl.coords[:, 1].numpy())
+            directions, points = (relative_frame(pl) if coords == "relative" else (pl.directions, pl.coords))
+            buffer_directions = through_buffer_directions(c, snaps[1], snaps[2], points)
+            dir_attrs = {"kind": "plane", "points": [sn.name for sn in snaps[:3]], "coords": coords,
+                         "unit": COORD_UNITS[coords]}
+            xs = xs if xs is not None else _default_range(points[:, 0].numpy())
+            ys = ys if ys is not None else _default_range(points[:, 1].numpy())
         elif pca is not None:
             res = pca_directions([sn.params for sn in snaps[1:1 + len(pca)]], k=2, center="last")
             directions = res.directions
             dir_attrs = {"kind": "pca", "points": [sn.name for sn in snaps[1:1 + len(pca)]],
-                         "explained_variance_ratio": res.explained_variance_ratio.tolist()}
+                         "explained_variance_ratio": res.explained_variance_ratio.tolist(),
+                         "unit": COORD_UNITS["distance"]}
             traj = np.array([project(sn.params, c.params, directions)[0].numpy() for sn in snaps[: 1 + len(pca)]])
             xs = xs if xs is not None else _default_range(traj[:, 0])
             ys = ys if ys is not None else _default_range(traj[:, 1])
@@ -163,14 +178,14 @@ def plane(center: str | Snapshot, *, model: str | nn.Module, data=None, test_dat
             directions = torch.stack([random_direction(layout, c.params, random, seed, ignore_bias_bn),
                                       random_direction(layout, c.params, random, seed + 1, ignore_bias_bn)])
             dir_attrs = {"kind": "random", "normalization": random, "seeds": [seed, seed + 1],
-                         "ignore_bias_bn": ignore_bias_bn}
+                         "ignore_bias_bn": ignore_bias_bn, "unit": f"{random}-normalised direction"}
             xs = xs if xs is not None else parse_range("-1:1:11")
             ys = ys if ys is not None else parse_range("-1:1:11")
         dir_attrs["snapshots"] = [sn.fingerprint() for sn in snaps[: 1 + len(through or pca or [])]]
         projections = project_snapshots(snaps, c.params, directions)
         res = analyses.plane(s.evaluator, c, directions, xs, ys, store=store, name=name, provenance=s.provenance(),
-                             direction_attrs=dir_attrs, projections=projections, overwrite=overwrite, chunk=chunk,
-                             quiet=quiet)
+                             direction_attrs=dir_attrs, projections=projections,
+                             buffer_directions=buffer_directions, overwrite=overwrite, chunk=chunk, quiet=quiet)
     return analyses.to_json({**res, "store": out})
 
 

@@ -25,8 +25,10 @@ def add_common(p: argparse.ArgumentParser, evaluation: bool = True) -> None:
         p.add_argument("--data", default=None, help="training data: tensors:PATH, cifar10:ROOT, cifar100:ROOT, "
                        "imagefolder:ROOT or synthetic[:k=v,...]")
         p.add_argument("--test-data", default=None, help="test data, same forms as --data")
-        p.add_argument("--bn", choices=("keep", "recompute"), default="keep",
-                       help="BatchNorm statistics: keep the buffers or recompute them at each point")
+        p.add_argument("--bn", choices=("auto", "keep", "recompute"), default="auto",
+                       help="BatchNorm statistics at each point: recompute them on --data, keep the snapshots' "
+                       "buffers (moved with the weights on lines and through-planes), or auto: recompute when "
+                       "the model has BatchNorm and --data is given, else keep")
         p.add_argument("--bn-samples", type=int, default=2000, help="training samples for BN recompute")
         p.add_argument("--batch-size", type=int, default=250)
         p.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -79,12 +81,13 @@ def cmd_barriers(args: argparse.Namespace) -> tuple[dict, str]:
 def cmd_plane(args: argparse.Namespace) -> tuple[dict, str]:
     res = api.plane(args.center, through=args.through, random=args.random, pca=args.pca, seed=args.seed,
                     ignore_bias_bn=not args.include_bias_bn, x=args.x, y=args.y, project_onto=args.project or (),
+                    coords=args.coords,
                     name=args.name or "plane", **_eval_kwargs(args))
     key = next(k for k in ("test_loss", "train_loss") if k in res)
     vals = [v for row in res[key] for v in row if isinstance(v, (int, float))]
     span = f"{key} min {min(vals):.4f} max {max(vals):.4f}" if vals else f"no finite {key}"
-    lines = [f"plane {res['name']}: {len(res['xcoordinates'])} x {len(res['ycoordinates'])} points, {span}"
-             f"{_diverged(res)}"]
+    lines = [f"plane {res['name']}: {len(res['xcoordinates'])} x {len(res['ycoordinates'])} points "
+             f"({res.get('unit', 'coordinates')}), BN {res['bn_mode']}, {span}{_diverged(res)}"]
     lines += [f"  {p['name']}: ({p['x']:.4f}, {p['y']:.4f}), distance {p['distance']:.4g}" for p in res["projections"]]
     return res, "\n".join(lines)
 
@@ -150,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--x", default=None, help="MIN:MAX:NUM")
     p.add_argument("--y", default=None, help="MIN:MAX:NUM")
     p.add_argument("--project", nargs="+", default=None, help="more snapshots to project onto the plane")
+    p.add_argument("--coords", choices=("relative", "distance"), default="relative",
+                   help="through-planes: relative puts B at (1, 0) and C at (x, 1); distance uses weight-space "
+                   "distances")
     p.add_argument("--name", default=None)
     add_common(p)
     p.set_defaults(func=cmd_plane)

@@ -82,6 +82,15 @@ def plane_through(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> Plane:
     return Plane(a.detach().clone(), u.to(a.dtype), v.to(a.dtype), coords)
 
 
+def relative_frame(plane: Plane) -> tuple[torch.Tensor, torch.Tensor]:
+    """The plane's directions scaled so that the second point sits at (1, 0) and the third at
+    (x3, 1): coordinates a reader can compare across planes. Returns (directions [2, P], the
+    three points' coordinates [3, 2])."""
+    sx, sy = float(plane.coords[1, 0]), float(plane.coords[2, 1])
+    scale = torch.tensor([sx, sy], dtype=torch.float64)
+    return (plane.directions.double() * scale.unsqueeze(1)).to(plane.u.dtype), plane.coords / scale
+
+
 @dataclass
 class PCAResult:
     directions: torch.Tensor  # [k, P], orthonormal

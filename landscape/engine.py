@@ -72,15 +72,19 @@ class Evaluator:
     """Evaluates a model's loss and accuracy at weight points, on train and/or test data.
 
     bn_mode `keep` uses each point's buffers; `recompute` re-estimates BN statistics at each
-    point on the first `bn_samples` training samples in batches of `batch_size` (as update_bn).
+    point on the first `bn_samples` training samples in batches of `batch_size` (as update_bn);
+    `auto` is `recompute` for a model with BatchNorm given training data, else `keep`
+    (`self.bn_mode` holds the mode chosen).
     `loss_fn(logits, y)` must return the mean loss over the batch (as torch's losses do).
     """
 
     def __init__(self, model: nn.Module, train: TensorData | None = None, test: TensorData | None = None, *,
                  bn_mode: str = "keep", loss_fn: LossFn | None = None, device: str | torch.device = "cpu",
                  batch_size: int = 250, bn_samples: int = 2000, batched: bool | None = None) -> None:
+        if bn_mode == "auto":  # the exact choice where it exists: statistics of each point's own weights
+            bn_mode = "recompute" if bn_modules(model) and train is not None else "keep"
         if bn_mode not in BN_MODES:
-            raise LandscapeError(f"unknown BN mode {bn_mode!r}: choose keep or recompute")
+            raise LandscapeError(f"unknown BN mode {bn_mode!r}: choose auto, keep or recompute")
         if train is None and test is None:
             raise LandscapeError("nothing to evaluate on: give training data, test data or both")
         if bn_mode == "recompute" and train is None and bn_modules(model):

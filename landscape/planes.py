@@ -18,18 +18,40 @@ def plane_coefficients(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
     return np.stack([gx.reshape(-1), gy.reshape(-1)], axis=1)
 
 
-def plane_family(center: Snapshot, directions: torch.Tensor) -> AffineFamily:
-    # On a plane, BN mode `keep` uses the centre's buffers at every point.
-    return AffineFamily(center.params, directions.to(center.params.dtype), dict(center.buffers), {})
+def plane_family(center: Snapshot, directions: torch.Tensor,
+                 buffer_directions: dict[str, torch.Tensor] | None = None) -> AffineFamily:
+    """Points center + x·d1 + y·d2. Buffers: the centre's at every point, unless
+    `buffer_directions` moves them with the same coefficients (planes through snapshots)."""
+    return AffineFamily(center.params, directions.to(center.params.dtype), dict(center.buffers),
+                        dict(buffer_directions or {}))
+
+
+def through_buffer_directions(center: Snapshot, b: Snapshot, c: Snapshot,
+                              coords: np.ndarray | torch.Tensor) -> dict[str, torch.Tensor]:
+    """Buffer directions [2, *shape] for a plane through three snapshots whose plane coordinates
+    are `coords` [3, 2] (centre first): the buffers at (x, y) are the affine combination of the
+    three snapshots' buffers with the same weights as the parameters, so each snapshot's own
+    point carries exactly its own BatchNorm statistics (as lines do)."""
+    xy = torch.as_tensor(np.asarray(coords, dtype=np.float64))
+    m = torch.stack([xy[1] - xy[0], xy[2] - xy[0]], dim=1)  # (x, y) = m @ (α, β)
+    m_inv = torch.linalg.inv(m)
+    out = {}
+    for name, b0 in center.buffers.items():
+        if not b0.is_floating_point():
+            continue
+        db, dc = (b.buffers[name].double() - b0.double()), (c.buffers[name].double() - b0.double())
+        out[name] = torch.stack([m_inv[0, k] * db + m_inv[1, k] * dc for k in range(2)]).to(b0.dtype)
+    return out
 
 
 def compute_plane(evaluator: Evaluator, center: Snapshot, directions: torch.Tensor, xs: np.ndarray,
-                  ys: np.ndarray, grid, chunk_size: int | None = None, quiet: bool = True) -> dict[str, np.ndarray]:
+                  ys: np.ndarray, grid, chunk_size: int | None = None, quiet: bool = True,
+                  buffer_directions: dict[str, torch.Tensor] | None = None) -> dict[str, np.ndarray]:
     """Fill the missing points of a surface grid [len(xs), len(ys)] and return its arrays."""
     todo = grid.missing()
     if len(todo):
-        evaluator.run(plane_family(center, directions), plane_coefficients(xs, ys), todo, chunk_size,
-                      on_chunk=lambda idx, vals: grid.write(idx, vals), quiet=quiet, desc="plane")
+        evaluator.run(plane_family(center, directions, buffer_directions), plane_coefficients(xs, ys), todo,
+                      chunk_size, on_chunk=lambda idx, vals: grid.write(idx, vals), quiet=quiet, desc="plane")
     return grid.read()
 
 

@@ -91,7 +91,8 @@ def load_state(path):
 
 
 def test_interpolate_matches_plain_forward(work, capsys):
-    res = run_json(capsys, "interpolate", "m0.pt", "m2.pt", "--num", "5", "--out", "s", *COMMON)
+    res = run_json(capsys, "interpolate", "m0.pt", "m2.pt", "--num", "5", "--out", "s", "--bn", "keep", *COMMON)
+    assert res["bn_mode"] == "keep"
     sa, sb = load_state("m0.pt"), load_state("m2.pt")
     for i, alpha in enumerate(res["alphas"]):
         mix = {k: (1 - alpha) * sa[k] + alpha * sb[k] if sa[k].is_floating_point() else sa[k] for k in sa}
@@ -111,15 +112,17 @@ def test_interpolate_matches_plain_forward(work, capsys):
 
 def test_barriers_plane_plot_info(work, capsys):
     res = run_json(capsys, "barriers", "m0.pt", "m1.pt", "m2.pt", "--num", "5", "--out", "s", *COMMON)
+    assert res["bn_mode"] == "recompute"  # auto: the model has BatchNorm and --data is given
     mat = np.asarray(res["test_loss_barrier"])
     assert mat.shape == (3, 3) and np.allclose(mat, mat.T) and np.all(np.diag(mat) == 0)
     line = run_json(capsys, "interpolate", "m1.pt", "m2.pt", "--num", "5", *COMMON)
     assert mat[1, 2] == pytest.approx(line["barriers"]["test_loss"]["barrier"], rel=1e-6)
 
     res = run_json(capsys, "plane", "m0.pt", "--through", "m1.pt", "m2.pt", "--x", "-0.2:1.2:4",
-                   "--y", "-0.2:1.2:3", "--out", "s", *COMMON)
+                   "--y", "-0.2:1.2:3", "--out", "s", "--bn", "keep", "--coords", "distance", *COMMON)
     assert np.asarray(res["test_loss"]).shape == (4, 3)
-    # the corner point, by an independent forward pass with the centre's buffers
+    # the corner point, by an independent forward pass: weights and BN buffers are the same affine
+    # combination v0 + α(v1 − v0) + β(v2 − v0) of the three snapshots
     s0, s1, s2 = (load_state(f"m{i}.pt") for i in range(3))
     names = [k for k, v in s0.items() if k in dict(__import__("user_model").make().named_parameters())]
     v0, v1, v2 = (torch.cat([s[k].reshape(-1).double() for k in names]) for s in (s0, s1, s2))
@@ -130,11 +133,9 @@ def test_barriers_plane_plot_info(work, capsys):
     assert proj["m1.pt"] == pytest.approx(((v1 - v0).norm().item(), 0.0), abs=1e-4)
     assert proj["m2.pt"] == pytest.approx((((v2 - v0) @ u).item(), ((v2 - v0) @ w).item()), abs=1e-4)
     pt = v0 + res["xcoordinates"][3] * u + res["ycoordinates"][2] * w
-    state, off = dict(s0), 0
-    for k in names:
-        n = s0[k].numel()
-        state[k] = pt[off:off + n].view_as(s0[k]).float()
-        off += n
+    ab = torch.linalg.lstsq(torch.stack([v1 - v0, v2 - v0], 1), (pt - v0).unsqueeze(1)).solution.squeeze(1)
+    state = {k: (s0[k].double() + ab[0] * (s1[k].double() - s0[k].double()) + ab[1] * (s2[k].double() - s0[k].double()))
+             if s0[k].is_floating_point() else s0[k] for k in s0}
     loss, acc = plain_metrics(state, "test")
     assert res["test_loss"][3][2] == pytest.approx(loss, rel=1e-4)
     assert res["test_acc"][3][2] == pytest.approx(acc)
