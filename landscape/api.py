@@ -23,6 +23,7 @@ from .checkpoints import Snapshot, check_same_architecture
 from .data import TensorData, load_data
 from .directions import pca_directions, plane_through, project, random_direction, relative_frame
 from .engine import Evaluator, LossFn, resolve_device
+from .export import export  # noqa: F401 - `landscape export` as a function
 from .ensembles import MemberForward, evaluate_ensemble, fit_temperatures, table_rows
 from .errors import LandscapeError
 from .grid import line_alphas, parse_range

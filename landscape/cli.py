@@ -109,6 +109,11 @@ def cmd_plot(args: argparse.Namespace) -> tuple[dict, str]:
     return res, f"wrote {res['figure']}"
 
 
+def cmd_export(args: argparse.Namespace) -> tuple[dict, str]:
+    res = api.export(args.file, args.name, args.format, args.output, metric=args.metric, log=args.log)
+    return res, f"wrote {res['file']} ({res['format']})"
+
+
 def cmd_info(args: argparse.Namespace) -> tuple[dict, str]:
     res = api.info(args.file)
     lines = [f"{res['path']} (schema {res['schema_version']})"]
@@ -186,6 +191,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log", action="store_true", help="log colour/axis scale")
     add_common(p, evaluation=False)
     p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("export", help="a stored curve or surface in another tool's format",
+                       description="Write a stored curve or surface for other tools: goldstein (the HDF5 "
+                       "layout that Goldstein et al.'s plot_1D.py, plot_2D.py and h52vtp.py read: root "
+                       "datasets, meshgrid(x, y) order, accuracies in percent), vtp (ParaView) or csv.",
+                       epilog="example: landscape export study plane --format vtp -o plane.vtp")
+    p.add_argument("file", help="the store folder")
+    p.add_argument("name", help="the curve or surface to export")
+    p.add_argument("--format", choices=("goldstein", "vtp", "csv"), required=True, help="output format")
+    p.add_argument("--output", "-o", required=True, help="file to write (replaced whole if it exists)")
+    p.add_argument("--metric", default=None, help="vtp: the metric used as height (default test_loss, else train_loss)")
+    p.add_argument("--log", action="store_true", help="vtp: log of the height")
+    add_common(p, evaluation=False)
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("info", help="list what a store holds")
     p.add_argument("file")

@@ -176,6 +176,20 @@ def _fill(f: h5py.File, arrays: Mapping[str, Any], attrs: Mapping[str, Any]) -> 
             f.attrs[k] = _encode(v)
 
 
+def hdf5_image(arrays: Mapping[str, Any], attrs: Mapping[str, Any]) -> bytes:
+    """The bytes of an HDF5 file holding `arrays` at its root with `attrs`, built in memory."""
+    with h5py.File(f"{uuid.uuid4().hex}.h5", "w", driver="core", backing_store=False, locking=False) as f:
+        _fill(f, arrays, attrs)
+        f.flush()
+        return f.id.get_file_image()
+
+
+def write_hdf5_file(path: str, arrays: Mapping[str, Any], attrs: Mapping[str, Any]) -> str:
+    """A standalone HDF5 file (an export), replaced whole (landscape.atomic)."""
+    image = hdf5_image(arrays, attrs)
+    return write_atomically(path, lambda f: f.write(image))
+
+
 class ObjectWriter:
     """A new object written piece by piece (large kept predictions); see Store.new_object."""
 
@@ -400,13 +414,11 @@ class Store:
             gone = "" if os.path.isdir(self.path) else " (the store folder was removed)"
             raise LandscapeFault(f"{exc}{gone}") from None
 
-    def _write_h5(self, kind: str, filename: str, fill, what: str) -> None:
+    def _write_h5(self, kind: str, filename: str, arrays: Mapping[str, Any], attrs: Mapping[str, Any],
+                  what: str) -> None:
         # The HDF5 file is built in memory and written with plain file I/O: a failed write then
         # reports the OS's reason (ENOSPC, EDQUOT, EFBIG) and never leaves HDF5 half-flushed.
-        with h5py.File(f"{uuid.uuid4().hex}.h5", "w", driver="core", backing_store=False, locking=False) as f:
-            fill(f)
-            f.flush()
-            image = f.id.get_file_image()
+        image = hdf5_image(arrays, attrs)
         self._replace(os.path.join(self.path, kind), filename, lambda out: out.write(image), what)
 
     def set_attrs(self, attrs: Mapping[str, Any]) -> None:
@@ -480,7 +492,7 @@ class Store:
         if self.has(kind, name) and not overwrite:
             raise LandscapeError(f"store {self.path!r} already has {self._what(kind, name)}")
         root = {"schema_version": SCHEMA_VERSION, "object": kind[:-1], "name": name, **provenance(), **attrs}
-        self._write_h5(kind, f"{check_name(name)}.h5", lambda f: _fill(f, arrays, root), self._what(kind, name))
+        self._write_h5(kind, f"{check_name(name)}.h5", arrays, root, self._what(kind, name))
 
     @contextmanager
     def new_object(self, kind: str, name: str, attrs: Mapping[str, Any], overwrite: bool = False
@@ -593,7 +605,7 @@ class Store:
         root = {"schema_version": SCHEMA_VERSION, "object": grid.kind[:-1], "name": grid.name, **provenance(),
                 **grid.attrs, "config": grid.config_json}
         filename = f"{grid.name}.h5" if final else f"{PARTIAL}{grid.name}.h5"
-        self._write_h5(grid.kind, filename, lambda f: _fill(f, data, root), self._what(grid.kind, grid.name))
+        self._write_h5(grid.kind, filename, data, root, self._what(grid.kind, grid.name))
         if final:
             try:
                 os.unlink(self._partial_file(grid.kind, grid.name))
