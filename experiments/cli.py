@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from landscape.cli import command
 from landscape.errors import LandscapeError
 
 
@@ -70,10 +71,11 @@ def cmd_demo(args: argparse.Namespace) -> tuple[dict, str]:
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("run", help="run (or resume) a pre-train-basin study from a TOML config",
-                              description="Run a study: pre-training, fine-tuning, the ensemble samplers, the "
-                              "landscape analysis and the report, all into DIR (resumable: rerun the same "
-                              "command after an interruption).")
+    p = command(subparsers, "run", "run (or resume) a pre-train-basin study from a TOML config",
+                "landscape run cifar100_resnet50 --set data.root=/data/cifar100 --out runs/c100",
+                description="Run a study: pre-training, fine-tuning, the ensemble samplers, the landscape "
+                "analysis and the report, all into DIR (resumable: rerun the same command after an "
+                "interruption).")
     p.add_argument("config", help="a TOML file, or a shipped config: demo, demo_quick, cifar10_resnet50, "
                    "cifar100_resnet50")
     p.add_argument("--out", required=True, help="output folder (the store DIR/results, DIR/report.md, DIR/summary.json, "
@@ -81,10 +83,11 @@ def register(subparsers: Any) -> None:
     _common(p)
     p.set_defaults(func=cmd_run)
 
-    p = subparsers.add_parser("demo", help="the embedded pre-train-basin study (no download; a few minutes on a CPU)",
-                              description="Run the embedded default study: a transfer problem generated from a "
-                              "seed, Local/Global DE, SSE and StarSSE at a small and a large cycle lr, FGE, SWA, "
-                              "soups, barriers and a plane, with a report.")
+    p = command(subparsers, "demo", "the embedded pre-train-basin study (no download; a few minutes on a CPU)",
+                "landscape demo --out runs/demo",
+                description="Run the embedded default study: a transfer problem generated from a seed, "
+                "Local/Global DE, SSE and StarSSE at a small and a large cycle lr, FGE, SWA, soups, barriers "
+                "and a plane, with a report.")
     p.add_argument("--quick", action="store_true", help="a smaller study (under a minute on a 2-core CPU)")
     p.add_argument("--out", default=None, help="output folder (default ./landscape-demo or ./landscape-demo-quick)")
     _common(p)

@@ -26,7 +26,7 @@ from .engine import Evaluator, LossFn, resolve_device
 from .export import export  # noqa: F401 - `landscape export` as a function
 from .ensembles import MemberForward, evaluate_ensemble, fit_temperatures, table_rows
 from .errors import LandscapeError
-from .grid import line_alphas, parse_range
+from .grid import alpha_range, line_alphas, parse_range
 from .jsonable import to_jsonable
 from .models import build_model
 from .planes import project_snapshots, through_buffer_directions
@@ -52,7 +52,8 @@ class Setup:
 
 
 # What a through-plane's axes measure, stored with the surface and written on its figures.
-COORD_UNITS = {"relative": "relative (B at (1, 0), C at (x, 1))", "distance": "weight-space distance"}
+# (relative: B at (1, 0), C at (x, 1), so the units of x and y differ)
+COORD_UNITS = {"relative": "relative", "distance": "weight-space distance"}
 
 
 def setup(model: str | nn.Module, data: str | TensorData | None, test_data: str | TensorData | None = None, *,
@@ -89,13 +90,23 @@ def open_store(out: str | None) -> Store | nullcontext:
     return store
 
 
+def _alphas(alphas: np.ndarray | None, num: int, spec: str | None) -> np.ndarray:
+    if alphas is not None:
+        alphas = np.asarray(alphas, dtype=np.float64)
+        if alphas.ndim != 1 or not np.isfinite(alphas).all() or not {0.0, 1.0} <= set(alphas.tolist()):
+            raise LandscapeError("alphas must be a 1-D array of finite values holding 0 and 1")
+        return alphas
+    return alpha_range(spec) if spec else line_alphas(positive_int(num, "--num"))
+
+
 def interpolate(a: str | Snapshot, b: str | Snapshot, *, model: str | nn.Module, data=None, test_data=None,
-                alphas: np.ndarray | None = None, num: int = 21, bn: str = "auto", out: str | None = None,
+                alphas: np.ndarray | None = None, num: int = 21, alpha_range: str | None = None,
+                bn: str = "auto", out: str | None = None,
                 name: str = "interpolate", overwrite: bool = False, device: str = "auto",
                 num_classes: int | None = None, batch_size: int = 250, bn_samples: int = 2000,
                 quiet: bool = True, loss_fn: LossFn | None = None, chunk: int | None = None) -> dict[str, Any]:
     """Metrics along θ(α) = (1−α)·θa + α·θb, and the loss and error barriers."""
-    alphas = line_alphas(positive_int(num, "--num")) if alphas is None else np.asarray(alphas, dtype=np.float64)
+    alphas = _alphas(alphas, num, alpha_range)
     with open_store(out) as store:
         s = setup(model, data, test_data, num_classes=num_classes, bn=bn, device=device, batch_size=batch_size,
                   bn_samples=bn_samples, loss_fn=loss_fn)
@@ -106,14 +117,15 @@ def interpolate(a: str | Snapshot, b: str | Snapshot, *, model: str | nn.Module,
 
 
 def barriers(snapshots: Sequence[str | Snapshot], *, model: str | nn.Module, data=None, test_data=None,
-             num: int = 11, bn: str = "auto", out: str | None = None, name: str = "barriers",
+             num: int = 11, alpha_range: str | None = None, bn: str = "auto", out: str | None = None,
+             name: str = "barriers",
              overwrite: bool = False, device: str = "auto", num_classes: int | None = None,
              batch_size: int = 250, bn_samples: int = 2000, quiet: bool = True,
              loss_fn: LossFn | None = None, chunk: int | None = None) -> dict[str, Any]:
     """Loss and error barriers between every pair of snapshots, as matrices."""
     if len(snapshots) < 2:
         raise LandscapeError("barriers needs at least two snapshots")
-    alphas = line_alphas(positive_int(num, "--num"))
+    alphas = _alphas(None, num, alpha_range)
     with open_store(out) as store:
         s = setup(model, data, test_data, num_classes=num_classes, bn=bn, device=device, batch_size=batch_size,
                   bn_samples=bn_samples, loss_fn=loss_fn)
@@ -229,27 +241,34 @@ def plot(path: str, name: str, *, out: str | None = None, metric: str | None = N
         data, attrs = obj.arrays, obj.attrs
     # beside the store folder, not inside it: the store holds only its own objects
     out = out or os.path.join(os.path.dirname(os.path.abspath(path)), f"{name}.png")
-    title = f"{name} (BN {attrs.get('bn_mode', '?')})"
+    title = f"{name} (BN {attrs['bn_mode']})" if "bn_mode" in attrs else name
+    available = [k for k, v in data.items() if np.ndim(v) >= 1 and k.endswith(
+        ("_loss", "_acc", "_barrier") if kind != "ensembles" else ("acc", "nll", "ece", "brier", "kl",
+                                                                  "disagreement", "member_acc"))]
+    if metric is not None and metric not in available:
+        raise LandscapeError(f"{kind[:-1]} {name!r} has no metric {metric!r}: choose {', '.join(sorted(available))}")
+    if kind != "surfaces" and style != "contour":
+        raise LandscapeError(f"--style {style} is for surfaces; {name!r} is a {kind[:-1]}")
     if kind == "curves":
+        if metric is not None:
+            raise LandscapeError("a curve is drawn with all its metrics: leave out --metric")
         plots.plot_curve(data["alphas"], data, out, title, log=log)
     elif kind == "surfaces":
         metric = metric or next(m for m in ("test_loss", "train_loss") if m in data)
-        if metric not in data:
-            raise LandscapeError(f"surface {name!r} has no metric {metric!r}")
         markers = []
         if "projection_names" in data:
-            markers = [(n.decode() if isinstance(n, bytes) else str(n), float(c[0]), float(c[1]))
-                       for n, c in zip(data["projection_names"], data["projection_coords"])]
+            markers = [(os.path.basename(n.decode() if isinstance(n, bytes) else str(n)), float(c[0]), float(c[1]),
+                        float(d)) for n, c, d in zip(data["projection_names"], data["projection_coords"],
+                                                     data["projection_distances"])]
         plots.plot_plane(data["xcoordinates"], data["ycoordinates"], data[metric], out, style, log, title,
-                         [(os.path.basename(m[0]), m[1], m[2]) for m in markers], metric)
+                         markers, metric, unit=attrs.get("unit", ""),
+                         equal_aspect=attrs.get("coords") != "relative")
     elif kind == "barriers":
         metric = metric or next(m for m in ("test_loss_barrier", "train_loss_barrier") if m in data)
         names = [os.path.basename(n.decode() if isinstance(n, bytes) else str(n)) for n in data["names"]]
         plots.plot_matrix(names, data[metric], out, title, metric)
     else:
         metric = metric or "nll"
-        if metric not in data:
-            raise LandscapeError(f"ensemble {name!r} has no metric {metric!r}")
         plots.plot_by_size({name: data[metric]}, out, metric, title)
     return {"kind": kind[:-1], "name": name, "figure": out}
 

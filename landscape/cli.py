@@ -30,8 +30,8 @@ def add_common(p: argparse.ArgumentParser, evaluation: bool = True) -> None:
                        "buffers (moved with the weights on lines and through-planes), or auto: recompute when "
                        "the model has BatchNorm and --data is given, else keep")
         p.add_argument("--bn-samples", type=int, default=2000, help="training samples for BN recompute")
-        p.add_argument("--batch-size", type=int, default=250)
-        p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+        p.add_argument("--batch-size", type=int, default=250, help="samples per forward pass")
+        p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
         p.add_argument("--out", default=None, help="store folder to write (created if new; resumable)")
         p.add_argument("--overwrite", action="store_true", help="replace a result of the same name")
         p.add_argument("--chunk", type=int, default=None,
@@ -61,14 +61,16 @@ def _diverged(res: dict) -> str:
 
 
 def cmd_interpolate(args: argparse.Namespace) -> tuple[dict, str]:
-    res = api.interpolate(args.a, args.b, num=args.num, name=args.name or "interpolate", **_eval_kwargs(args))
+    res = api.interpolate(args.a, args.b, num=args.num, alpha_range=args.alpha_range, name=args.name,
+                          **_eval_kwargs(args))
     lines = [f"line {res['a']} -> {res['b']} ({len(res['alphas'])} points, BN {res['bn_mode']}){_diverged(res)}",
              _fmt_barriers(res["barriers"])]
     return res, "\n".join(lines)
 
 
 def cmd_barriers(args: argparse.Namespace) -> tuple[dict, str]:
-    res = api.barriers(args.snapshots, num=args.num, name=args.name or "barriers", **_eval_kwargs(args))
+    res = api.barriers(args.snapshots, num=args.num, alpha_range=args.alpha_range, name=args.name,
+                       **_eval_kwargs(args))
     names = res["snapshots"]
     lines = [f"barriers between {len(names)} snapshots (BN {res['bn_mode']}){_diverged(res)}"]
     for key in [k for k in res if k.endswith("_barrier")]:
@@ -82,7 +84,7 @@ def cmd_plane(args: argparse.Namespace) -> tuple[dict, str]:
     res = api.plane(args.center, through=args.through, random=args.random, pca=args.pca, seed=args.seed,
                     ignore_bias_bn=not args.include_bias_bn, x=args.x, y=args.y, project_onto=args.project or (),
                     coords=args.coords,
-                    name=args.name or "plane", **_eval_kwargs(args))
+                    name=args.name, **_eval_kwargs(args))
     key = next(k for k in ("test_loss", "train_loss") if k in res)
     vals = [v for row in res[key] for v in row if isinstance(v, (int, float))]
     span = f"{key} min {min(vals):.4f} max {max(vals):.4f}" if vals else f"no finite {key}"
@@ -94,7 +96,7 @@ def cmd_plane(args: argparse.Namespace) -> tuple[dict, str]:
 
 def cmd_ensemble(args: argparse.Namespace) -> tuple[dict, str]:
     res = api.ensemble(args.members, model=args.model, data=args.data, val_data=args.val_data, out=args.out,
-                       name=args.name or "ensemble", overwrite=args.overwrite, keep_predictions=args.keep_predictions,
+                       name=args.name, overwrite=args.overwrite, keep_predictions=args.keep_predictions,
                        fp16=args.fp16, orders=args.orders, seed=args.seed, device=args.device,
                        num_classes=args.num_classes, batch_size=args.batch_size, quiet=args.quiet)
     rows = res["rows"]
@@ -129,85 +131,131 @@ def cmd_info(args: argparse.Namespace) -> tuple[dict, str]:
     return res, "\n".join(lines)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="landscape", description="Loss-landscape analysis for PyTorch models.")
-    sub = parser.add_subparsers(dest="command", required=True)
+EVAL_OPTS = "--model M --data tensors:train.pt --test-data tensors:test.pt"
 
-    p = sub.add_parser("interpolate", help="metrics and barriers on the line between two snapshots")
-    p.add_argument("a"), p.add_argument("b")
-    p.add_argument("--num", type=int, default=21, help="points on [0, 1]")
-    p.add_argument("--name", default=None)
+
+def command(sub, name: str, help: str, example: str, description: str | None = None) -> argparse.ArgumentParser:
+    """A subcommand whose help shows every default and an example."""
+    return sub.add_parser(name, help=help, description=description or help, epilog=f"example:\n  {example}",
+                          formatter_class=_HelpFormatter)
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows a default where there is one (not for flags and options that default to nothing)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default is False or action.default == argparse.SUPPRESS \
+                or "%(default)" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="landscape", description="Loss-landscape analysis for PyTorch models: "
+                                     "lines, barriers, planes and ensembles of snapshots, stored in a resumable "
+                                     "store.", epilog="run `landscape COMMAND --help` for a command's options "
+                                     "and an example", formatter_class=_HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"landscape {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = command(sub, "interpolate", "metrics and barriers on the line between two snapshots",
+                 f"landscape interpolate a.pt b.pt {EVAL_OPTS} --alpha-range -0.5:1.5:41 --out study")
+    p.add_argument("a", help="the snapshot at α = 0: a .pt/.pth checkpoint or STORE:NAME")
+    p.add_argument("b", help="the snapshot at α = 1")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--num", type=int, default=21, help="points on [0, 1]")
+    g.add_argument("--alpha-range", default=None, metavar="MIN:MAX:NUM",
+                   help="NUM points from MIN <= 0 to MAX >= 1 (0 and 1 always included)")
+    p.add_argument("--name", default="interpolate", help="name of the result in the store")
     add_common(p)
     p.set_defaults(func=cmd_interpolate)
 
-    p = sub.add_parser("barriers", help="barrier matrices between every pair of snapshots")
-    p.add_argument("snapshots", nargs="+")
-    p.add_argument("--num", type=int, default=11, help="points per line")
-    p.add_argument("--name", default=None)
+    p = command(sub, "barriers", "barrier matrices between every pair of snapshots",
+                 f"landscape barriers m0.pt m1.pt m2.pt {EVAL_OPTS} --out study")
+    p.add_argument("snapshots", nargs="+", help="two or more .pt checkpoints or STORE:NAME snapshots")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--num", type=int, default=11, help="points per line on [0, 1]")
+    g.add_argument("--alpha-range", default=None, metavar="MIN:MAX:NUM",
+                   help="points per line from MIN <= 0 to MAX >= 1 (barriers use [0, 1])")
+    p.add_argument("--name", default="barriers", help="name of the result in the store")
     add_common(p)
     p.set_defaults(func=cmd_barriers)
 
-    p = sub.add_parser("plane", help="a 2D loss plane around a snapshot")
-    p.add_argument("center")
+    p = command(sub, "plane", "a 2D loss plane around a snapshot",
+                 f"landscape plane ft.pt --through m1.pt m2.pt {EVAL_OPTS} --x -0.5:1.5:21 --y -0.5:1.5:21 "
+                 "--out study")
+    p.add_argument("center", help="the snapshot at (0, 0): a .pt/.pth checkpoint or STORE:NAME")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--through", nargs=2, metavar=("B", "C"), help="the plane through CENTER, B and C")
-    g.add_argument("--random", choices=("filter", "layer", "none"), help="two random normalised directions")
+    g.add_argument("--random", choices=("filter", "layer", "none"),
+                   help="two random directions with this normalisation")
     g.add_argument("--pca", nargs="+", metavar="S", help="top two PCA directions of a trajectory of snapshots")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random directions: seed of the first (the second: +1)")
     p.add_argument("--include-bias-bn", action="store_true", help="random directions also move biases and BN")
-    p.add_argument("--x", default=None, help="MIN:MAX:NUM")
-    p.add_argument("--y", default=None, help="MIN:MAX:NUM")
-    p.add_argument("--project", nargs="+", default=None, help="more snapshots to project onto the plane")
+    p.add_argument("--x", default=None, metavar="MIN:MAX:NUM",
+                   help="x grid (default: around the snapshots; -1:1:11 for random planes)")
+    p.add_argument("--y", default=None, metavar="MIN:MAX:NUM", help="y grid (default as --x)")
+    p.add_argument("--project", nargs="+", default=None, metavar="S", help="more snapshots to project onto the plane")
     p.add_argument("--coords", choices=("relative", "distance"), default="relative",
                    help="through-planes: relative puts B at (1, 0) and C at (x, 1); distance uses weight-space "
                    "distances")
-    p.add_argument("--name", default=None)
+    p.add_argument("--name", default="plane", help="name of the result in the store")
     add_common(p)
     p.set_defaults(func=cmd_plane)
 
-    p = sub.add_parser("ensemble", help="ensemble metrics for every size 1..K")
+    p = command(sub, "ensemble", "ensemble metrics for every size 1..K",
+                 "landscape ensemble m0.pt m1.pt m2.pt --model M --data tensors:test.pt --val-data tensors:val.pt "
+                 "--out study",
+                 description="Accuracy, NLL, ECE (15 bins), Brier score (squared error summed over classes, "
+                 "averaged over samples), member accuracy, disagreement and KL to the ensemble for the ensembles "
+                 "of the first m members, m = 1..K; temperature-scaled NLL with --val-data.")
     p.add_argument("members", nargs="+", help=".pt checkpoints, STORE:SNAPSHOT or STORE:ENSEMBLE (kept predictions)")
     p.add_argument("--model", default=None, help="model spec (not needed for stored predictions)")
-    p.add_argument("--num-classes", type=int, default=None)
+    p.add_argument("--num-classes", type=int, default=None, help="classes of the model's head (default: from the data)")
     p.add_argument("--data", default=None, help="evaluation data (the test split for split datasets)")
     p.add_argument("--val-data", default=None, help="held-out data to fit the temperature for calibrated NLL")
     p.add_argument("--orders", type=int, default=0, help="also average over this many random member orders")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random member orders")
     p.add_argument("--keep-predictions", action="store_true", help="store member logits (chunked)")
     p.add_argument("--fp16", action="store_true", help="store kept predictions in fp16")
-    p.add_argument("--batch-size", type=int, default=500)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out", default=None)
-    p.add_argument("--name", default=None)
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--batch-size", type=int, default=500, help="samples per forward pass")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--out", default=None, help="store folder to write (created if new)")
+    p.add_argument("--name", default="ensemble", help="name of the result in the store")
+    p.add_argument("--overwrite", action="store_true", help="replace a result of the same name")
     add_common(p, evaluation=False)
     p.set_defaults(func=cmd_ensemble)
 
-    p = sub.add_parser("plot", help="draw a stored result")
-    p.add_argument("file"), p.add_argument("name")
-    p.add_argument("--output", "-o", default=None, help="figure file (.png, .pdf, .svg)")
-    p.add_argument("--metric", default=None)
-    p.add_argument("--style", choices=("contour", "filled", "heatmap", "3d"), default="contour")
+    p = command(sub, "plot", "draw a stored result", "landscape plot study plane --style filled --log -o plane.png")
+    p.add_argument("file", help="the store folder")
+    p.add_argument("name", help="the curve, surface, barrier matrix or ensemble to draw")
+    p.add_argument("--output", "-o", default=None, help="figure file (.png, .pdf, .svg; default NAME.png beside the "
+                   "store)")
+    p.add_argument("--metric", default=None, help="what to draw (default: test loss, else train loss; nll for "
+                   "ensembles)")
+    p.add_argument("--style", choices=("contour", "filled", "heatmap", "3d"), default="contour",
+                   help="surfaces only")
     p.add_argument("--log", action="store_true", help="log colour/axis scale")
     add_common(p, evaluation=False)
     p.set_defaults(func=cmd_plot)
 
-    p = sub.add_parser("export", help="a stored curve or surface in another tool's format",
-                       description="Write a stored curve or surface for other tools: goldstein (the HDF5 "
-                       "layout that Goldstein et al.'s plot_1D.py, plot_2D.py and h52vtp.py read: root "
-                       "datasets, meshgrid(x, y) order, accuracies in percent), vtp (ParaView) or csv.",
-                       epilog="example: landscape export study plane --format vtp -o plane.vtp")
+    p = command(sub, "export", "a stored curve or surface in another tool's format",
+                 "landscape export study plane --format vtp -o plane.vtp",
+                 description="Write a stored curve or surface for other tools: goldstein (the HDF5 layout that "
+                 "Goldstein et al.'s plot_1D.py, plot_2D.py and h52vtp.py read: root datasets, meshgrid(x, y) "
+                 "order, accuracies in percent), vtp (ParaView) or csv.")
     p.add_argument("file", help="the store folder")
     p.add_argument("name", help="the curve or surface to export")
     p.add_argument("--format", choices=("goldstein", "vtp", "csv"), required=True, help="output format")
     p.add_argument("--output", "-o", required=True, help="file to write (replaced whole if it exists)")
-    p.add_argument("--metric", default=None, help="vtp: the metric used as height (default test_loss, else train_loss)")
+    p.add_argument("--metric", default=None, help="vtp: the metric used as height (default test_loss, else "
+                   "train_loss)")
     p.add_argument("--log", action="store_true", help="vtp: log of the height")
     add_common(p, evaluation=False)
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("info", help="list what a store holds")
-    p.add_argument("file")
+    p = command(sub, "info", "list what a store holds", "landscape info study --json")
+    p.add_argument("file", help="the store folder")
     add_common(p, evaluation=False)
     p.set_defaults(func=cmd_info)
 
@@ -220,12 +268,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    from .store import package_versions
+
+    return package_versions()["landscape"]
+
+
 def _join_negative_ranges(argv: Sequence[str]) -> list[str]:
     """Let `--x -1:1:21` through: argparse would take the leading '-' for an option."""
     out: list[str] = []
     it = iter(argv)
     for tok in it:
-        if tok in ("--x", "--y"):
+        if tok in ("--x", "--y", "--alpha-range"):
             nxt = next(it, None)
             out.append(tok if nxt is None else f"{tok}={nxt}")
         else:

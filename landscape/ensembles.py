@@ -1,25 +1,25 @@
 """Ensemble metrics for every size 1..K: accuracy, NLL, ECE, Brier, diversity, calibrated NLL.
 
 Forward passes stream the data once: each batch goes through every member before the next
-batch, so memory holds one batch of logits per member (unless predictions are kept). The
-per-size accuracy/NLL/ECE/Brier come from the fused op `kernels.ensemble_metrics`; diversity
-(pairwise disagreement, mean KL of the members from the ensemble) and temperature-scaled NLL
-(Ashukha et al. 2020) are computed here on the same batches.
+batch, so memory holds one batch of logits per member (unless predictions are kept). Every
+metric, for every size and every member order (the given one and `orders` random ones), comes
+from one call of the fused op `kernels.ensemble.ensemble_metrics_orders` per batch: accuracy,
+NLL, ECE, Brier, pairwise disagreement, mean KL of the members from the ensemble, and the
+temperature-scaled NLL (Ashukha et al. 2020) with temperatures fitted on validation data for
+each order and size (`fit_temperatures`).
 """
 from __future__ import annotations
 
 import copy
 import math
 import re
-from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
 import numpy as np
 import torch
-from scipy.optimize import minimize_scalar
 from torch import nn
 
-from kernels import EnsembleMetrics, ensemble_metrics
+from kernels.ensemble import EnsembleMetrics, ensemble_metrics_orders
 
 from .bn import FoldedEval
 from .checkpoints import Snapshot
@@ -27,74 +27,161 @@ from .errors import LandscapeError
 
 ROW_KEYS = ("size", "acc", "nll", "ece", "brier", "conf", "member_acc", "disagreement", "kl", "cal_nll",
             "temperature")
+# Temperatures are searched in [e^-4, e^4]; an optimum outside is reported (TemperatureFit.at_bound).
+LOG_T_BOUNDS = (-4.0, 4.0)
 
 
-def _kernel_metrics(logits: torch.Tensor, labels: torch.Tensor, members: Sequence[str]) -> EnsembleMetrics:
+def member_orders(m: int, orders: int = 0, seed: int = 0) -> torch.Tensor:
+    """[1 + orders, m] int64: the given member order first, then `orders` random ones (seeded)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.stack([torch.arange(m)] + [torch.randperm(m, generator=g) for _ in range(orders)])
+
+
+def _kernel_metrics(logits: torch.Tensor, labels: torch.Tensor, orders: torch.Tensor,
+                    temperatures: torch.Tensor | None, members: Sequence[str]) -> list[EnsembleMetrics]:
     try:
-        return ensemble_metrics(logits, labels)
+        return ensemble_metrics_orders(logits, labels, orders, temperatures=temperatures)
     except ValueError as exc:  # the op names members by index: add their source
         text = re.sub(r"member (\d+)", lambda m: f"member {m[1]} ({members[int(m[1])]})", str(exc), count=1)
         raise LandscapeError(text) from None
 
 
-@dataclass
-class _Accumulator:
-    """Running sums over batches for everything the kernel does not give."""
-
-    m: int
-    n: int = 0
-    disagree: torch.Tensor = field(init=False)  # [M, M] counts of differing argmax
-    kl: torch.Tensor = field(init=False)  # [M] sum over samples of mean_i KL(p_i || p̄_m)
-    cal_nll: torch.Tensor = field(init=False)  # [M] sum of temperature-scaled NLL
-
-    def __post_init__(self) -> None:
-        self.disagree = torch.zeros(self.m, self.m, dtype=torch.float64)
-        self.kl = torch.zeros(self.m, dtype=torch.float64)
-        self.cal_nll = torch.zeros(self.m, dtype=torch.float64)
-
-    def add(self, logp: torch.Tensor, labels: torch.Tensor, temperatures: torch.Tensor | None) -> None:
-        """One batch of member log-probabilities [M, B, C] (fp64)."""
-        pred = logp.argmax(-1)
-        self.disagree += (pred.unsqueeze(0) != pred.unsqueeze(1)).sum(-1).double().cpu()
-        ens = _prefix_log_mean(logp)  # [M, B, C]: log p̄_m
-        neg_ent_members = (logp.exp() * logp).sum(-1).cumsum(0) / torch.arange(1, self.m + 1,
-                                                                              device=logp.device).view(-1, 1)
-        ent_ens = -(ens.exp() * ens).sum(-1)
-        # mean_i KL(p_i || p̄_m) = H(p̄_m) − mean_i H(p_i)
-        self.kl += (ent_ens + neg_ent_members).sum(-1).cpu()
-        if temperatures is not None:
-            scaled = torch.log_softmax(ens / temperatures.to(ens).view(-1, 1, 1), dim=-1)
-            self.cal_nll -= scaled.gather(-1, labels.view(1, -1, 1).expand(self.m, -1, 1)).sum((1, 2)).cpu()
-        self.n += logp.shape[1]
-
-    def rows(self) -> dict[str, np.ndarray]:
-        sizes = torch.arange(1, self.m + 1)
-        upper = torch.triu(self.disagree, diagonal=1)
-        pair_sums = upper.sum(0).cumsum(0)  # pairs (i<j) with j < m
-        pairs = sizes * (sizes - 1) / 2
-        disagreement = torch.where(pairs > 0, pair_sums / pairs.clamp_min(1) / self.n, torch.zeros(()))
-        return {"disagreement": disagreement.numpy(), "kl": (self.kl / self.n).numpy(),
-                "cal_nll": (self.cal_nll / self.n).numpy()}
+# --------------------------------------------------------------------------------------------
+# temperature scaling
 
 
-def _prefix_log_mean(logp: torch.Tensor) -> torch.Tensor:
-    """log of the mean probability of the first m members, for every m: logcumsumexp − log m."""
-    m = torch.arange(1, logp.shape[0] + 1, device=logp.device, dtype=logp.dtype).view(-1, 1, 1)
-    return torch.logcumsumexp(logp, dim=0) - m.log()
+def _fit_one(z: torch.Tensor, y: torch.Tensor) -> tuple[float, bool, float]:
+    """(T, at_bound, NLL at T) minimising mean_n -log softmax(z_n / T)_{y_n} over T in the bounds.
+
+    The NLL is convex in b = 1/T (a logsumexp of functions linear in b, minus a linear term), so
+    a safeguarded Newton iteration on b with a shrinking bracket finds the minimum to machine
+    precision; when the slope at a bound already points outward the optimum lies beyond it.
+    """
+    zy = z.gather(1, y.view(-1, 1)).squeeze(1)
+
+    def at(b: float, second: bool = True) -> tuple[float, float, float]:
+        a = z * b
+        lse = torch.logsumexp(a, 1)
+        q = torch.exp(a - lse.unsqueeze(1))
+        ez = (q * z).sum(1)
+        g = float((ez - zy).mean())  # d NLL / d b
+        h = float((q * (z - ez.unsqueeze(1)).square()).sum(1).mean()) if second else 0.0
+        return float((lse - b * zy).mean()), g, h
+
+    b_lo, b_hi = math.exp(-LOG_T_BOUNDS[1]), math.exp(-LOG_T_BOUNDS[0])
+    f_lo, g_lo, _ = at(b_lo, False)
+    if g_lo > 0:  # NLL rises from the smallest b: T at its upper bound
+        return 1.0 / b_lo, True, f_lo
+    f_hi, g_hi, _ = at(b_hi, False)
+    if g_hi < 0:  # NLL still falls at the largest b (e.g. every sample right): T at its lower bound
+        return 1.0 / b_hi, True, f_hi
+    lo, hi, b = b_lo, b_hi, 1.0
+    f, g, h = at(b)
+    for _ in range(100):
+        if g == 0.0:
+            break
+        if g > 0:
+            hi = b
+        else:
+            lo = b
+        newton = b - g / h if h > 0 else math.nan
+        nb = newton if lo < newton < hi else math.sqrt(lo * hi)
+        if abs(nb - b) <= 1e-14 * b or hi - lo <= 1e-14 * hi:
+            b = nb
+            f, g, h = at(b)
+            break
+        b = nb
+        f, g, h = at(b)
+    return 1.0 / b, False, f
 
 
-def fit_temperatures(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """For each size m, the temperature T minimising the NLL of softmax(log p̄_m / T) (validation data)."""
-    ens = _prefix_log_mean(torch.log_softmax(logits.double(), dim=-1))
-    temps = []
-    for m in range(ens.shape[0]):
-        lp, y = ens[m], labels.long()
+class TemperatureFit:
+    """Temperatures fitted on validation data for each member order (row) and ensemble size (column).
 
-        def nll(log_t: float) -> float:
-            return float(-torch.log_softmax(lp / math.exp(log_t), -1).gather(1, y.view(-1, 1)).mean())
+    orders [P, M] int64; temperatures [P, M] float64; at_bound [P, M] bool: the validation NLL
+    still falls at the edge of the search range [e^-4, e^4] (e.g. validation accuracy 100% drives
+    T to its lower bound), so the temperature is the bound, not an optimum; val_nll [P, M] the
+    validation NLL at the temperature. Fits for other orders come from `for_orders` (the
+    validation data are kept for that; prefix sets shared by orders are fitted once).
+    """
 
-        temps.append(math.exp(minimize_scalar(nll, bounds=(-4.0, 4.0), method="bounded").x))
-    return torch.tensor(temps, dtype=torch.float64)
+    def __init__(self, logits: torch.Tensor, labels: torch.Tensor, orders: torch.Tensor | None = None) -> None:
+        if logits.dim() != 3 or labels.dim() != 1 or labels.shape[0] != logits.shape[1]:
+            raise LandscapeError(f"validation logits [M, N, C] and labels [N] do not match: "
+                                 f"{tuple(logits.shape)} and {tuple(labels.shape)}")
+        if not bool(torch.isfinite(logits).all()):
+            raise LandscapeError("validation logits must be finite")
+        self._logits = logits.detach().cpu()
+        self._labels = labels.detach().cpu().long()
+        self._cache: dict[frozenset[int], tuple[float, bool, float]] = {}
+        self._lsm: dict[int, torch.Tensor] = {}
+        m = logits.shape[0]
+        self.orders = torch.arange(m).unsqueeze(0) if orders is None else torch.as_tensor(orders).long().cpu()
+        self.temperatures, self.at_bound, self.val_nll = self._fit(self.orders)
+
+    def _member_lsm(self, i: int) -> torch.Tensor:
+        if i not in self._lsm:
+            self._lsm[i] = torch.log_softmax(self._logits[i].double(), -1)
+        return self._lsm[i]
+
+    def _fit(self, orders: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        P, M = orders.shape
+        if M != self._logits.shape[0] or not all(torch.equal(o.sort().values, torch.arange(M)) for o in orders):
+            raise LandscapeError(f"member orders must be permutations of the {self._logits.shape[0]} members")
+        out = torch.empty(3, P, M, dtype=torch.float64)
+        for k, order in enumerate(orders.tolist()):
+            acc = None
+            for j, i in enumerate(order):
+                lsm = self._member_lsm(i)
+                acc = lsm if acc is None else torch.logaddexp(acc, lsm)  # log sum_{prefix} p_i
+                key = frozenset(order[:j + 1])
+                if key not in self._cache:
+                    self._cache[key] = _fit_one(acc - math.log(j + 1), self._labels)
+                out[:, k, j] = torch.tensor(self._cache[key], dtype=torch.float64)
+        return out[0], out[1].bool(), out[2]
+
+    def for_orders(self, orders: torch.Tensor) -> TemperatureFit:
+        """The fit for these member orders [P, M] (fitting the prefixes not fitted yet)."""
+        orders = torch.as_tensor(orders).long().cpu()
+        if torch.equal(orders, self.orders):
+            return self
+        fit = copy.copy(self)
+        fit.orders = orders
+        fit.temperatures, fit.at_bound, fit.val_nll = self._fit(orders)
+        return fit
+
+    def bound_sizes(self, order: int = 0) -> list[int]:
+        """Ensemble sizes (1-based) whose temperature in orders[order] hit the bound."""
+        return [j + 1 for j in range(self.at_bound.shape[1]) if bool(self.at_bound[order, j])]
+
+    def __repr__(self) -> str:
+        return (f"TemperatureFit(orders={self.orders.shape[0]}, temperatures={self.temperatures[0].tolist()}, "
+                f"at_bound={self.at_bound.any(0).tolist()})")
+
+
+def fit_temperatures(logits: torch.Tensor, labels: torch.Tensor, orders: torch.Tensor | None = None) -> TemperatureFit:
+    """For each member order and size m, the temperature T minimising the NLL of softmax(log p̄_m / T)
+    on validation logits [M, N, C] and labels [N]. orders: [P, M] permutations (`member_orders`),
+    None for the given order. See TemperatureFit for what it returns (`at_bound` flags temperatures
+    that ran into the search bound)."""
+    return TemperatureFit(logits, labels, orders)
+
+
+def _temperatures_for(temperatures: TemperatureFit | torch.Tensor | None, perms: torch.Tensor
+                      ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """[P, M] temperatures for these orders, and at_bound [P, M] where known."""
+    if temperatures is None:
+        return None, None
+    if isinstance(temperatures, TemperatureFit):
+        fit = temperatures.for_orders(perms)
+        return fit.temperatures, fit.at_bound
+    t = torch.as_tensor(temperatures, dtype=torch.float64).cpu()
+    if t.dim() == 1:  # one temperature per size, used for every order
+        t = t.expand(perms.shape[0], -1)
+    if t.shape != perms.shape:
+        raise LandscapeError(f"temperatures must have shape [{perms.shape[1]}] or {list(perms.shape)}, "
+                             f"got {list(t.shape)}")
+    return t, None
 
 
 class MemberForward:
@@ -125,50 +212,49 @@ class MemberForward:
 
 
 def evaluate_ensemble(batches: Iterator[tuple[torch.Tensor, torch.Tensor]], members: Sequence[str],
-                      temperatures: torch.Tensor | None = None, orders: int = 0, seed: int = 0,
+                      temperatures: TemperatureFit | torch.Tensor | None = None, orders: int = 0, seed: int = 0,
                       keep=None) -> dict[str, np.ndarray]:
-    """Per-size metrics over a stream of [M, B, C] member-logit batches.
+    """Per-size metrics over a stream of [M, B, C] member-logit batches: one fused-op call per batch.
 
-    `orders` > 0 also averages every metric over that many random member orders (seeded).
-    `keep(start, logits)` receives each batch (to store predictions).
+    `orders` > 0 also averages every metric over that many random member orders (seeded; see
+    `member_orders`), each with its own temperatures. `temperatures`: a TemperatureFit (fitted
+    for these orders, or fitted here from its validation data), a [M] tensor (every order) or a
+    [1 + orders, M] tensor. `keep(start, logits)` receives each batch (to store predictions).
     """
     m = len(members)
-    perms = [torch.arange(m)]
-    g = torch.Generator().manual_seed(seed)
-    perms += [torch.randperm(m, generator=g) for _ in range(orders)]
-    parts: list[list[EnsembleMetrics]] = [[] for _ in perms]
-    accs = [_Accumulator(m) for _ in perms]
+    perms = member_orders(m, orders, seed)
+    temps, at_bound = _temperatures_for(temperatures, perms)
+    parts: list[list[EnsembleMetrics]] = [[] for _ in range(perms.shape[0])]
     start = 0
     for logits, labels in batches:
         if keep is not None:
             keep(start, logits)
         start += logits.shape[1]
-        logp = torch.log_softmax(logits.double(), dim=-1)  # once per batch, whatever the orders
-        for k, perm in enumerate(perms):
-            p = perm.to(logits.device)
-            parts[k].append(_kernel_metrics(logits[p], labels, [members[int(i)] for i in perm]))
-            accs[k].add(logp[p], labels, temperatures)
+        for k, met in enumerate(_kernel_metrics(logits, labels, perms, temps, members)):
+            parts[k].append(met)
     if start == 0:
         raise LandscapeError("the evaluation data are empty")
+    sizes = torch.arange(1, m + 1, dtype=torch.float64)
     results = []
-    for k in range(len(perms)):
+    for k in range(perms.shape[0]):
         met = EnsembleMetrics.merge(parts[k])
-        extra = accs[k].rows()
-        member_acc = torch.cumsum(met.member_acc, 0) / torch.arange(1, m + 1)
         res = {"size": np.arange(1, m + 1), "acc": met.acc.numpy(), "nll": met.nll.numpy(), "ece": met.ece.numpy(),
-               "brier": met.brier.numpy(), "conf": met.conf.numpy(), "member_acc": member_acc.numpy(), **extra}
-        if temperatures is None:
-            res.pop("cal_nll")
-        else:
-            res["temperature"] = temperatures.numpy()
+               "brier": met.brier.numpy(), "conf": met.conf.numpy(),
+               "member_acc": (torch.cumsum(met.member_acc, 0) / sizes).numpy(),
+               "disagreement": met.disagreement.numpy(), "kl": met.kl.numpy()}
+        if temps is not None:
+            res["cal_nll"] = met.cal_nll.numpy()
+            res["temperature"] = temps[k].numpy()
         if k == 0:
             res["member_accuracies"] = met.member_acc.numpy()
             res["member_nlls"] = met.member_nll.numpy()
+            if at_bound is not None:
+                res["temperature_at_bound"] = at_bound[0].numpy()
         results.append(res)
     if orders:
         first = results[0]
         avg = {key: np.mean([r[key] for r in results[1:]], axis=0) for key in first
-               if key not in ("size", "member_accuracies", "member_nlls", "temperature")}
+               if key not in ("size", "member_accuracies", "member_nlls", "temperature_at_bound")}
         first.update({f"{k}_orders_mean": v for k, v in avg.items()})
     return results[0]
 

@@ -44,6 +44,18 @@ def line_alphas(num: int = 21, lo: float = 0.0, hi: float = 1.0) -> np.ndarray:
     return np.round(alphas, 12)
 
 
+def alpha_range(text: str) -> np.ndarray:
+    """`MIN:MAX:NUM` for a line: NUM evenly spaced α from MIN <= 0 to MAX >= 1, with 0 and 1
+    exactly (a barrier needs both ends; values within 1e-9 of them are snapped)."""
+    alphas = parse_range(text, "--alpha-range")
+    if alphas[0] > 0 or alphas[-1] < 1 or len(alphas) < 2:
+        raise LandscapeError(f"--alpha-range {text!r} must span [0, 1]: MIN <= 0, MAX >= 1, NUM >= 2")
+    for end in (0.0, 1.0):
+        near = np.abs(alphas - end) < 1e-9
+        alphas = np.where(near, end, alphas) if near.any() else np.union1d(alphas, [end])
+    return alphas
+
+
 @dataclass
 class Grid:
     """A grid of points being computed: values and the `done` mask live in memory; with a store

@@ -13,6 +13,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib import colors  # noqa: E402
 
@@ -120,14 +121,14 @@ def plot_curve(alphas: Sequence[float], curve: Mapping[str, np.ndarray], out: st
         for split, color, v in series[kind]:
             if not np.isfinite(v).any():
                 continue
-            ax.plot(a, v, "-o", ms=3, color=color, label=f"{split} {kind}")
+            label = f"{split} {kind}"
             if np.isfinite(v).all() and ((a >= 0) & (a <= 1)).any():
                 h, peak = barrier(a, v)
                 i0, i1 = int(np.argmin(np.abs(a))), int(np.argmin(np.abs(a - 1)))
                 chord = (1 - peak) * v[i0] + peak * v[i1]
                 ax.vlines(peak, chord, chord + h, color=color, linestyles="--")
-                ax.annotate(f"barrier {h:.3g}", (peak, chord + h), textcoords="offset points",
-                            xytext=(4, 4), color=color, fontsize=8)
+                label += f" (barrier {h:.3g} at α={peak:.2f})"  # in the legend: labels on the plot collide
+            ax.plot(a, v, "-o", ms=3, color=color, label=label)
         ax.set_xlabel("α"), ax.set_ylabel(kind)
         if ax.get_legend_handles_labels()[0]:
             ax.legend()
@@ -138,10 +139,14 @@ def plot_curve(alphas: Sequence[float], curve: Mapping[str, np.ndarray], out: st
 
 
 def plot_plane(xs: np.ndarray, ys: np.ndarray, values: np.ndarray, out: str, style: str = "contour",
-               log: bool = False, title: str = "", markers: Sequence[tuple[str, float, float]] = (),
-               label: str = "loss") -> str:
-    """A surface [len(xs), len(ys)]; NaN/inf points are masked; markers are (label, x, y).
+               log: bool = False, title: str = "", markers: Sequence[tuple] = (),
+               label: str = "loss", unit: str = "", equal_aspect: bool | None = None) -> str:
+    """A surface [len(xs), len(ys)]; NaN/inf points are masked.
 
+    Markers are (label, x, y) or (label, x, y, distance from the plane). A snapshot far from the
+    plane (distance above 5% of the plane's extent) is drawn hollow and named in the legend with
+    its distance, not as if it lay on the plane; snapshots at the same point share one label.
+    `equal_aspect` (default: when the axes' ranges are comparable) keeps the plane's geometry.
     Masked points are gaps in every style, and the colour scale and contour levels come from
     the finite values only (with `log`, from the positive finite values)."""
     if style not in PLANE_STYLES:
@@ -191,21 +196,39 @@ def plot_plane(xs: np.ndarray, ys: np.ndarray, values: np.ndarray, out: str, sty
         else:
             im = ax.contour(gx, gy, z, levels=levels, cmap="viridis", norm=norm)
             if len(im.levels):
-                ax.clabel(im, fontsize=6)
+                ax.clabel(im, im.levels[::3], fontsize=6)  # every third level: all of them pile up
         if log and style != "heatmap" and not np.isscalar(levels):
             # Tick every 4th geometric level: the default log ticks label each level in full.
             fig.colorbar(im, ax=ax, label=label, ticks=levels[::4], format="%.3g")
         else:
             fig.colorbar(im, ax=ax, label=label)
-        for name, mx, my in markers:
-            if not (np.isfinite(mx) and np.isfinite(my)):
-                continue
-            ax.plot(mx, my, "o", color="red", ms=6, mec="white")
-            ax.annotate(name, (mx, my), textcoords="offset points", xytext=(5, 5), fontsize=8)
-        ax.set_aspect("equal", adjustable="box") if _comparable(xs, ys) else None
-    ax.set_xlabel("x"), ax.set_ylabel("y")
+        _draw_markers(ax, markers, max(np.ptp(xs), np.ptp(ys)))
+        if equal_aspect if equal_aspect is not None else _comparable(xs, ys):
+            ax.set_aspect("equal", adjustable="box")
+    ax.set_xlabel(f"x ({unit})" if unit else "x"), ax.set_ylabel(f"y ({unit})" if unit else "y")
     ax.set_title(title)
     return save_figure(fig, out)
+
+
+def _draw_markers(ax, markers: Sequence[tuple], extent: float) -> None:
+    on_plane: dict[tuple[float, float], list[str]] = {}
+    off = []
+    for m in markers:
+        name, mx, my = m[0], float(m[1]), float(m[2])
+        dist = float(m[3]) if len(m) > 3 else 0.0
+        if not (np.isfinite(mx) and np.isfinite(my)):
+            continue
+        if dist > 0.05 * max(extent, 1e-12):
+            off.append((name, mx, my, dist))
+        else:
+            on_plane.setdefault((round(mx, 9), round(my, 9)), []).append(name)
+    for (mx, my), names in on_plane.items():
+        ax.plot(mx, my, "o", color="red", ms=6, mec="white")
+        ax.annotate(", ".join(names), (mx, my), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    for name, mx, my, dist in off:
+        ax.plot(mx, my, "o", mfc="none", mec="grey", ms=6, label=f"{name}: off the plane by {dist:.3g}")
+    if off:
+        ax.legend(fontsize=6, loc="upper right", title="projected (not on the plane)", title_fontsize=6)
 
 
 def _comparable(xs: np.ndarray, ys: np.ndarray) -> bool:
@@ -234,7 +257,8 @@ def plot_matrix(names: Sequence[str], matrix: np.ndarray, out: str, title: str =
             if bad[i, j]:
                 ax.text(j, i, "–", ha="center", va="center", fontsize=6, color="grey")
             else:
-                shade = "black" if norm(m[i, j]) > 0.6 else "white"
+                r, g, b, _ = im.cmap(norm(m[i, j]))
+                shade = "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white"  # readable on the cell
                 ax.text(j, i, f"{m[i, j]:.2g}", ha="center", va="center", fontsize=6, color=shade)
     fig.colorbar(im, ax=ax, label=label)
     ax.set_title(title)
@@ -252,5 +276,6 @@ def plot_by_size(series: Mapping[str, Sequence[float]], out: str, ylabel: str, t
     for name, v in lines.items():
         ax.plot(np.arange(1, v.size + 1), v, "-o", ms=4, label=name)
     ax.set_xlabel("ensemble size"), ax.set_ylabel(ylabel), ax.legend(fontsize=8)
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))  # sizes are whole numbers
     ax.set_title(title)
     return save_figure(fig, out)

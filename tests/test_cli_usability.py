@@ -1,0 +1,89 @@
+"""What a new user meets first: help with defaults and an example for every command, --version,
+`python -m landscape`, --alpha-range, and errors that name the argument and list the choices."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from landscape.cli import build_parser, main
+from landscape.models import build_model
+
+
+@pytest.fixture()
+def work(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    g = torch.Generator().manual_seed(0)
+    torch.save({"x": torch.randn(40, 3, 8, 8, generator=g), "y": torch.randint(0, 4, (40,), generator=g)}, "d.pt")
+    for i in range(2):
+        torch.manual_seed(i)
+        torch.save(build_model("tiny_cnn", 4, (3, 8, 8)).state_dict(), f"m{i}.pt")
+    return tmp_path
+
+
+COMMON = ["--model", "tiny_cnn", "--num-classes", "4", "--data", "tensors:d.pt", "--quiet"]
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_every_command_has_help_defaults_and_an_example(capsys):
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    for name, p in sub.choices.items():
+        text = p.format_help()
+        assert "example:" in text and f"landscape {name}" in text, name
+        for action in p._actions:
+            if action.dest != "help":
+                assert action.help, f"{name} {action.option_strings or action.dest} has no help"
+    assert "(default: 21)" in sub.choices["interpolate"].format_help()
+    assert "(default: auto)" in sub.choices["plane"].format_help()
+
+
+def test_version_and_module_entry():
+    proc = subprocess.run([sys.executable, "-m", "landscape", "--version"], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.startswith("landscape ")
+
+
+def test_alpha_range_beyond_the_endpoints(work, capsys):
+    code, out, err = run(capsys, "interpolate", "m0.pt", "m1.pt", "--alpha-range", "-0.5:1.5:9", "--json", *COMMON)
+    assert code == 0, err
+    res = json.loads(out)
+    assert res["alphas"][0] == -0.5 and res["alphas"][-1] == 1.5 and 0.0 in res["alphas"] and 1.0 in res["alphas"]
+    assert len(res["test_loss"] if "test_loss" in res else res["train_loss"]) == len(res["alphas"])
+    code, _, err = run(capsys, "interpolate", "m0.pt", "m1.pt", "--alpha-range", "0.2:1:5", *COMMON)
+    assert code == 2 and "must span [0, 1]" in err
+
+
+def test_errors_name_the_argument_and_list_choices(work, capsys):
+    assert run(capsys, "interpolate", "m0.pt", "m1.pt", "--num", "5", "--out", "st", *COMMON)[0] == 0
+    code, _, err = run(capsys, "plot", "st", "interpolate", "--style", "3d", "-o", "c.png")
+    assert code == 2 and "--style 3d is for surfaces" in err
+    assert run(capsys, "plane", "m0.pt", "--random", "filter", "--x", "-1:1:3", "--y", "-1:1:3", "--out", "st",
+               *COMMON)[0] == 0
+    code, _, err = run(capsys, "plot", "st", "plane", "--metric", "test_los", "-o", "p.png")
+    assert code == 2 and "choose" in err and "train_loss" in err
+    with pytest.raises(SystemExit):  # argparse lists the choices itself
+        main(["plane", "m0.pt", "--random", "gaussian", *COMMON])
+    assert "choose from" in capsys.readouterr().err
+    code, _, err = run(capsys, "interpolate", "m0.pt", "m1.pt", "--num", "6", "--out", "st", *COMMON)
+    assert code == 2 and "differs in alphas" in err
+
+
+def test_ensemble_rerun_is_a_noop(work, capsys):
+    args = ["ensemble", "m0.pt", "m1.pt", "--model", "tiny_cnn", "--num-classes", "4", "--data", "tensors:d.pt",
+            "--out", "st", "--json", "--quiet"]
+    code, first, err = run(capsys, *args)
+    assert code == 0, err
+    import os
+    stamp = os.stat("st/ensembles/ensemble.h5").st_mtime_ns
+    code, again, err = run(capsys, *args)
+    assert code == 0 and json.loads(again) == json.loads(first)
+    assert os.stat("st/ensembles/ensemble.h5").st_mtime_ns == stamp
