@@ -28,9 +28,9 @@ from .ensembles import MemberForward, evaluate_ensemble, fit_temperatures, table
 from .errors import LandscapeError
 from .grid import alpha_range, line_alphas, parse_range
 from .jsonable import to_jsonable
-from .models import build_model
+from .models import BUILTIN_MODELS, build_model
 from .planes import project_snapshots, through_buffer_directions
-from .refs import load_snapshot, stored_predictions
+from .refs import head_classes, load_snapshot, stored_predictions
 from .store import Store
 from .validate import check_writable_dir, positive_int
 
@@ -58,7 +58,11 @@ COORD_UNITS = {"relative": "relative", "distance": "weight-space distance"}
 
 def setup(model: str | nn.Module, data: str | TensorData | None, test_data: str | TensorData | None = None, *,
           num_classes: int | None = None, bn: str = "auto", device: str = "auto", batch_size: int = 250,
-          bn_samples: int = 2000, loss_fn: LossFn | None = None) -> Setup:
+          bn_samples: int = 2000, loss_fn: LossFn | None = None, snapshots: Sequence[str | Snapshot] = ()) -> Setup:
+    """Data, model and evaluator. A model built from a spec gets its number of classes from
+    `num_classes`, else from the first snapshot's head, else from its own factory's default:
+    never from the labels (a test set may lack a class); labels outside the model's classes
+    are refused, naming the first such sample."""
     train = load_data(data, "train") if isinstance(data, str) else data
     test = load_data(test_data, "test") if isinstance(test_data, str) else test_data
     if train is None and test is None:
@@ -67,7 +71,13 @@ def setup(model: str | nn.Module, data: str | TensorData | None, test_data: str 
     if isinstance(model, nn.Module):
         module, spec = model, type(model).__name__
     else:
-        module, spec = build_model(model, num_classes or ref.num_classes, ref.input_shape), model
+        if num_classes is not None:
+            num_classes = positive_int(num_classes, "--num-classes")
+        else:
+            num_classes = next((n for n in map(head_classes, snapshots) if n is not None), None)
+        if num_classes is None and model in BUILTIN_MODELS:
+            raise LandscapeError(f"cannot tell how many classes the {model!r} model has: give --num-classes")
+        module, spec = build_model(model, num_classes, ref.input_shape), model
     ev = Evaluator(module, train, test, bn_mode=bn, loss_fn=loss_fn, device=resolve_device(device),
                    batch_size=batch_size, bn_samples=bn_samples)
     return Setup(module, spec, train, test, ev)
@@ -109,7 +119,7 @@ def interpolate(a: str | Snapshot, b: str | Snapshot, *, model: str | nn.Module,
     alphas = _alphas(alphas, num, alpha_range)
     with open_store(out) as store:
         s = setup(model, data, test_data, num_classes=num_classes, bn=bn, device=device, batch_size=batch_size,
-                  bn_samples=bn_samples, loss_fn=loss_fn)
+                  bn_samples=bn_samples, loss_fn=loss_fn, snapshots=[a, b])
         sa, sb = _snapshots([a, b], s.model)
         res = analyses.line(s.evaluator, sa, sb, alphas, store=store, name=name, provenance=s.provenance(),
                             overwrite=overwrite, chunk=chunk, quiet=quiet)
@@ -128,7 +138,7 @@ def barriers(snapshots: Sequence[str | Snapshot], *, model: str | nn.Module, dat
     alphas = _alphas(None, num, alpha_range)
     with open_store(out) as store:
         s = setup(model, data, test_data, num_classes=num_classes, bn=bn, device=device, batch_size=batch_size,
-                  bn_samples=bn_samples, loss_fn=loss_fn)
+                  bn_samples=bn_samples, loss_fn=loss_fn, snapshots=snapshots)
         snaps = _snapshots(snapshots, s.model)
         res = analyses.barrier_matrix(s.evaluator, snaps, alphas, store=store, name=name,
                                       provenance=s.provenance(), overwrite=overwrite, chunk=chunk, quiet=quiet)
@@ -165,7 +175,7 @@ def plane(center: str | Snapshot, *, model: str | nn.Module, data=None, test_dat
     ys = _user_range(y, "--y grid")
     with open_store(out) as store:
         s = setup(model, data, test_data, num_classes=num_classes, bn=bn, device=device, batch_size=batch_size,
-                  bn_samples=bn_samples, loss_fn=loss_fn)
+                  bn_samples=bn_samples, loss_fn=loss_fn, snapshots=[center])
         snaps = _snapshots([center, *(through or []), *(pca or []), *project_onto], s.model)
         c = snaps[0]
         buffer_directions = None
@@ -316,8 +326,11 @@ def ensemble(members: Sequence[str | Snapshot], *, model: str | nn.Module | None
             raise LandscapeError("ensemble of checkpoints needs --model and --data (the evaluation data)")
         test = load_data(data, "test") if isinstance(data, str) else data
         val = load_data(val_data, "test") if isinstance(val_data, str) else val_data
-        module = model if isinstance(model, nn.Module) else build_model(model, num_classes or test.num_classes,
-                                                                        test.input_shape)
+        if not isinstance(model, nn.Module) and num_classes is None:
+            num_classes = next((n for n in map(head_classes, members) if n is not None), None)
+            if num_classes is None and model in BUILTIN_MODELS:
+                raise LandscapeError(f"cannot tell how many classes the {model!r} model has: give --num-classes")
+        module = model if isinstance(model, nn.Module) else build_model(model, num_classes, test.input_shape)
         snaps = []
         for m in members:
             try:

@@ -63,3 +63,23 @@ def stored_predictions(ref: str) -> tuple[list[str], torch.Tensor, torch.Tensor]
         obj = store.read("ensembles", name)
     members = [m.decode() if isinstance(m, bytes) else str(m) for m in obj["members"]]
     return members, torch.from_numpy(obj["predictions"]).float(), torch.from_numpy(obj["labels"])
+
+
+def head_classes(ref: str | Snapshot) -> int | None:
+    """The number of classes of a snapshot's head: the rows of its last 2-D weight (a Linear
+    layer's [classes, features]); None when it cannot be told (then the model's own default)."""
+    try:
+        if isinstance(ref, Snapshot):
+            shapes = [shape for _, shape, _ in ref.layout.slices()]
+        else:
+            store_ref = split_store_ref(ref)
+            if store_ref is not None and os.path.isdir(store_ref[0]):
+                with Store(store_ref[0], mode="r") as store:
+                    layout = ParamLayout.from_json(store.read_attrs("snapshots", store_ref[1])["layout"])
+                shapes = [shape for _, shape, _ in layout.slices()]
+            else:
+                shapes = [tuple(v.shape) for v in read_state_dict(ref).values() if v.is_floating_point()]
+    except (LandscapeError, KeyError, TypeError):
+        return None  # the snapshot's own loading reports what is wrong with it
+    heads = [s for s in shapes if len(s) == 2]
+    return int(heads[-1][0]) if heads else None

@@ -87,3 +87,17 @@ def test_ensemble_rerun_is_a_noop(work, capsys):
     code, again, err = run(capsys, *args)
     assert code == 0 and json.loads(again) == json.loads(first)
     assert os.stat("st/ensembles/ensemble.h5").st_mtime_ns == stamp
+
+
+def test_classes_come_from_the_model_not_the_labels(work, capsys):
+    # a test set without the last class: the model (from its checkpoint's head) still has 4
+    torch.save({"x": torch.randn(10, 3, 8, 8), "y": torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2, 0])}, "no3.pt")
+    common = ["--model", "tiny_cnn", "--data", "tensors:no3.pt", "--quiet"]
+    code, out, err = run(capsys, "interpolate", "m0.pt", "m1.pt", "--num", "3", "--json", *common)
+    assert code == 0, err
+    torch.save({"x": torch.randn(5, 3, 8, 8), "y": torch.tensor([0, 1, 9, 2, 1])}, "bad.pt")
+    code, _, err = run(capsys, "interpolate", "m0.pt", "m1.pt", "--model", "tiny_cnn", "--data", "tensors:bad.pt")
+    assert code == 2 and "label 9 at sample 2" in err and "4 classes" in err
+    code, _, err = run(capsys, "ensemble", "m0.pt", "m1.pt", "--model", "tiny_cnn", "--data", "tensors:no3.pt",
+                       "--quiet")
+    assert code == 0, err
