@@ -19,6 +19,7 @@ store.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import time
@@ -40,7 +41,7 @@ from .config import StudyConfig, load_config
 from .data import FolderTask, Task, embedded_tasks
 from .models import check_fits, load_backbone, load_checkpoint_file, seeded_build
 from .records import unit_done, write_labels, write_predictions
-from .files import write_json_atomically
+from .files import write_atomically, write_json_atomically
 from .report import write_report
 from .samplers import Context, Plan, Unit, plan_study, run_unit
 from .training import Hooks, logits_metrics, predict
@@ -112,8 +113,10 @@ def check_output(out: str, cfg: StudyConfig) -> str:
     elif os.path.isdir(out) and os.listdir(out):
         raise LandscapeError(f"output folder {out!r} is not empty and holds no study (no {RESULTS}); "
                              "choose another --out")
-    parent = os.path.dirname(out)
-    check_writable_dir(out if os.path.isdir(out) else parent, "output folder")
+    existing = out  # the output folder is created with its parents: check the nearest that exists
+    while not os.path.isdir(existing) and os.path.dirname(existing) != existing:
+        existing = os.path.dirname(existing)
+    check_writable_dir(existing, "output folder")
     return path
 
 
@@ -259,6 +262,28 @@ class Runner:
             pass  # the cache is an optimisation only
 
 
+def export_task_data(prep: Prepared, out: str) -> None:
+    """The embedded target task as DIR/data/{train,test}.pt (`tensors:` data specs), so that every
+    `landscape` command can analyse the study's snapshots (README). Written once."""
+    if prep.cfg["data"]["kind"] != "embedded":
+        return
+    folder = os.path.join(out, "data")
+    for split in ("train", "test"):
+        path = os.path.join(folder, f"{split}.pt")
+        if os.path.isfile(path):
+            continue
+        d = prep.target.eval_data(split, None)
+        buf = io.BytesIO()
+        torch.save({"x": d.x.contiguous(), "y": d.y.contiguous()}, buf)
+        write_atomically(path, lambda f, data=buf.getvalue(): f.write(data))
+
+
+def model_spec(cfg: StudyConfig) -> str:
+    """The study's model as a `landscape --model` spec."""
+    m = cfg["model"]
+    return f"{m['name']}:width={m['width']}" if m.get("width") and m["name"] in ("small_cnn", "tiny_cnn") else m["name"]
+
+
 def run_study(config: str | StudyConfig | Mapping[str, Any], out: str, *, device: str | None = None,
               quiet: bool = False, hooks: Hooks | None = None, overrides: list[str] = (),
               use_cache: bool = True, analyze: bool = True) -> dict[str, Any]:
@@ -289,6 +314,7 @@ def _run_study(cfg: StudyConfig, path: str, device: str | None, quiet: bool, hoo
         os.makedirs(out, exist_ok=True)
     except OSError as exc:
         raise LandscapeFault(f"cannot create output folder {out!r}: {exc.strerror or exc}") from None
+    export_task_data(prep, out)
     with Store(path, mode="a") as store:
         runner = Runner(prep, store, hooks or Hooks(), quiet, use_cache)
         if runner.todo():

@@ -75,7 +75,7 @@ def setup(model: str | nn.Module, data: str | TensorData | None, test_data: str 
             num_classes = positive_int(num_classes, "--num-classes")
         else:
             num_classes = next((n for n in map(head_classes, snapshots) if n is not None), None)
-        if num_classes is None and model in BUILTIN_MODELS:
+        if num_classes is None and model.partition(":")[0] in BUILTIN_MODELS:
             raise LandscapeError(f"cannot tell how many classes the {model!r} model has: give --num-classes")
         module, spec = build_model(model, num_classes, ref.input_shape), model
     ev = Evaluator(module, train, test, bn_mode=bn, loss_fn=loss_fn, device=resolve_device(device),
@@ -328,7 +328,7 @@ def ensemble(members: Sequence[str | Snapshot], *, model: str | nn.Module | None
         val = load_data(val_data, "test") if isinstance(val_data, str) else val_data
         if not isinstance(model, nn.Module) and num_classes is None:
             num_classes = next((n for n in map(head_classes, members) if n is not None), None)
-            if num_classes is None and model in BUILTIN_MODELS:
+            if num_classes is None and model.partition(":")[0] in BUILTIN_MODELS:
                 raise LandscapeError(f"cannot tell how many classes the {model!r} model has: give --num-classes")
         module = model if isinstance(model, nn.Module) else build_model(model, num_classes, test.input_shape)
         snaps = []

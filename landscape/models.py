@@ -97,10 +97,17 @@ def build_model(spec: str, num_classes: int | None = None, input_shape: Sequence
     if not isinstance(spec, str) or not spec.strip():
         raise LandscapeError("empty model spec")
     spec = spec.strip()
-    if spec in BUILTIN_MODELS:
+    base, _, options = spec.partition(":")
+    if base in BUILTIN_MODELS:  # `small_cnn` or `small_cnn:width=12`
         if input_shape is None:
             raise LandscapeError(f"built-in model {spec!r} needs data to know its input shape")
-        return _builtin(spec, num_classes or 10, input_shape, width)
+        if options:
+            key, eq, value = options.partition("=")
+            if key != "width" or not eq or not value.isdigit() or int(value) < 1:
+                raise LandscapeError(f"malformed model spec {spec!r}: a built-in model takes only width=N "
+                                     f"(e.g. {base}:width=12)")
+            width = int(value)
+        return _builtin(base, num_classes or 10, input_shape, width)
     if spec.startswith("torchvision:"):
         name = spec.split(":", 1)[1]
         import torchvision
