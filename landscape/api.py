@@ -20,7 +20,7 @@ from torch import nn
 
 from . import analyses
 from .checkpoints import Snapshot, check_same_architecture
-from .data import TensorData, load_data
+from .data import StreamData, TensorData, load_data
 from .directions import pca_directions, plane_through, project, random_direction, relative_frame
 from .engine import Evaluator, LossFn, resolve_device
 from .export import export  # noqa: F401 - `landscape export` as a function
@@ -56,15 +56,47 @@ class Setup:
 COORD_UNITS = {"relative": "relative", "distance": "weight-space distance"}
 
 
+LOSSES = ("ce", "mse")
+
+
+def resolve_loss(loss: str | LossFn | None) -> tuple[LossFn | None, bool, str]:
+    """(loss function, whether accuracy means something, the kind of targets) for `--loss`:
+    `ce` (cross-entropy on class labels; accuracy reported), `mse` (regression on float targets;
+    loss only) or `module:callable` (your loss(outputs, targets) -> mean over the batch, on class
+    labels; accuracy reported)."""
+    if loss is None or loss == "ce":
+        return None, True, "labels"
+    if callable(loss):
+        return loss, True, "labels"
+    if loss == "mse":
+        def mse(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.mse_loss(outputs.reshape(targets.shape).to(targets.dtype), targets)
+        return mse, False, "values"
+    module_name, sep, attr = str(loss).partition(":")
+    if not sep or not module_name or not attr:
+        raise LandscapeError(f"unknown --loss {loss!r}: choose ce, mse or package.module:callable")
+    import importlib
+
+    try:
+        fn = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise LandscapeError(f"--loss {loss!r}: cannot import it: {exc}") from None
+    if not callable(fn):
+        raise LandscapeError(f"--loss {loss!r} is not callable")
+    return fn, True, "labels"
+
+
 def setup(model: str | nn.Module, data: str | TensorData | None, test_data: str | TensorData | None = None, *,
           num_classes: int | None = None, bn: str = "auto", device: str = "auto", batch_size: int = 250,
-          bn_samples: int = 2000, loss_fn: LossFn | None = None, snapshots: Sequence[str | Snapshot] = ()) -> Setup:
+          bn_samples: int = 2000, loss_fn: LossFn | str | None = None,
+          snapshots: Sequence[str | Snapshot] = ()) -> Setup:
     """Data, model and evaluator. A model built from a spec gets its number of classes from
     `num_classes`, else from the first snapshot's head, else from its own factory's default:
     never from the labels (a test set may lack a class); labels outside the model's classes
     are refused, naming the first such sample."""
-    train = load_data(data, "train") if isinstance(data, str) else data
-    test = load_data(test_data, "test") if isinstance(test_data, str) else test_data
+    loss_fn, accuracy, targets = resolve_loss(loss_fn)
+    train = load_data(data, "train", targets) if isinstance(data, str) else data
+    test = load_data(test_data, "test", targets) if isinstance(test_data, str) else test_data
     if train is None and test is None:
         raise LandscapeError("give --data (training data), --test-data, or both")
     ref = train if train is not None else test
@@ -79,7 +111,7 @@ def setup(model: str | nn.Module, data: str | TensorData | None, test_data: str 
             raise LandscapeError(f"cannot tell how many classes the {model!r} model has: give --num-classes")
         module, spec = build_model(model, num_classes, ref.input_shape), model
     ev = Evaluator(module, train, test, bn_mode=bn, loss_fn=loss_fn, device=resolve_device(device),
-                   batch_size=batch_size, bn_samples=bn_samples)
+                   batch_size=batch_size, bn_samples=bn_samples, accuracy=accuracy)
     return Setup(module, spec, train, test, ev)
 
 
@@ -114,7 +146,7 @@ def interpolate(a: str | Snapshot, b: str | Snapshot, *, model: str | nn.Module,
                 bn: str = "auto", out: str | None = None,
                 name: str = "interpolate", overwrite: bool = False, device: str = "auto",
                 num_classes: int | None = None, batch_size: int = 250, bn_samples: int = 2000,
-                quiet: bool = True, loss_fn: LossFn | None = None, chunk: int | None = None) -> dict[str, Any]:
+                quiet: bool = True, loss_fn: LossFn | str | None = None, chunk: int | None = None) -> dict[str, Any]:
     """Metrics along θ(α) = (1−α)·θa + α·θb, and the loss and error barriers."""
     alphas = _alphas(alphas, num, alpha_range)
     with open_store(out) as store:
@@ -131,7 +163,7 @@ def barriers(snapshots: Sequence[str | Snapshot], *, model: str | nn.Module, dat
              name: str = "barriers",
              overwrite: bool = False, device: str = "auto", num_classes: int | None = None,
              batch_size: int = 250, bn_samples: int = 2000, quiet: bool = True,
-             loss_fn: LossFn | None = None, chunk: int | None = None) -> dict[str, Any]:
+             loss_fn: LossFn | str | None = None, chunk: int | None = None) -> dict[str, Any]:
     """Loss and error barriers between every pair of snapshots, as matrices."""
     if len(snapshots) < 2:
         raise LandscapeError("barriers needs at least two snapshots")
@@ -153,7 +185,7 @@ def plane(center: str | Snapshot, *, model: str | nn.Module, data=None, test_dat
           out: str | None = None,
           name: str = "plane", overwrite: bool = False, device: str = "auto", num_classes: int | None = None,
           batch_size: int = 250, bn_samples: int = 2000, quiet: bool = True,
-          loss_fn: LossFn | None = None, chunk: int | None = None) -> dict[str, Any]:
+          loss_fn: LossFn | str | None = None, chunk: int | None = None) -> dict[str, Any]:
     """A 2D loss plane around `center`: through two more snapshots, on two random directions,
     or on the top two PCA directions of a trajectory of snapshots.
 
@@ -339,20 +371,32 @@ def ensemble(members: Sequence[str | Snapshot], *, model: str | nn.Module | None
                 raise LandscapeError(f"member {m!r}: {exc}") from None
         names = [s.name for s in snaps]
         fingerprints = [s.fingerprint() for s in snaps]
-        n_samples, spec, labels_out = len(test), test.spec, test.y
+        n_samples, spec = len(test), test.spec
+        seen_labels: list[torch.Tensor] = []
+        labels_out = test.y if isinstance(test, TensorData) else None  # a stream's are gathered as read
+
+        def member_batches(fwd: MemberForward, d: TensorData | StreamData):
+            if isinstance(d, TensorData):
+                yield from fwd.batches(d.x, d.y, batch_size)
+                return
+            d.num_classes = d.num_classes or num_classes
+            for xb, yb in d.batches(batch_size):  # streamed from disk: one batch in memory at a time
+                yield from fwd.batches(xb, yb, batch_size)
 
         def start() -> tuple[Any, torch.Tensor | None]:
             """The member forward passes begin only here: nothing runs for a finished result."""
             fwd = MemberForward(module, snaps, dev)
             temps = None
             if val is not None:
-                val_logits, val_labels = zip(*fwd.batches(val.x, val.y, batch_size))
+                val_logits, val_labels = zip(*member_batches(fwd, val))
                 temps = fit_temperatures(torch.cat(val_logits, 1).cpu(), torch.cat(val_labels).cpu())
 
             def stream():
                 with tqdm(total=len(test), desc="ensemble", unit="img", disable=quiet, leave=False) as bar:
-                    for lg, yb in fwd.batches(test.x, test.y, batch_size):
+                    for lg, yb in member_batches(fwd, test):
                         bar.update(yb.shape[0])
+                        if labels_out is None:
+                            seen_labels.append(yb.cpu())
                         yield lg, yb
             return stream(), temps
 
@@ -371,7 +415,8 @@ def ensemble(members: Sequence[str | Snapshot], *, model: str | nn.Module | None
                     res = evaluate_ensemble(batches, names, temps, orders, seed, keep=writer.write)
                     for key, value in analyses.ensemble_arrays(res, names).items():
                         obj.put(key, value)
-                    obj.put("labels", labels_out.cpu().numpy())
+                    labels = labels_out if labels_out is not None else torch.cat(seen_labels)
+                    obj.put("labels", labels.cpu().numpy())
             else:
                 batches, temps = start()
                 res = evaluate_ensemble(batches, names, temps, orders, seed)

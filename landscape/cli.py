@@ -29,6 +29,9 @@ def add_common(p: argparse.ArgumentParser, evaluation: bool = True) -> None:
                        help="BatchNorm statistics at each point: recompute them on --data, keep the snapshots' "
                        "buffers (moved with the weights on lines and through-planes), or auto: recompute when "
                        "the model has BatchNorm and --data is given, else keep")
+        p.add_argument("--loss", default="ce", metavar="ce|mse|module:callable",
+                       help="ce: cross-entropy on class labels (accuracy reported); mse: regression on float "
+                       "targets (loss only); module:callable: your loss(outputs, labels), the batch mean")
         p.add_argument("--bn-samples", type=int, default=2000, help="training samples for BN recompute")
         p.add_argument("--batch-size", type=int, default=250, help="samples per forward pass")
         p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
@@ -43,7 +46,8 @@ def add_common(p: argparse.ArgumentParser, evaluation: bool = True) -> None:
 def _eval_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return dict(model=args.model, data=args.data, test_data=args.test_data, bn=args.bn, out=args.out,
                 overwrite=args.overwrite, device=args.device, num_classes=args.num_classes,
-                batch_size=args.batch_size, bn_samples=args.bn_samples, quiet=args.quiet, chunk=args.chunk)
+                batch_size=args.batch_size, bn_samples=args.bn_samples, quiet=args.quiet, chunk=args.chunk,
+                loss_fn=args.loss)
 
 
 def _fmt_number(v: Any, fmt: str = "+.4f") -> str:

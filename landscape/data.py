@@ -1,19 +1,24 @@
-"""Data specs resolved to in-memory tensors.
+"""Data specs, resolved to in-memory tensors or to a stream read from disk batch by batch.
 
-Analyses evaluate the same data at hundreds of weight points, so data are loaded once as
-tensors (and moved to the device once by the engine).
+Analyses evaluate the same data at hundreds of weight points, so data that fit in memory are
+loaded once as tensors (and moved to the device once by the engine); data that do not are
+streamed (`StreamData`): memory then does not depend on the data set's size.
 
 Spec forms (never downloading):
 - `tensors:PATH`: a torch file holding a dict with `x` (inputs) and `y` (integer labels).
 - `cifar10:ROOT`, `cifar100:ROOT`: torchvision's CIFAR folders; the train split for `--data`,
   the test split for `--test-data`; append `:train` or `:test` to choose explicitly.
-- `imagefolder:ROOT`: class-per-folder images (e.g. SUN-397), resized 256 and centre-cropped 224.
+- `imagefolder:ROOT`: class-per-folder images (e.g. SUN-397), resized 256 and centre-cropped 224,
+  decoded lazily by DataLoader workers (streamed).
+- `dataset:package.module:factory[:split]`: your own map-style torch Dataset of (input, label)
+  pairs (streamed).
 - `synthetic` or `synthetic:key=value,...`: the built-in synthetic image set (keys: n, seed,
   split (train|test), size, classes, channels).
 """
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 
 import torch
@@ -35,10 +40,11 @@ class TensorData:
     spec: str = "tensors"
     num_classes: int | None = None
     meta: dict = field(default_factory=dict)
+    targets: str = "labels"  # or "values": regression targets (float, any trailing shape)
 
     def __post_init__(self) -> None:
-        validate_tensors(self.x, self.y, self.spec)
-        if self.num_classes is None:
+        validate_tensors(self.x, self.y, self.spec, self.targets)
+        if self.num_classes is None and self.targets == "labels":
             self.num_classes = int(self.y.max()) + 1
 
     def __len__(self) -> int:
@@ -49,22 +55,101 @@ class TensorData:
         return tuple(self.x.shape[1:])
 
     def subset(self, n: int) -> "TensorData":
-        return TensorData(self.x[:n], self.y[:n], self.spec, self.num_classes, dict(self.meta))
+        return TensorData(self.x[:n], self.y[:n], self.spec, self.num_classes, dict(self.meta), self.targets)
 
 
-def validate_tensors(x: torch.Tensor, y: torch.Tensor, spec: str) -> None:
+class StreamData:
+    """A data set read from disk batch by batch (a torch Dataset through a DataLoader), so memory
+    does not grow with its size. Every batch is checked as it is read (finite inputs, integer
+    labels), naming the sample; the first `n` samples can be held as TensorData (`head`) for
+    BatchNorm recompute and for probing the model."""
+
+    def __init__(self, dataset, spec: str, num_classes: int | None = None, num_workers: int = 0,
+                 targets: str = "labels") -> None:
+        self.dataset, self.spec, self.num_workers, self.targets = dataset, spec, int(num_workers), targets
+        try:
+            n = len(dataset)
+        except TypeError:
+            raise LandscapeError(f"data {spec!r}: the dataset has no length (a map-style Dataset is needed)") from None
+        if n == 0:
+            raise LandscapeError(f"data {spec!r} is empty")
+        self._len = n
+        self.num_classes = num_classes
+        self.meta: dict = {}
+        self._input_shape = self.head(1).input_shape
+
+    def __len__(self) -> int:
+        return self._len
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return self._input_shape
+
+    def batches(self, batch_size: int, device: torch.device | str = "cpu", limit: int | None = None):
+        """(x, y) batches in order, on `device`; at most `limit` samples."""
+        from torch.utils.data import DataLoader, Subset
+
+        ds = self.dataset if limit is None or limit >= self._len else Subset(self.dataset, range(limit))
+        loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=self.num_workers,
+                            pin_memory=torch.device(device).type == "cuda")
+        start = 0
+        for batch in loader:
+            if not isinstance(batch, (list, tuple)) or len(batch) != 2:
+                raise LandscapeError(f"data {self.spec!r}: each sample must be an (input, label) pair")
+            x, y = batch
+            x = x.float() if isinstance(x, torch.Tensor) and not x.is_floating_point() else x
+            y = torch.as_tensor(y)
+            try:
+                validate_tensors(x, y, self.spec, self.targets)
+            except LandscapeError as exc:  # name the sample in the whole data set, not in the batch
+                raise LandscapeError(re.sub(r"sample (\d+)", lambda m: f"sample {start + int(m[1])}", str(exc))) \
+                    from None
+            if self.num_classes is not None and self.targets == "labels":
+                check_label_range(y, self.num_classes, self.spec, start)
+            yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            start += int(y.shape[0])
+
+    def head(self, n: int) -> TensorData:
+        """The first `n` samples in memory."""
+        xs, ys = zip(*(self.dataset[i] for i in range(min(n, self._len))))
+        try:
+            x = torch.stack([torch.as_tensor(v) for v in xs]).float()
+            y = torch.as_tensor(ys)
+        except (TypeError, RuntimeError) as exc:
+            raise LandscapeError(f"data {self.spec!r}: samples must be (tensor, label) pairs of one shape: "
+                                 f"{str(exc).splitlines()[0]}") from None
+        return TensorData(x, y, self.spec, self.num_classes, targets=self.targets)
+
+
+def validate_tensors(x: torch.Tensor, y: torch.Tensor, spec: str, targets: str = "labels") -> None:
     if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
         raise LandscapeError(f"data {spec!r}: x and y must be tensors")
     if x.ndim == 0:
         raise LandscapeError(f"data {spec!r}: inputs must have a sample dimension, got a scalar")
+    if targets == "values":  # regression: float targets of any trailing shape
+        if y.ndim == 0 or y.shape[0] == 0 or x.shape[0] == 0:
+            raise LandscapeError(f"data {spec!r} is empty")
+        if x.shape[0] != y.shape[0]:
+            raise LandscapeError(f"data {spec!r}: {x.shape[0]} inputs but {y.shape[0]} targets")
+        if not x.is_floating_point():
+            raise LandscapeError(f"data {spec!r}: inputs must be floating point, got {x.dtype}")
+        check_finite(x, spec)
+        if not y.is_floating_point():
+            raise LandscapeError(f"data {spec!r}: regression targets must be floating point, got {y.dtype}")
+        bad = ~torch.isfinite(y.reshape(y.shape[0], -1)).all(1)
+        if bool(bad.any()):
+            raise LandscapeError(f"data {spec!r}: the target of sample {int(bad.nonzero()[0, 0])} is not finite")
+        return
     if y.ndim != 1 or y.numel() == 0 or x.shape[0] == 0:
         if y.numel() == 0 or x.shape[0] == 0:
             raise LandscapeError(f"data {spec!r} is empty")
-        raise LandscapeError(f"data {spec!r}: labels must be a 1-D tensor, got shape {list(y.shape)}")
+        raise LandscapeError(f"data {spec!r}: labels must be a 1-D tensor, got shape {list(y.shape)} "
+                             "(regression targets? use --loss mse)")
     if x.shape[0] != y.shape[0]:
         raise LandscapeError(f"data {spec!r}: {x.shape[0]} inputs but {y.shape[0]} labels")
     if y.is_floating_point() or y.is_complex():
-        raise LandscapeError(f"data {spec!r}: labels must be integers, got {y.dtype}")
+        raise LandscapeError(f"data {spec!r}: labels must be integers, got {y.dtype} (regression targets? "
+                             "use --loss mse)")
     if int(y.min()) < 0:
         raise LandscapeError(f"data {spec!r}: label {int(y.min())} at sample {int(y.argmin())} is negative")
     if not x.is_floating_point():
@@ -96,12 +181,19 @@ def check_finite(x: torch.Tensor, spec: str) -> None:
     raise LandscapeError(f"data {spec!r}: sample {i} holds {what}")
 
 
-def check_labels(data: TensorData, num_classes: int) -> None:
-    """Labels must index the model's outputs."""
-    bad = (data.y >= num_classes).nonzero()
+def check_labels(data: "TensorData | StreamData", num_classes: int) -> None:
+    """Labels must index the model's outputs (a stream's are checked as its batches are read)."""
+    if isinstance(data, StreamData):
+        data.num_classes = num_classes
+        return
+    check_label_range(data.y, num_classes, data.spec)
+
+
+def check_label_range(y: torch.Tensor, num_classes: int, spec: str, offset: int = 0) -> None:
+    bad = (y >= num_classes).nonzero()
     if bad.numel():
         i = int(bad[0, 0])
-        raise LandscapeError(f"data {data.spec!r}: label {int(data.y[i])} at sample {i} is outside "
+        raise LandscapeError(f"data {spec!r}: label {int(y[i])} at sample {offset + i} is outside "
                              f"the model's {num_classes} classes")
 
 
@@ -167,7 +259,7 @@ def _synthetic(spec: str, rest: str, role: str) -> TensorData:
     return TensorData(x, y, spec, classes, {"split": split})
 
 
-def _tensors(spec: str, path: str) -> TensorData:
+def _tensors(spec: str, path: str, targets: str = "labels") -> TensorData:
     if not os.path.isfile(path):
         raise LandscapeError(f"data file {path!r} does not exist")
     try:
@@ -180,10 +272,10 @@ def _tensors(spec: str, path: str) -> TensorData:
     if isinstance(x, torch.Tensor) and not x.is_floating_point():
         x = x.float()
     num_classes = obj.get("num_classes")
-    return TensorData(x, y, spec, int(num_classes) if num_classes is not None else None)
+    return TensorData(x, y, spec, int(num_classes) if num_classes is not None else None, targets=targets)
 
 
-def _torchvision_split(spec: str, kind: str, root: str, split: str) -> TensorData:
+def _torchvision_split(spec: str, kind: str, root: str, split: str) -> "TensorData | StreamData":
     import torchvision
     from torchvision import transforms as T
 
@@ -205,22 +297,49 @@ def _torchvision_split(spec: str, kind: str, root: str, split: str) -> TensorDat
         raise LandscapeError(f"data {spec!r}: {str(exc).splitlines()[0]}") from None
     if len(ds) == 0:
         raise LandscapeError(f"data {spec!r} is empty")
-    xs, ys = zip(*(ds[i] for i in range(len(ds))))
-    return TensorData(torch.stack(xs), torch.tensor(ys), spec, len(ds.classes))
+    return StreamData(ds, spec, len(ds.classes), num_workers=min(4, os.cpu_count() or 1))
 
 
-def load_data(spec: str, role: str = "train") -> TensorData:
-    """Resolve a data spec; `role` (train|test) picks the default split of split datasets."""
+def _dataset_factory(spec: str, target: str, targets: str = "labels") -> StreamData:
+    """`dataset:package.module:factory[:split]`: the factory returns a map-style torch Dataset of
+    (input, label) pairs (called with split="train"/"test" when it takes a `split` argument)."""
+    import importlib
+    import inspect
+
+    module_name, _, rest = target.partition(":")
+    attr, _, split = rest.partition(":")
+    if not module_name or not attr:
+        raise LandscapeError(f"malformed data spec {spec!r}: expected dataset:package.module:factory")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise LandscapeError(f"data spec {spec!r}: cannot import {module_name}:{attr}: {exc}") from None
+    try:
+        takes_split = "split" in inspect.signature(factory).parameters
+        ds = factory(split=split) if takes_split and split else factory()
+    except Exception as exc:  # noqa: BLE001 - user code
+        raise LandscapeError(f"data spec {spec!r}: the factory failed: {str(exc).splitlines()[0]}") from None
+    return StreamData(ds, spec, getattr(ds, "num_classes", None), targets=targets)
+
+
+def load_data(spec: str, role: str = "train", targets: str = "labels") -> "TensorData | StreamData":
+    """Resolve a data spec; `role` (train|test) picks the default split of split datasets;
+    `targets="values"` reads regression targets (tensors: and dataset: specs)."""
     if not isinstance(spec, str) or not spec.strip():
         raise LandscapeError("empty data spec")
     spec = spec.strip()
     kind, _, rest = spec.partition(":")
     if kind == "synthetic":
         return _synthetic(spec, rest, role)
+    if kind not in ("tensors", "dataset") and targets != "labels":
+        raise LandscapeError(f"data {spec!r} holds class labels: regression targets come from tensors: or "
+                             "dataset: specs")
     if kind == "tensors":
         if not rest:
             raise LandscapeError(f"malformed data spec {spec!r}: expected tensors:PATH")
-        return _tensors(spec, rest)
+        return _tensors(spec, rest, targets)
+    if kind == "dataset":
+        return _dataset_factory(spec, rest, targets)
     if kind in ("cifar10", "cifar100", "imagefolder"):
         root, split = rest, role
         if rest.endswith((":train", ":test")):
@@ -229,4 +348,4 @@ def load_data(spec: str, role: str = "train") -> TensorData:
             raise LandscapeError(f"malformed data spec {spec!r}: expected {kind}:ROOT")
         return _torchvision_split(spec, kind, root, split)
     raise LandscapeError(f"malformed data spec {spec!r}: expected tensors:PATH, cifar10:ROOT, "
-                         "cifar100:ROOT, imagefolder:ROOT or synthetic[:key=value,...]")
+                         "cifar100:ROOT, imagefolder:ROOT, dataset:module:factory or synthetic[:key=value,...]")

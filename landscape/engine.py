@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from .batched import BatchedForward, batched_metrics
 from .bn import BN_MODES, FoldedEval, bn_modules, recompute_bn
-from .data import TensorData, check_labels
+from .data import StreamData, TensorData, check_labels
 from .errors import LandscapeError
 from .family import AffineFamily
 from .validate import positive_int
@@ -80,7 +80,8 @@ class Evaluator:
 
     def __init__(self, model: nn.Module, train: TensorData | None = None, test: TensorData | None = None, *,
                  bn_mode: str = "keep", loss_fn: LossFn | None = None, device: str | torch.device = "cpu",
-                 batch_size: int = 250, bn_samples: int = 2000, batched: bool | None = None) -> None:
+                 batch_size: int = 250, bn_samples: int = 2000, batched: bool | None = None,
+                 accuracy: bool = True) -> None:
         if bn_mode == "auto":  # the exact choice where it exists: statistics of each point's own weights
             bn_mode = "recompute" if bn_modules(model) and train is not None else "keep"
         if bn_mode not in BN_MODES:
@@ -92,6 +93,7 @@ class Evaluator:
         self.device = resolve_device(device)
         self.bn_mode = bn_mode
         self.loss_fn = loss_fn or default_loss
+        self.accuracy = bool(accuracy)  # classification: argmax accuracy; regression: loss only
         self.batch_size = positive_int(batch_size, "--batch-size")
         self.bn_samples = positive_int(bn_samples, "--bn-samples")
         self.model = copy.deepcopy(model).to(self.device)
@@ -100,14 +102,22 @@ class Evaluator:
         # channels_last helps convolutions on the CPU; for a model that flattens its input first
         # it would only add a copy per batch
         self.channels_last = self.device.type == "cpu" and any(isinstance(m, nn.Conv2d) for m in self.model.modules())
+        # In-memory splits are moved to the device once; streamed ones are read batch by batch.
         self.datasets: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.streams: dict[str, StreamData] = {}
+        self.splits: list[str] = []
         for split, data in (("train", train), ("test", test)):
             if data is None:
                 continue
-            x = data.x.to(self.device)
-            if x.ndim == 4 and self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            self.datasets[split] = (x, data.y.to(self.device))
+            self.splits.append(split)
+            if isinstance(data, StreamData):
+                self.streams[split] = data
+                continue
+            self.datasets[split] = (self._to_device(data.x), data.y.to(self.device))
+        self._bn_x = None  # the samples BN statistics are recomputed on: a bounded head of the data
+        if self.bn_mode == "recompute" and self.has_bn:
+            self._bn_x = (self.datasets["train"][0][: self.bn_samples] if "train" in self.datasets
+                          else self._to_device(self.streams["train"].head(self.bn_samples).x))
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.model.eval()
@@ -115,12 +125,30 @@ class Evaluator:
         self.folded = FoldedEval(self.model)
         self.batched = self._choose_batched(batched)
 
+    def _to_device(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device)
+        return x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 and self.channels_last else x
+
+    def _batches(self, split: str):
+        """(x, y) batches of a split on the device."""
+        if split in self.streams:
+            for x, y in self.streams[split].batches(self.batch_size, self.device):
+                yield self._to_device(x), y
+            return
+        x, y = self.datasets[split]
+        for start in range(0, x.shape[0], self.batch_size):
+            yield x[start:start + self.batch_size], y[start:start + self.batch_size]
+
     def _choose_batched(self, batched: bool | None) -> BatchedForward | None:
         """K points per pass: the default on CUDA. On the CPU the per-point path with BN folding
         measured faster for convolutional networks, while networks whose first layer carries
         most of the arithmetic (MLPs) gain from computing it once for all points
         (benchmarks/surface.py). The rule is deterministic, so a resumed run takes the same path."""
         if batched is False:
+            return None
+        if self.streams or not self.accuracy:  # K points per pass: in-memory classification data only
+            if batched:
+                raise LandscapeError("batched evaluation needs in-memory classification data")
             return None
         fwd = BatchedForward(self.model)
         if not fwd.supports:
@@ -152,12 +180,17 @@ class Evaluator:
         return int(max(1, min(cap, budget // per_point)))
 
     def _check_data(self, train: TensorData | None, test: TensorData | None) -> None:
-        x = self._probe = next(iter(self.datasets.values()))[0][:1]
+        first = self.splits[0]
+        x = self._probe = (self.datasets[first][0][:1] if first in self.datasets
+                           else self._to_device(self.streams[first].head(1).x))
         try:
             with torch.no_grad():
                 out = self.model(x)
         except Exception as exc:  # noqa: BLE001 - the model does not fit the data
             raise LandscapeError(f"the model does not accept the data: {str(exc).splitlines()[0]}") from None
+        if not self.accuracy:  # regression: the loss function decides what outputs mean
+            self.num_classes = None
+            return
         if out.ndim != 2:
             raise LandscapeError(f"the model must return logits [batch, classes], got shape {list(out.shape)}")
         self.num_classes = int(out.shape[1])
@@ -167,7 +200,7 @@ class Evaluator:
 
     @property
     def metric_names(self) -> list[str]:
-        return [f"{split}_{m}" for split in self.datasets for m in ("loss", "acc")]
+        return [f"{split}_{m}" for split in self.splits for m in (("loss", "acc") if self.accuracy else ("loss",))]
 
     @property
     def config(self) -> dict:
@@ -182,9 +215,8 @@ class Evaluator:
         vector_to_model(params.to(self.device), self.model)
         if buffers:
             set_buffers(self.model, {k: v.to(self.device) for k, v in buffers.items()})
-        if self.bn_mode == "recompute" and self.has_bn:
-            x = self.datasets["train"][0][: self.bn_samples]
-            recompute_bn(self.model, x, self.batch_size)
+        if self._bn_x is not None:
+            recompute_bn(self.model, self._bn_x, self.batch_size)
         self.model.eval()
         self.folded.refresh()
 
@@ -192,15 +224,17 @@ class Evaluator:
     def metrics_of_loaded(self) -> dict[str, float]:
         """Loss and accuracy of the currently loaded point, one host sync for all splits."""
         sums = []
-        for x, y in self.datasets.values():
+        for split in self.splits:
             loss = torch.zeros((), dtype=torch.float64, device=self.device)
             correct = torch.zeros((), dtype=torch.int64, device=self.device)
-            for start in range(0, x.shape[0], self.batch_size):
-                logits = self.folded(x[start:start + self.batch_size])
-                yb = y[start:start + self.batch_size]
+            n = 0
+            for xb, yb in self._batches(split):
+                logits = self.folded(xb)
                 loss += self.loss_fn(logits, yb).double() * yb.shape[0]
-                correct += (logits.argmax(1) == yb).sum()
-            sums += [loss / x.shape[0], correct.double() / x.shape[0]]
+                if self.accuracy:
+                    correct += (logits.argmax(1) == yb).sum()
+                n += yb.shape[0]
+            sums += [loss / n, correct.double() / n] if self.accuracy else [loss / n]
         values = torch.stack(sums).tolist()
         return dict(zip(self.metric_names, values))
 
@@ -257,9 +291,9 @@ class Evaluator:
         """All points of a chunk in one pass per data batch (BN recompute batched too)."""
         fwd = self.batched
         fwd.bind(family, coeffs)
-        if self.bn_mode == "recompute" and self.has_bn:
+        if self._bn_x is not None:
             fwd.start_recompute()
-            x = self.datasets["train"][0][: self.bn_samples]
+            x = self._bn_x
             starts = range(0, x.shape[0], self.batch_size)
             for start in starts:
                 fwd.forward(x[start:start + self.batch_size], train_bn=True)

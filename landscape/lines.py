@@ -33,8 +33,9 @@ def curve_barriers(alphas: Sequence[float], curve: Mapping[str, np.ndarray]) -> 
             continue
         h, a = barrier(alphas, curve[f"{split}_loss"])
         out[f"{split}_loss"] = {"barrier": h, "alpha": a}
-        h, a = barrier(alphas, 1.0 - np.asarray(curve[f"{split}_acc"]))
-        out[f"{split}_error"] = {"barrier": h, "alpha": a}
+        if f"{split}_acc" in curve:  # classification only
+            h, a = barrier(alphas, 1.0 - np.asarray(curve[f"{split}_acc"]))
+            out[f"{split}_error"] = {"barrier": h, "alpha": a}
     return out
 
 
