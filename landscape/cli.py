@@ -105,9 +105,18 @@ def cmd_ensemble(args: argparse.Namespace) -> tuple[dict, str]:
                        num_classes=args.num_classes, batch_size=args.batch_size, quiet=args.quiet)
     rows = res["rows"]
     keys = [k for k in ("acc", "nll", "ece", "brier", "member_acc", "disagreement", "kl", "cal_nll") if k in rows[0]]
-    lines = ["size " + "".join(f"{k:>13}" for k in keys)]
-    lines += [f"{r['size']:>4} " + "".join(f"{r[k]:>13.4f}" for k in keys) for r in rows]
-    return rows, "\n".join(lines)
+    lines = [f"members ({len(res['members'])}):"]
+    lines += [f"  [{i}] {n}: acc {_fmt_number(a, '.4f')}, nll {_fmt_number(l, '.4f')}"
+              for i, (n, a, l) in enumerate(zip(res["members"], res["member_accuracies"], res["member_nlls"]))]
+    lines.append("size " + "".join(f"{k:>13}" for k in keys))
+    lines += [f"{r['size']:>4} " + "".join(f"{_fmt_number(r[k], '.4f'):>13}" for k in keys) for r in rows]
+    for key, values in (res.get("orders_mean") or {}).items():
+        if key in keys:
+            lines.append(f"{key} averaged over {args.orders} random member orders: "
+                         + " ".join(_fmt_number(v, ".4f") for v in values))
+    for warning in res.get("warnings", []):
+        lines.append(f"warning: {warning}")
+    return res, "\n".join(lines)
 
 
 def cmd_plot(args: argparse.Namespace) -> tuple[dict, str]:

@@ -80,8 +80,14 @@ def test_errors_name_the_argument_and_list_choices(work, capsys):
 def test_ensemble_rerun_is_a_noop(work, capsys):
     args = ["ensemble", "m0.pt", "m1.pt", "--model", "tiny_cnn", "--num-classes", "4", "--data", "tensors:d.pt",
             "--out", "st", "--json", "--quiet"]
-    code, first, err = run(capsys, *args)
+    code, first, err = run(capsys, *args, "--orders", "2")
     assert code == 0, err
+    res = json.loads(first)
+    assert res["members"] == ["m0.pt", "m1.pt"] and len(res["member_accuracies"]) == len(res["member_nlls"]) == 2
+    assert set(res["orders_mean"]) >= {"acc", "nll"} and [r["size"] for r in res["rows"]] == [1, 2]
+    code, text, _ = run(capsys, *[a for a in args if a != "--json"], "--orders", "2")
+    assert "[1] m1.pt: acc" in text and "averaged over 2 random member orders" in text
+    args = [*args, "--orders", "2"]
     import os
     stamp = os.stat("st/ensembles/ensemble.h5").st_mtime_ns
     code, again, err = run(capsys, *args)

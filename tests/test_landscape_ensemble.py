@@ -95,9 +95,9 @@ def run(capsys, *argv):
 def test_ensemble_matches_fp64_reference(work, capsys):
     members = [f"m{i}.pt" for i in range(4)]
     code, out, err = run(capsys, "ensemble", *members, "--model", "ens_model:make", "--data", "tensors:test.pt",
-                         "--batch-size", "20", "--json", "--quiet", "--out", "e.h5", "--keep-predictions")
+                         "--batch-size", "20", "--json", "--quiet", "--out", "e_store", "--keep-predictions")
     assert code == 0, err
-    rows = json.loads(out)
+    rows = json.loads(out)["rows"]
     probs, y = reference_probs(members)
     for got, ref in zip(rows, reference_metrics(probs, y)):
         for k, v in ref.items():
@@ -106,13 +106,13 @@ def test_ensemble_matches_fp64_reference(work, capsys):
     assert rows[-1]["acc"] > 0 and rows[-1]["disagreement"] > 0
 
     # the kept predictions give the same table without the model
-    code, out, err = run(capsys, "ensemble", "e.h5:ensemble", "--json")
+    code, out, err = run(capsys, "ensemble", "e_store:ensemble", "--json")
     assert code == 0, err
-    again = json.loads(out)
+    again = json.loads(out)["rows"]
     for a, b in zip(rows, again):
         for k in ("acc", "nll", "ece", "brier"):
             assert a[k] == pytest.approx(b[k], rel=1e-6)
-    code, out, err = run(capsys, "plot", "e.h5", "ensemble", "-o", "ens.png")
+    code, out, err = run(capsys, "plot", "e_store", "ensemble", "-o", "ens.png")
     assert code == 0 and (work / "ens.png").exists()
 
 
@@ -121,7 +121,7 @@ def test_calibrated_nll_uses_the_best_temperature(work, capsys):
     code, out, err = run(capsys, "ensemble", *members, "--model", "ens_model:make", "--data", "tensors:test.pt",
                          "--val-data", "tensors:val.pt", "--json", "--quiet")
     assert code == 0, err
-    rows = json.loads(out)
+    rows = json.loads(out)["rows"]
     vprobs, vy = reference_probs(members, "val")
     tprobs, ty = reference_probs(members, "test")
     for m, row in enumerate(rows, start=1):
@@ -148,7 +148,7 @@ def test_random_orders_and_store_snapshots(work, capsys):
     code, out, err = run(capsys, "ensemble", "snaps.h5:s0", "snaps.h5:s1", "snaps.h5:s2", "--model",
                          "ens_model:make", "--data", "tensors:test.pt", "--orders", "6", "--json", "--quiet")
     assert code == 0, err
-    rows = json.loads(out)
+    rows = json.loads(out)["rows"]
     from landscape import ensemble
 
     res = ensemble(["m0.pt", "m1.pt", "m2.pt"], model="ens_model:make", data="tensors:test.pt", orders=6)
