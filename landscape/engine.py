@@ -28,6 +28,7 @@ from .errors import LandscapeError
 from .family import AffineFamily
 from .validate import positive_int
 from .params import ParamLayout, set_buffers, vector_to_model
+from .runtime import tune_allocator
 
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -91,6 +92,7 @@ class Evaluator:
         if bn_mode == "recompute" and train is None and bn_modules(model):
             raise LandscapeError("BN mode 'recompute' needs training data")
         self.device = resolve_device(device)
+        tune_allocator()  # once per process: batches reuse freed memory instead of faulting it in again
         self.bn_mode = bn_mode
         self.loss_fn = loss_fn or default_loss
         self.accuracy = bool(accuracy)  # classification: argmax accuracy; regression: loss only
