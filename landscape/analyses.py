@@ -26,7 +26,8 @@ from .validate import check_grid_size, positive_int
 
 
 def tensor_fingerprint(t: torch.Tensor) -> str:
-    return hashlib.sha1(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+    # a view of the bytes, not a copy: stored predictions can be large
+    return hashlib.sha1(memoryview(t.detach().cpu().contiguous().numpy().reshape(-1)).cast("B")).hexdigest()[:16]
 
 
 def _open_grid(store: Store | None, kind: str, name: str, shape: Sequence[int], metrics: Sequence[str],

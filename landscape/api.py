@@ -24,7 +24,7 @@ from .data import StreamData, TensorData, load_data
 from .directions import pca_directions, plane_through, project, random_direction, relative_frame
 from .engine import Evaluator, LossFn, resolve_device
 from .export import export  # noqa: F401 - `landscape export` as a function
-from .ensembles import MemberForward, evaluate_ensemble, fit_temperatures, table_rows
+from .ensembles import MemberForward, evaluate_ensemble, fit_temperatures, member_orders, table_rows
 from .errors import LandscapeError
 from .grid import alpha_range, line_alphas, parse_range
 from .jsonable import to_jsonable
@@ -339,7 +339,7 @@ def ensemble(members: Sequence[str | Snapshot], *, model: str | nn.Module | None
     if all(s is not None for s in stored):
         if val_data is not None:
             raise LandscapeError("--val-data needs members given as checkpoints or snapshots, not predictions")
-        logits = torch.cat([s[1] for s in stored])
+        logits = stored[0][1] if len(stored) == 1 else torch.cat([s[1] for s in stored])
         labels = stored[0][2]
         for s in stored:
             if s[2].shape != labels.shape or not torch.equal(s[2], labels):
@@ -389,7 +389,8 @@ def ensemble(members: Sequence[str | Snapshot], *, model: str | nn.Module | None
             temps = None
             if val is not None:
                 val_logits, val_labels = zip(*member_batches(fwd, val))
-                temps = fit_temperatures(torch.cat(val_logits, 1).cpu(), torch.cat(val_labels).cpu())
+                temps = fit_temperatures(torch.cat(val_logits, 1).cpu(), torch.cat(val_labels).cpu(),
+                                         member_orders(len(snaps), orders, seed))
 
             def stream():
                 with tqdm(total=len(test), desc="ensemble", unit="img", disable=quiet, leave=False) as bar:
@@ -422,7 +423,13 @@ def ensemble(members: Sequence[str | Snapshot], *, model: str | nn.Module | None
                 res = evaluate_ensemble(batches, names, temps, orders, seed)
                 if store is not None:
                     store.write("ensembles", name, analyses.ensemble_arrays(res, names), attrs, overwrite=True)
+    warnings = []
+    at_bound = [i + 1 for i, b in enumerate(np.asarray(res.get("temperature_at_bound", []), dtype=bool)) if b]
+    if at_bound:  # the validation data cannot pin the temperature down (e.g. 100% validation accuracy)
+        warnings.append(f"the temperature of ensemble sizes {at_bound} hit its search bound [e^-4, e^4]: "
+                        "their calibrated NLL is not trustworthy (more or harder validation data would help)")
     return to_jsonable({"kind": "ensemble", "name": name, "members": names, "rows": table_rows(res),
+                        "warnings": warnings,
                         "member_accuracies": res["member_accuracies"], "member_nlls": res["member_nlls"],
                         **({"orders_mean": {k[:-len("_orders_mean")]: v for k, v in res.items()
                                             if k.endswith("_orders_mean")}} if orders else {}),

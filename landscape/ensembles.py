@@ -50,48 +50,55 @@ def _kernel_metrics(logits: torch.Tensor, labels: torch.Tensor, orders: torch.Te
 # temperature scaling
 
 
-def _fit_one(z: torch.Tensor, y: torch.Tensor) -> tuple[float, bool, float]:
+def _fit_one(z: torch.Tensor, y: torch.Tensor, b0: float = 1.0) -> tuple[float, bool, float]:
     """(T, at_bound, NLL at T) minimising mean_n -log softmax(z_n / T)_{y_n} over T in the bounds.
 
     The NLL is convex in b = 1/T (a logsumexp of functions linear in b, minus a linear term), so
-    a safeguarded Newton iteration on b with a shrinking bracket finds the minimum to machine
-    precision; when the slope at a bound already points outward the optimum lies beyond it.
+    Newton's method on b, kept inside a shrinking bracket (bisection when a step leaves it),
+    finds the minimum to machine precision in a few evaluations from a warm start b0. When a
+    step leaves the search range it tries the bound: a slope there that still points outward
+    puts the optimum beyond it (at_bound). An NLL of exactly 0 (every label certain, e.g. all
+    samples right with a wide margin) keeps falling towards T -> 0: the lower bound too.
     """
     zy = z.gather(1, y.view(-1, 1)).squeeze(1)
+    z2 = z * z
 
-    def at(b: float, second: bool = True) -> tuple[float, float, float]:
-        a = z * b
-        lse = torch.logsumexp(a, 1)
-        q = torch.exp(a - lse.unsqueeze(1))
-        ez = (q * z).sum(1)
-        g = float((ez - zy).mean())  # d NLL / d b
-        h = float((q * (z - ez.unsqueeze(1)).square()).sum(1).mean()) if second else 0.0
-        return float((lse - b * zy).mean()), g, h
+    def at(b: float) -> tuple[float, float, float]:
+        e = torch.mul(z, b)
+        mx = e.amax(1, keepdim=True)
+        e.sub_(mx).exp_()
+        s = e.sum(1)
+        ez = torch.linalg.vecdot(e, z) / s  # E_q z, q = softmax(b z)
+        var = (torch.linalg.vecdot(e, z2) / s - ez * ez).clamp_min_(0.0)
+        f = float((mx.squeeze(1) + s.log() - b * zy).mean())
+        return f, float((ez - zy).mean()), float(var.mean())  # NLL, dNLL/db, d2NLL/db2
 
     b_lo, b_hi = math.exp(-LOG_T_BOUNDS[1]), math.exp(-LOG_T_BOUNDS[0])
-    f_lo, g_lo, _ = at(b_lo, False)
-    if g_lo > 0:  # NLL rises from the smallest b: T at its upper bound
-        return 1.0 / b_lo, True, f_lo
-    f_hi, g_hi, _ = at(b_hi, False)
-    if g_hi < 0:  # NLL still falls at the largest b (e.g. every sample right): T at its lower bound
-        return 1.0 / b_hi, True, f_hi
-    lo, hi, b = b_lo, b_hi, 1.0
-    f, g, h = at(b)
+    lo, hi = b_lo, b_hi
+    b = min(max(b0, b_lo), b_hi)
     for _ in range(100):
+        f, g, h = at(b)
         if g == 0.0:
-            break
+            if f == 0.0:  # the NLL reached 0: it only falls further as T -> 0
+                return 1.0 / b_hi, True, f
+            return 1.0 / b, False, f  # stationary (flat: any temperature does as well)
+        if (b == b_hi and g < 0) or (b == b_lo and g > 0):
+            return 1.0 / b, True, f
         if g > 0:
             hi = b
         else:
             lo = b
-        newton = b - g / h if h > 0 else math.nan
-        nb = newton if lo < newton < hi else math.sqrt(lo * hi)
-        if abs(nb - b) <= 1e-14 * b or hi - lo <= 1e-14 * hi:
-            b = nb
-            f, g, h = at(b)
+        nb = b - g / h if h > 0 else (math.inf if g < 0 else 0.0)
+        if abs(nb - b) <= 1e-12 * b:  # converged (a step this small may not leave b at all)
             break
+        if not lo < nb < hi:
+            if nb >= hi and hi == b_hi and b != b_hi:
+                nb = b_hi  # try the bound itself
+            elif nb <= lo and lo == b_lo and b != b_lo:
+                nb = b_lo
+            else:
+                nb = math.sqrt(lo * hi)
         b = nb
-        f, g, h = at(b)
     return 1.0 / b, False, f
 
 
@@ -111,18 +118,14 @@ class TemperatureFit:
                                  f"{tuple(logits.shape)} and {tuple(labels.shape)}")
         if not bool(torch.isfinite(logits).all()):
             raise LandscapeError("validation logits must be finite")
+        m, _, c = logits.shape
+        if labels.numel() and not (0 <= int(labels.min()) and int(labels.max()) < c):
+            raise LandscapeError(f"validation labels must lie in [0, {c})")
         self._logits = logits.detach().cpu()
         self._labels = labels.detach().cpu().long()
-        self._cache: dict[frozenset[int], tuple[float, bool, float]] = {}
-        self._lsm: dict[int, torch.Tensor] = {}
-        m = logits.shape[0]
+        self._cache: dict[frozenset[int], tuple[float, bool, float]] = {}  # by prefix set
         self.orders = torch.arange(m).unsqueeze(0) if orders is None else torch.as_tensor(orders).long().cpu()
         self.temperatures, self.at_bound, self.val_nll = self._fit(self.orders)
-
-    def _member_lsm(self, i: int) -> torch.Tensor:
-        if i not in self._lsm:
-            self._lsm[i] = torch.log_softmax(self._logits[i].double(), -1)
-        return self._lsm[i]
 
     def _fit(self, orders: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         P, M = orders.shape
@@ -130,14 +133,15 @@ class TemperatureFit:
             raise LandscapeError(f"member orders must be permutations of the {self._logits.shape[0]} members")
         out = torch.empty(3, P, M, dtype=torch.float64)
         for k, order in enumerate(orders.tolist()):
-            acc = None
+            acc, b = None, 1.0
             for j, i in enumerate(order):
-                lsm = self._member_lsm(i)
-                acc = lsm if acc is None else torch.logaddexp(acc, lsm)  # log sum_{prefix} p_i
                 key = frozenset(order[:j + 1])
-                if key not in self._cache:
-                    self._cache[key] = _fit_one(acc - math.log(j + 1), self._labels)
+                lsm = torch.log_softmax(self._logits[i].double(), -1)
+                acc = lsm if acc is None else torch.logaddexp(acc, lsm)  # log sum_{prefix} p_i
+                if key not in self._cache:  # warm start: the previous size's temperature
+                    self._cache[key] = _fit_one(acc - math.log(j + 1), self._labels, b)
                 out[:, k, j] = torch.tensor(self._cache[key], dtype=torch.float64)
+                b = 1.0 / self._cache[key][0]
         return out[0], out[1].bool(), out[2]
 
     def for_orders(self, orders: torch.Tensor) -> TemperatureFit:

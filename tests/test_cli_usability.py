@@ -107,3 +107,21 @@ def test_classes_come_from_the_model_not_the_labels(work, capsys):
     code, _, err = run(capsys, "ensemble", "m0.pt", "m1.pt", "--model", "tiny_cnn", "--data", "tensors:no3.pt",
                        "--quiet")
     assert code == 0, err
+
+
+def test_temperature_at_its_bound_is_reported(work, capsys):
+    # a validation set the members get all right: the temperature runs into its bound
+    from landscape.models import build_model
+
+    m = build_model("tiny_cnn", 4, (3, 8, 8))
+    m.load_state_dict(torch.load("m0.pt"))
+    m.eval()
+    x = torch.load("d.pt")["x"]
+    with torch.no_grad():
+        y = m(x).argmax(1)
+    torch.save({"x": x, "y": y}, "val.pt")
+    code, out, err = run(capsys, "ensemble", "m0.pt", "--model", "tiny_cnn", "--num-classes", "4", "--data",
+                         "tensors:d.pt", "--val-data", "tensors:val.pt", "--json", "--quiet")
+    assert code == 0, err
+    res = json.loads(out)
+    assert res["warnings"] and "hit its search bound" in res["warnings"][0]
