@@ -89,7 +89,7 @@ def resolve_loss(loss: str | LossFn | None) -> tuple[LossFn | None, bool, str]:
 def setup(model: str | nn.Module, data: str | TensorData | None, test_data: str | TensorData | None = None, *,
           num_classes: int | None = None, bn: str = "auto", device: str = "auto", batch_size: int = 250,
           bn_samples: int = 2000, loss_fn: LossFn | str | None = None,
-          snapshots: Sequence[str | Snapshot] = ()) -> Setup:
+          snapshots: Sequence[str | Snapshot] = (), precision: str = "exact") -> Setup:
     """Data, model and evaluator. A model built from a spec gets its number of classes from
     `num_classes`, else from the first snapshot's head, else from its own factory's default:
     never from the labels (a test set may lack a class); labels outside the model's classes
@@ -111,7 +111,7 @@ def setup(model: str | nn.Module, data: str | TensorData | None, test_data: str 
             raise LandscapeError(f"cannot tell how many classes the {model!r} model has: give --num-classes")
         module, spec = build_model(model, num_classes, ref.input_shape), model
     ev = Evaluator(module, train, test, bn_mode=bn, loss_fn=loss_fn, device=resolve_device(device),
-                   batch_size=batch_size, bn_samples=bn_samples, accuracy=accuracy)
+                   batch_size=batch_size, bn_samples=bn_samples, accuracy=accuracy, precision=precision)
     return Setup(module, spec, train, test, ev)
 
 
@@ -146,12 +146,13 @@ def interpolate(a: str | Snapshot, b: str | Snapshot, *, model: str | nn.Module,
                 bn: str = "auto", out: str | None = None,
                 name: str = "interpolate", overwrite: bool = False, device: str = "auto",
                 num_classes: int | None = None, batch_size: int = 250, bn_samples: int = 2000,
-                quiet: bool = True, loss_fn: LossFn | str | None = None, chunk: int | None = None) -> dict[str, Any]:
+                quiet: bool = True, loss_fn: LossFn | str | None = None, chunk: int | None = None,
+                precision: str = "exact") -> dict[str, Any]:
     """Metrics along θ(α) = (1−α)·θa + α·θb, and the loss and error barriers."""
     alphas = _alphas(alphas, num, alpha_range)
     with open_store(out) as store:
         s = setup(model, data, test_data, num_classes=num_classes, bn=bn, device=device, batch_size=batch_size,
-                  bn_samples=bn_samples, loss_fn=loss_fn, snapshots=[a, b])
+                  bn_samples=bn_samples, loss_fn=loss_fn, precision=precision, snapshots=[a, b])
         sa, sb = _snapshots([a, b], s.model)
         res = analyses.line(s.evaluator, sa, sb, alphas, store=store, name=name, provenance=s.provenance(),
                             overwrite=overwrite, chunk=chunk, quiet=quiet)
@@ -163,14 +164,15 @@ def barriers(snapshots: Sequence[str | Snapshot], *, model: str | nn.Module, dat
              name: str = "barriers",
              overwrite: bool = False, device: str = "auto", num_classes: int | None = None,
              batch_size: int = 250, bn_samples: int = 2000, quiet: bool = True,
-             loss_fn: LossFn | str | None = None, chunk: int | None = None) -> dict[str, Any]:
+             loss_fn: LossFn | str | None = None, chunk: int | None = None,
+             precision: str = "exact") -> dict[str, Any]:
     """Loss and error barriers between every pair of snapshots, as matrices."""
     if len(snapshots) < 2:
         raise LandscapeError("barriers needs at least two snapshots")
     alphas = _alphas(None, num, alpha_range)
     with open_store(out) as store:
         s = setup(model, data, test_data, num_classes=num_classes, bn=bn, device=device, batch_size=batch_size,
-                  bn_samples=bn_samples, loss_fn=loss_fn, snapshots=snapshots)
+                  bn_samples=bn_samples, loss_fn=loss_fn, precision=precision, snapshots=snapshots)
         snaps = _snapshots(snapshots, s.model)
         res = analyses.barrier_matrix(s.evaluator, snaps, alphas, store=store, name=name,
                                       provenance=s.provenance(), overwrite=overwrite, chunk=chunk, quiet=quiet)
@@ -185,7 +187,8 @@ def plane(center: str | Snapshot, *, model: str | nn.Module, data=None, test_dat
           out: str | None = None,
           name: str = "plane", overwrite: bool = False, device: str = "auto", num_classes: int | None = None,
           batch_size: int = 250, bn_samples: int = 2000, quiet: bool = True,
-          loss_fn: LossFn | str | None = None, chunk: int | None = None) -> dict[str, Any]:
+          loss_fn: LossFn | str | None = None, chunk: int | None = None,
+          precision: str = "exact") -> dict[str, Any]:
     """A 2D loss plane around `center`: through two more snapshots, on two random directions,
     or on the top two PCA directions of a trajectory of snapshots.
 
@@ -207,7 +210,7 @@ def plane(center: str | Snapshot, *, model: str | nn.Module, data=None, test_dat
     ys = _user_range(y, "--y grid")
     with open_store(out) as store:
         s = setup(model, data, test_data, num_classes=num_classes, bn=bn, device=device, batch_size=batch_size,
-                  bn_samples=bn_samples, loss_fn=loss_fn, snapshots=[center])
+                  bn_samples=bn_samples, loss_fn=loss_fn, precision=precision, snapshots=[center])
         snaps = _snapshots([center, *(through or []), *(pca or []), *project_onto], s.model)
         c = snaps[0]
         buffer_directions = None

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kernels import interpolated_conv2d, interpolated_linear
+from kernels.launch import check_precision
 
 from .family import AffineFamily
 from .params import ParamLayout
@@ -51,12 +52,18 @@ def _trace_supported(model: nn.Module) -> tuple[torch.fx.GraphModule | None, str
 
 
 class BatchedForward:
-    """Runs a traced model at K points of an AffineFamily in one pass."""
+    """Runs a traced model at K points of an AffineFamily in one pass.
 
-    def __init__(self, model: nn.Module) -> None:
+    `precision` ("exact" | "tf32" | "bf16") is the matmul precision of every Conv2d and Linear
+    (kernels/launch.py: exact fp32 products by default; tf32 and bf16 use tensor cores on a GPU,
+    and the CPU path rounds the same operands the same way).
+    """
+
+    def __init__(self, model: nn.Module, precision: str = "exact") -> None:
         self.gm, self.reason = _trace_supported(model)
         self.model = model
         self.layout = ParamLayout.of(model)
+        self.precision = check_precision(precision)
 
     @property
     def supports(self) -> bool:
@@ -150,11 +157,12 @@ class _Runner(torch.fx.Interpreter):
         b0, db = o._param(f"{name}.bias")
         if isinstance(mod, nn.Conv2d):
             xin = x.view(k, -1, *x.shape[1:]) if per_point else x
-            y = interpolated_conv2d(xin, w0, dw, o.coeffs, b0, db, mod.stride, mod.padding, mod.dilation, mod.groups)
+            y = interpolated_conv2d(xin, w0, dw, o.coeffs, b0, db, mod.stride, mod.padding, mod.dilation, mod.groups,
+                                    precision=o.precision)
             return y.reshape(-1, *y.shape[2:])
         lead = x.shape[:-1]
         xin = x.reshape(k, -1, x.shape[-1]) if per_point else x.reshape(-1, x.shape[-1])
-        y = interpolated_linear(xin, w0, dw, o.coeffs, b0, db)
+        y = interpolated_linear(xin, w0, dw, o.coeffs, b0, db, precision=o.precision)
         n = lead[0] // k if per_point else lead[0]
         return y.reshape(k * n, *lead[1:], y.shape[-1])
 

@@ -32,6 +32,9 @@ def add_common(p: argparse.ArgumentParser, evaluation: bool = True) -> None:
         p.add_argument("--loss", default="ce", metavar="ce|mse|module:callable",
                        help="ce: cross-entropy on class labels (accuracy reported); mse: regression on float "
                        "targets (loss only); module:callable: your loss(outputs, labels), the batch mean")
+        p.add_argument("--precision", choices=("exact", "tf32", "bf16", "auto"), default="exact",
+                       help="matmul precision: exact fp32; tf32 or bf16 tensor cores on CUDA (faster, ~1e-3 "
+                       "relative error per product); auto follows torch.backends.cuda.matmul.allow_tf32")
         p.add_argument("--bn-samples", type=int, default=2000, help="training samples for BN recompute")
         p.add_argument("--batch-size", type=int, default=250, help="samples per forward pass")
         p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
@@ -47,7 +50,7 @@ def _eval_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return dict(model=args.model, data=args.data, test_data=args.test_data, bn=args.bn, out=args.out,
                 overwrite=args.overwrite, device=args.device, num_classes=args.num_classes,
                 batch_size=args.batch_size, bn_samples=args.bn_samples, quiet=args.quiet, chunk=args.chunk,
-                loss_fn=args.loss)
+                loss_fn=args.loss, precision=args.precision)
 
 
 def _fmt_number(v: Any, fmt: str = "+.4f") -> str:

@@ -12,6 +12,7 @@ exact fp32.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 from typing import Callable, Iterator, Mapping, Sequence
 
@@ -20,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
+
+from kernels import PRECISIONS, precision_from_torch_flags
 
 from .batched import BatchedForward, batched_metrics
 from .bn import BN_MODES, FoldedEval, bn_modules, recompute_bn
@@ -65,6 +68,16 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
+@contextlib.contextmanager
+def _tf32(allow: bool):
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = allow
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
 def default_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, target)
 
@@ -82,7 +95,7 @@ class Evaluator:
     def __init__(self, model: nn.Module, train: TensorData | None = None, test: TensorData | None = None, *,
                  bn_mode: str = "keep", loss_fn: LossFn | None = None, device: str | torch.device = "cpu",
                  batch_size: int = 250, bn_samples: int = 2000, batched: bool | None = None,
-                 accuracy: bool = True) -> None:
+                 accuracy: bool = True, precision: str = "exact") -> None:
         if bn_mode == "auto":  # the exact choice where it exists: statistics of each point's own weights
             bn_mode = "recompute" if bn_modules(model) and train is not None else "keep"
         if bn_mode not in BN_MODES:
@@ -96,6 +109,11 @@ class Evaluator:
         self.bn_mode = bn_mode
         self.loss_fn = loss_fn or default_loss
         self.accuracy = bool(accuracy)  # classification: argmax accuracy; regression: loss only
+        if precision == "auto":  # torch's own flag decides, as it does for the user's other matmuls
+            precision = precision_from_torch_flags()
+        if precision not in PRECISIONS:
+            raise LandscapeError(f"unknown precision {precision!r}: choose exact, tf32 or bf16")
+        self.precision = precision
         self.batch_size = positive_int(batch_size, "--batch-size")
         self.bn_samples = positive_int(bn_samples, "--bn-samples")
         self.model = copy.deepcopy(model).to(self.device)
@@ -127,6 +145,15 @@ class Evaluator:
         self.folded = FoldedEval(self.model)
         self.batched = self._choose_batched(batched)
 
+    def _precision(self):
+        """The per-point path's matmul precision: exact fp32, TF32 tensor cores (CUDA only; the CPU
+        has none, so it stays exact there) or bf16 autocast."""
+        if self.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        if self.precision == "tf32" and self.device.type == "cuda":
+            return _tf32(True)
+        return _tf32(False) if self.device.type == "cuda" else contextlib.nullcontext()
+
     def _to_device(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device)
         return x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 and self.channels_last else x
@@ -152,7 +179,7 @@ class Evaluator:
             if batched:
                 raise LandscapeError("batched evaluation needs in-memory classification data")
             return None
-        fwd = BatchedForward(self.model)
+        fwd = BatchedForward(self.model, precision=self.precision)
         if not fwd.supports:
             if batched:
                 raise LandscapeError(f"batched evaluation is not available for this model: {fwd.reason}")
@@ -208,7 +235,7 @@ class Evaluator:
     def config(self) -> dict:
         return {"bn_mode": self.bn_mode, "batch_size": self.batch_size,
                 "bn_samples": self.bn_samples if self.bn_mode == "recompute" else None,
-                "loss": getattr(self.loss_fn, "__name__", type(self.loss_fn).__name__)}
+                "loss": getattr(self.loss_fn, "__name__", type(self.loss_fn).__name__), "precision": self.precision}
 
     # -- one point ---------------------------------------------------------------------
     @torch.no_grad()
@@ -231,7 +258,10 @@ class Evaluator:
             correct = torch.zeros((), dtype=torch.int64, device=self.device)
             n = 0
             for xb, yb in self._batches(split):
-                logits = self.folded(xb)
+                with self._precision():
+                    logits = self.folded(xb)
+                if self.precision == "bf16":
+                    logits = logits.float()  # the loss in fp32, whatever autocast gave
                 loss += self.loss_fn(logits, yb).double() * yb.shape[0]
                 if self.accuracy:
                     correct += (logits.argmax(1) == yb).sum()

@@ -125,3 +125,18 @@ def test_temperature_at_its_bound_is_reported(work, capsys):
     assert code == 0, err
     res = json.loads(out)
     assert res["warnings"] and "hit its search bound" in res["warnings"][0]
+
+
+def test_precision_is_recorded_and_bounded(work, capsys):
+    base = ["interpolate", "m0.pt", "m1.pt", "--num", "3", "--json", *COMMON]
+    exact = json.loads(run(capsys, *base, "--out", "st")[1])
+    tf32 = json.loads(run(capsys, *base, "--precision", "tf32")[1])
+    bf16 = json.loads(run(capsys, *base, "--precision", "bf16", "--out", "st", "--name", "bf16")[1])
+    assert tf32["train_loss"] == exact["train_loss"]  # no TF32 on a CPU: exact
+    np.testing.assert_allclose(bf16["train_loss"], exact["train_loss"], rtol=3e-2)
+    assert bf16["train_loss"] != exact["train_loss"]
+    from landscape.store import Store
+
+    with Store("st") as st:
+        assert st.read_attrs("curves", "bf16")["config"]["precision"] == "bf16"
+        assert st.read_attrs("curves", "interpolate")["config"]["precision"] == "exact"
