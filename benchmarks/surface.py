@@ -132,10 +132,63 @@ def bench(name: str, args, rate: float) -> None:
         print(f"{label:<28}{t:>9.2f}{base / t:>14.2f}x{flops / t / 1e9:>10.1f}{flops / t / rate:>16.0%}")
     print("  (GFLOP/s counts the FLOPs of one full forward pass per point; the K-points path computes the\n"
           "   first layer once per direction instead of once per point, so its rate can exceed the matmul rate)")
+    if args.process and dev.type == "cpu":
+        whole_process(name, model, data, args, flops, rate)
     ref = results["plain"]
     for key in ("toolkit-None", "toolkit-False", "toolkit-True", "vmap"):
         err = np.max(np.abs(results[key] - ref) / np.abs(ref))
         print(f"  max relative difference {key} vs plain loop: {err:.1e}")
+
+
+PLAIN_SCRIPT = """
+import sys, torch
+from torch.nn.utils import vector_to_parameters
+from landscape.models import build_model
+model = build_model(sys.argv[1], 10, (3, 32, 32))
+model.load_state_dict(torch.load("m.pt"))
+model.eval()
+d = torch.load("d.pt")
+center = torch.nn.utils.parameters_to_vector(model.parameters()).detach()
+g = torch.Generator().manual_seed(0)
+dirs = torch.randn(2, center.numel(), generator=g)
+n = int(sys.argv[2])
+with torch.no_grad():
+    for i in range(n):
+        for j in range(n):
+            vector_to_parameters(center + (i / n) * dirs[0] + (j / n) * dirs[1], model.parameters())
+            torch.nn.functional.cross_entropy(model(d["x"]), d["y"]).item()
+"""
+
+
+def whole_process(name: str, model, data, args, flops: float, rate: float) -> None:
+    """`landscape plane` as users run it (a fresh process, default allocator settings of the
+    environment, start-up included) against a plain loop script in a fresh process."""
+    import subprocess
+    import tempfile
+    import time
+
+    spec = "small_cnn" if name == "cnn" else "mlp"
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.save(model.cpu().state_dict(), os.path.join(tmp, "m.pt"))
+        torch.save({"x": data.x, "y": data.y}, os.path.join(tmp, "d.pt"))
+        with open(os.path.join(tmp, "plain.py"), "w") as f:
+            f.write(PLAIN_SCRIPT)
+        g = f"-1:1:{args.grid}"
+        commands = {
+            "landscape plane (process)": [sys.executable, "-m", "landscape", "plane", "m.pt", "--random", "filter",
+                                          "--x", g, "--y", g, "--model", spec, "--num-classes", "10",
+                                          "--test-data", "tensors:d.pt", "--bn", "keep", "--quiet"],
+            "plain loop (process)": [sys.executable, "plain.py", spec, str(args.grid)],
+        }
+        times = {}
+        for label, cmd in commands.items():
+            t = time.perf_counter()
+            subprocess.run(cmd, cwd=tmp, check=True, capture_output=True)
+            times[label] = time.perf_counter() - t
+    base = times["plain loop (process)"]
+    for label, t in times.items():
+        print(f"{label:<28}{t:>9.2f}{base / t:>14.2f}x{flops / t / 1e9:>10.1f}{flops / t / rate:>16.0%}")
+    print("  (whole processes: start-up and loading included, as a user runs them)")
 
 
 def main() -> None:
@@ -147,6 +200,8 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=9, help="points per vmap call")
     ap.add_argument("--chunk", type=int, default=None, help="toolkit chunk (default: the engine's choice)")
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--no-process", dest="process", action="store_false",
+                    help="skip timing `landscape plane` and the plain loop as whole processes")
     args = ap.parse_args()
     rate = matmul_rate(2048 if args.device == "cuda" else 1024, args.device)
     print(f"measured fp32 matmul rate: {rate / 1e9:.1f} GFLOP/s ({torch.get_num_threads()} threads)")
