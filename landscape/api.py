@@ -27,6 +27,7 @@ from .export import export  # noqa: F401 - `landscape export` as a function
 from .ensembles import MemberForward, evaluate_ensemble, fit_temperatures, member_orders, table_rows
 from .errors import LandscapeError
 from .grid import alpha_range, line_alphas, parse_range
+from .hessian import hessian_directions as top_eigen_directions
 from .jsonable import to_jsonable
 from .models import BUILTIN_MODELS, build_model
 from .planes import project_snapshots, through_buffer_directions
@@ -188,15 +189,17 @@ def plane(center: str | Snapshot, *, model: str | nn.Module, data=None, test_dat
           name: str = "plane", overwrite: bool = False, device: str = "auto", num_classes: int | None = None,
           batch_size: int = 250, bn_samples: int = 2000, quiet: bool = True,
           loss_fn: LossFn | str | None = None, chunk: int | None = None,
-          precision: str = "exact") -> dict[str, Any]:
+          precision: str = "exact", hessian_directions: bool = False,
+          normalization: str = "filter") -> dict[str, Any]:
     """A 2D loss plane around `center`: through two more snapshots, on two random directions,
     or on the top two PCA directions of a trajectory of snapshots.
 
     Through-planes: `coords="relative"` puts the second snapshot at (1, 0) and the third at
     (x3, 1); `"distance"` uses weight-space distances. With BN mode `keep` the buffers move with
     the weights, so each snapshot's own point is exactly that snapshot."""
-    if sum(v is not None for v in (through, random, pca)) != 1:
-        raise LandscapeError("give one of --through B C, --random filter|layer|none or --pca S1 S2 ...")
+    if sum(v is not None and v is not False for v in (through, random, pca, hessian_directions)) != 1:
+        raise LandscapeError("give one of --through B C, --random filter|layer|none, --pca S1 S2 ... or "
+                             "--hessian-directions")
     if pca is not None and len(pca) < 3:
         raise LandscapeError("--pca needs at least three snapshots")
     if through is not None and len(through) != 2:
@@ -231,6 +234,12 @@ def plane(center: str | Snapshot, *, model: str | nn.Module, data=None, test_dat
             traj = np.array([project(sn.params, c.params, directions)[0].numpy() for sn in snaps[: 1 + len(pca)]])
             xs = xs if xs is not None else _default_range(traj[:, 0])
             ys = ys if ys is not None else _default_range(traj[:, 1])
+        elif hessian_directions:  # the top two eigenvectors of the Hessian at the centre
+            directions, dir_attrs = top_eigen_directions(s.evaluator, c, normalization=normalization,
+                                            ignore_bias_bn=ignore_bias_bn, seed=seed, quiet=quiet)
+            dir_attrs = {**dir_attrs, "unit": f"{normalization}-normalised eigenvector"}
+            xs = xs if xs is not None else parse_range("-1:1:11")
+            ys = ys if ys is not None else parse_range("-1:1:11")
         else:
             layout = s.evaluator.layout
             directions = torch.stack([random_direction(layout, c.params, random, seed, ignore_bias_bn),

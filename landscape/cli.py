@@ -90,7 +90,8 @@ def cmd_barriers(args: argparse.Namespace) -> tuple[dict, str]:
 def cmd_plane(args: argparse.Namespace) -> tuple[dict, str]:
     res = api.plane(args.center, through=args.through, random=args.random, pca=args.pca, seed=args.seed,
                     ignore_bias_bn=not args.include_bias_bn, x=args.x, y=args.y, project_onto=args.project or (),
-                    coords=args.coords,
+                    coords=args.coords, hessian_directions=args.hessian_directions,
+                    normalization=args.normalization,
                     name=args.name, **_eval_kwargs(args))
     key = next(k for k in ("test_loss", "train_loss") if k in res)
     vals = [v for row in res[key] for v in row if isinstance(v, (int, float))]
@@ -206,6 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--random", choices=("filter", "layer", "none"),
                    help="two random directions with this normalisation")
     g.add_argument("--pca", nargs="+", metavar="S", help="top two PCA directions of a trajectory of snapshots")
+    g.add_argument("--hessian-directions", action="store_true",
+                   help="the top two Hessian eigenvectors at CENTER (normalised as --normalization says)")
+    p.add_argument("--normalization", choices=("filter", "layer", "none"), default="filter",
+                   help="--hessian-directions: normalisation of the eigenvectors")
     p.add_argument("--seed", type=int, default=0, help="random directions: seed of the first (the second: +1)")
     p.add_argument("--include-bias-bn", action="store_true", help="random directions also move biases and BN")
     p.add_argument("--x", default=None, metavar="MIN:MAX:NUM",

@@ -12,6 +12,8 @@ Layout (schema 2)
     STORE/ensembles/NAME.h5          per-size metrics, members (and kept predictions, labels)
     STORE/predictions/NAME.h5        a study unit's test logits with its metrics as attributes
     STORE/labels/NAME.h5             the labels those predictions refer to
+    STORE/hessians/NAME.h5           Hessian eigenvalues (and eigenvectors), trace, spectral density
+    STORE/connections/NAME.h5        a trained Bezier/polychain curve's metrics beside the straight line's
     STORE/KIND/.partial-NAME.h5      an unfinished grid: the points computed so far (resume state)
 
 Every object file is self-contained: its datasets sit at the file's root and its root attributes
@@ -64,7 +66,8 @@ from .grid import Grid
 from .params import ParamLayout
 
 SCHEMA_VERSION = 2
-KINDS = ("snapshots", "directions", "curves", "surfaces", "barriers", "ensembles", "predictions", "labels")
+KINDS = ("snapshots", "directions", "curves", "surfaces", "barriers", "ensembles", "predictions", "labels",
+         "hessians", "connections")
 MARKER = "store.json"
 LOCK = ".lock"
 PARTIAL = ".partial-"
