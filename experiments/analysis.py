@@ -9,7 +9,10 @@
   (landscape.analyses.line, BN recomputed at every point);
 - `pairwise_barriers`: each method's barrier matrix (landscape.analyses.barrier_matrix);
 - `study_plane`: a plane through the fine-tuned model and two members, every member projected
-  onto it (landscape.analyses.plane).
+  onto it (landscape.analyses.plane);
+- `sharpness`: top Hessian eigenvalue and trace of each method's first members (landscape.hessian);
+- `study_curves`: trained Bezier curves against straight lines between two Global DE members and
+  between the fine-tuned model and a large-cycle-lr member (landscape.curves).
 
 Lines, matrices and the plane are the analysis layer's resumable results in the store: a
 restarted analysis computes only missing points, and a finished one is read, not rewritten.
@@ -28,9 +31,11 @@ from kernels import ensemble_metrics
 from landscape import analyses
 from landscape.bn import recompute_bn
 from landscape.checkpoints import Snapshot
+from landscape.curves import connect as connect_curve
 from landscape.directions import plane_through
 from landscape.engine import Evaluator
 from landscape.grid import line_alphas
+from landscape.hessian import hessian as landscape_hessian
 from landscape.params import set_buffers, vector_to_model
 from landscape.planes import project_snapshots
 from landscape.store import Store
@@ -95,6 +100,58 @@ def analyze_study(prep, store: Store, runner, quiet: bool = True) -> dict[str, A
     store_ensembles(ctx, out["methods"])
     if ctx.an["plane"]:
         out["plane"] = study_plane(ctx)
+    if ctx.an["sharpness"]:
+        for name, sharp in sharpness(ctx).items():
+            out["methods"][name].update(sharp)
+    if ctx.an["curves"]:
+        out["curves"] = study_curves(ctx)
+    return out
+
+
+def sharpness(ctx: Context) -> dict[str, dict[str, Any]]:
+    """Top Hessian eigenvalue and trace (training loss, BN recomputed) of each method's first
+    members: is a member that left the basin somewhere sharper?"""
+    out = {}
+    for m in ctx.cfg.methods:
+        names = ctx.plan.members[m.name][: ctx.an["sharpness_members"]]
+        res = [landscape_hessian(ctx.evaluator, ctx.runner.snapshot(n), top_k=1, trace=True,
+                                 iters=ctx.an["hessian_iters"], probes=ctx.an["hessian_probes"], seed=ctx.cfg.seed,
+                                 keep_eigenvectors=False, store=ctx.store, name=f"sharpness-{n}",
+                                 provenance=ctx.provenance, overwrite=True) for n in names]
+        out[m.name] = {"sharpness_members": names,
+                       "top_eigenvalue": [float(r["eigenvalues"][0]) for r in res],
+                       "hessian_trace": [float(r["trace"]) for r in res],
+                       "hessian_trace_stderr": [float(r["trace_stderr"]) for r in res]}
+    return out
+
+
+def curve_pairs(ctx: Context) -> list[tuple[str, str, str]]:
+    """(label, a, b): two Global DE members (a wall or a bend between checkpoints?) and the
+    fine-tuned model with the member of the largest cycle learning rate (did it leave the basin?)."""
+    pairs = []
+    for m in ctx.cfg.methods:
+        if m.type == "global_de" and len(ctx.plan.members[m.name]) >= 3:
+            names = ctx.plan.members[m.name]
+            pairs.append((f"{m.name} members", names[1], names[2]))
+            break
+    cyc = [m for m in ctx.cfg.methods if m.type in ("starsse", "sse")]
+    if cyc:
+        big = max(cyc, key=lambda m: (m.params["lr_scale"], m.type == "starsse"))
+        pairs.append((f"fine-tuned to {big.name}", ctx.plan.finetuned, ctx.plan.members[big.name][-1]))
+    return pairs
+
+
+def study_curves(ctx: Context) -> list[dict[str, Any]]:
+    """A trained Bezier curve against the straight line for each pair of `curve_pairs`."""
+    out = []
+    for label, a, b in curve_pairs(ctx):
+        res = connect_curve(ctx.evaluator, ctx.runner.snapshot(a), ctx.runner.snapshot(b), curve="bezier",
+                            num=ctx.an["curve_points"], epochs=ctx.an["curve_epochs"], seed=ctx.cfg.seed,
+                            store=ctx.store, name=f"curve-{a}-{b}", provenance=ctx.provenance, overwrite=True,
+                            quiet=ctx.quiet)
+        out.append({"label": label, "a": a, "b": b,
+                    "line_barrier": {k: v["barrier"] for k, v in res["line_barriers"].items()},
+                    "curve_barrier": {k: v["barrier"] for k, v in res["barriers"].items()}})
     return out
 
 

@@ -65,7 +65,9 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
     "analysis": {"line_points": (INT, 11), "pairwise_points": (INT, 7), "pairwise": (BOOL, True),
                  "plane": (BOOL, True), "plane_through": (STR_LIST, None), "plane_points": (INT, 11),
                  "train_samples": (INT, 1000), "test_samples": (INT, 1000), "bn_samples": (INT, 1000),
-                 "ece_bins": (INT, 15)},
+                 "ece_bins": (INT, 15), "sharpness": (BOOL, True), "sharpness_members": (INT, 2),
+                 "hessian_iters": (INT, 20), "hessian_probes": (INT, 20), "curves": (BOOL, True),
+                 "curve_epochs": (INT, 10), "curve_points": (INT, 11)},
 }
 EMBEDDED_ONLY = set(_EMBEDDED) - {"image_size"}
 REAL_ONLY = {"root", "num_workers"}
@@ -311,8 +313,10 @@ def _check_plane_through(refs: list[str], methods: list[MethodConfig]) -> None:
 
 def _check_analysis(an: dict, methods: list[MethodConfig]) -> None:
     where = "analysis."
-    for k in ("train_samples", "test_samples", "bn_samples", "ece_bins"):
+    for k in ("train_samples", "test_samples", "bn_samples", "ece_bins", "sharpness_members", "hessian_iters",
+              "hessian_probes", "curve_epochs"):
         _count(an, where, k)
+    _count(an, where, "curve_points", minimum=3)
     for k in ("line_points", "pairwise_points", "plane_points"):
         _count(an, where, k, minimum=3)
     # Refuse a grid whose arrays cannot be allocated now, not after every member has trained.

@@ -132,6 +132,22 @@ def render_markdown(summary: dict[str, Any], figures: dict[str, str]) -> str:
         L += [table(["member", "method", "x", "y", "distance from plane"],
                     [[p["name"], str(p["method"]), fmt_num(p["x"], 2), fmt_num(p["y"], 2), fmt_num(p["distance"], 2)]
                      for p in pl["projections"]]), ""]
+    sharp = [(n, mm) for n, mm in summary["methods"].items() if mm.get("top_eigenvalue")]
+    if sharp:
+        L += ["## Sharpness", "", "Top Hessian eigenvalue and Hessian trace (Hutchinson) of the training loss at "
+              "each method's first members, BN statistics recomputed at the point (`landscape hessian`):", ""]
+        L += [table(["method", "members", "top eigenvalue", "trace"],
+                    [[mm["label"], ", ".join(mm["members"][: len(mm["top_eigenvalue"])]),
+                      " / ".join(fmt_num(v, 3) for v in mm["top_eigenvalue"]),
+                      " / ".join(fmt_num(v, 1) for v in mm["hessian_trace"])] for _, mm in sharp]), ""]
+    if summary.get("curves"):
+        L += ["## Curved paths", "", "A quadratic Bezier curve trained between two snapshots (Garipov et al., "
+              "`landscape connect`) against the straight line, BN recomputed along both:", ""]
+        L += [table(["pair", "line barrier (test loss)", "curve barrier (test loss)", "line barrier (train loss)",
+                     "curve barrier (train loss)"],
+                    [[f"{c['label']}: `{c['a']}` – `{c['b']}`", fmt_num(c["line_barrier"].get("test_loss")),
+                      fmt_num(c["curve_barrier"].get("test_loss")), fmt_num(c["line_barrier"].get("train_loss")),
+                      fmt_num(c["curve_barrier"].get("train_loss"))] for c in summary["curves"]]), ""]
     if figures:
         L += ["## Figures", ""]
         for title, path in figures.items():

@@ -54,6 +54,10 @@ def build_summary(prep: Any, results: dict[str, Any]) -> dict[str, Any]:
             "new_member_mean_barrier_test_loss": mean_or_none([barrier["test_loss"][i] for i in new]),
             "new_member_mean_barrier_test_error": mean_or_none([barrier["test_error"][i] for i in new]),
             "new_member_mean_dist_pretrained": mean_or_none([m["member_dist_pretrained"][i] for i in new]),
+            # sharpness of the first members (training loss, BN recomputed), when the study computed it
+            "top_eigenvalue": m.get("top_eigenvalue"), "hessian_trace": m.get("hessian_trace"),
+            "mean_top_eigenvalue": mean_or_none(m["top_eigenvalue"]) if m.get("top_eigenvalue") else None,
+            "mean_hessian_trace": mean_or_none(m["hessian_trace"]) if m.get("hessian_trace") else None,
         }
     ft, sc = results["finetuned"], results.get("scratch")
     transfer = {"finetuned_acc": ft["test_acc"], "finetuned_nll": ft["test_nll"],
@@ -67,5 +71,7 @@ def build_summary(prep: Any, results: dict[str, Any]) -> dict[str, Any]:
                "transfer": transfer, "methods": methods}
     if "plane" in results:
         summary["plane"] = {"through": results["plane"]["through"], "projections": results["plane"]["projections"]}
+    if "curves" in results:
+        summary["curves"] = results["curves"]
     summary["timings"] = dict(results.get("timings", {}))
     return summary
