@@ -127,7 +127,9 @@ def _folder_config(root, ckpts) -> dict:
             "finetune": {"epochs": 1, "lr": 0.01, "batch_size": 4}, "scratch": {"enabled": False},
             "methods": {"local_de": {}, "global_de": {}, "starsse": {"lr_scale": 2.0, "cycle_epochs": 1}},
             "analysis": {"line_points": 3, "pairwise_points": 3, "plane": False, "train_samples": 8,
-                         "test_samples": 4, "bn_samples": 8}}
+                         "test_samples": 4, "bn_samples": 8,
+                         # the tiny study covers sharpness and curves; ResNet-sized inputs make them slow
+                         "sharpness": False, "curves": False}}
 
 
 def test_image_folder_study_with_checkpoint_files(image_folder, tmp_path):

@@ -76,6 +76,12 @@ def test_end_to_end_outputs(e2e):
         assert st.read("surfaces", "plane")["done"].all()
         assert set(st.names("ensembles")) == set(summary["methods"])
     assert summary["methods"]["local_de"]["barrier_to_finetuned"]["test_loss"][0] == 0.0
+    # curvature and curved paths (issue 13): sharpness for every method; between two Global DE
+    # members of the embedded task the trained curve lowers the straight line's barrier
+    assert all(m["mean_top_eigenvalue"] > 0 and m["mean_hessian_trace"] > 0 for m in summary["methods"].values())
+    gde = next(c for c in summary["curves"] if c["label"].startswith("global_de"))
+    assert gde["line_barrier"]["train_loss"] > 0.02
+    assert gde["curve_barrier"]["train_loss"] < gde["line_barrier"]["train_loss"]
     assert summary["transfer"]["scratch_acc"] is not None
     report = (out / "report.md").read_text()
     assert "## Findings" in report and "%" in report
