@@ -110,10 +110,12 @@ def analyze_study(prep, store: Store, runner, quiet: bool = True) -> dict[str, A
 
 def sharpness(ctx: Context) -> dict[str, dict[str, Any]]:
     """Top Hessian eigenvalue and trace (training loss, BN recomputed) of each method's first
-    members: is a member that left the basin somewhere sharper?"""
+    members other than the fine-tuned model: is a member that left the basin somewhere sharper?"""
     out = {}
     for m in ctx.cfg.methods:
-        names = ctx.plan.members[m.name][: ctx.an["sharpness_members"]]
+        members = ctx.plan.members[m.name]
+        # the method's own members first: every cycle method's first member is the fine-tuned model
+        names = ([n for n in members if n != ctx.plan.finetuned] or members)[: ctx.an["sharpness_members"]]
         res = [landscape_hessian(ctx.evaluator, ctx.runner.snapshot(n), top_k=1, trace=True,
                                  iters=ctx.an["hessian_iters"], probes=ctx.an["hessian_probes"], seed=ctx.cfg.seed,
                                  keep_eigenvectors=False, store=ctx.store, name=f"sharpness-{n}",

@@ -135,9 +135,10 @@ def render_markdown(summary: dict[str, Any], figures: dict[str, str]) -> str:
     sharp = [(n, mm) for n, mm in summary["methods"].items() if mm.get("top_eigenvalue")]
     if sharp:
         L += ["## Sharpness", "", "Top Hessian eigenvalue and Hessian trace (Hutchinson) of the training loss at "
-              "each method's first members, BN statistics recomputed at the point (`landscape hessian`):", ""]
+              "each method's first members other than the fine-tuned model, BN statistics recomputed at the point "
+              "(`landscape hessian`):", ""]
         L += [table(["method", "members", "top eigenvalue", "trace"],
-                    [[mm["label"], ", ".join(mm["members"][: len(mm["top_eigenvalue"])]),
+                    [[mm["label"], ", ".join(mm["sharpness_members"]),
                       " / ".join(fmt_num(v, 3) for v in mm["top_eigenvalue"]),
                       " / ".join(fmt_num(v, 1) for v in mm["hessian_trace"])] for _, mm in sharp]), ""]
     if summary.get("curves"):

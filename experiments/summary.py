@@ -56,6 +56,7 @@ def build_summary(prep: Any, results: dict[str, Any]) -> dict[str, Any]:
             "new_member_mean_dist_pretrained": mean_or_none([m["member_dist_pretrained"][i] for i in new]),
             # sharpness of the first members (training loss, BN recomputed), when the study computed it
             "top_eigenvalue": m.get("top_eigenvalue"), "hessian_trace": m.get("hessian_trace"),
+            "sharpness_members": m.get("sharpness_members"),
             "mean_top_eigenvalue": mean_or_none(m["top_eigenvalue"]) if m.get("top_eigenvalue") else None,
             "mean_hessian_trace": mean_or_none(m["hessian_trace"]) if m.get("hessian_trace") else None,
         }
