@@ -16,19 +16,28 @@ NORMALIZATIONS = ("filter", "layer", "none")
 
 def random_direction(layout: ParamLayout, weights: torch.Tensor, normalization: str = "filter",
                      seed: int = 0, ignore_bias_bn: bool = True) -> torch.Tensor:
-    """A Gaussian direction scaled like `weights` (Li et al. 2018, "Visualizing the Loss Landscape").
+    """A Gaussian direction scaled like `weights` (Li et al. 2018, "Visualizing the Loss Landscape"):
+    see `normalize_direction` for what each normalisation does."""
+    if normalization not in NORMALIZATIONS:
+        raise LandscapeError(f"unknown normalization {normalization!r}: choose filter, layer or none")
+    g = torch.Generator().manual_seed(int(seed))
+    d = torch.randn(layout.numel, generator=g, dtype=torch.float32).to(weights.dtype)
+    return normalize_direction(layout, d, weights, normalization, ignore_bias_bn)
 
-    - filter: each filter (slice along dim 0) of the direction gets the norm of the matching filter
-      of the weights;
+
+def normalize_direction(layout: ParamLayout, direction: torch.Tensor, weights: torch.Tensor,
+                        normalization: str = "filter", ignore_bias_bn: bool = True) -> torch.Tensor:
+    """`direction` scaled like `weights` (a copy):
+
+    - filter: each filter (slice along dim 0) gets the norm of the matching filter of the weights;
     - layer: each parameter tensor gets the norm of the matching weight tensor;
-    - none: the raw Gaussian.
+    - none: unchanged.
     1-D tensors (biases, BatchNorm affine) are zeroed when `ignore_bias_bn`, otherwise scaled
     like a layer. All-zero filters give zero directions, never NaN.
     """
     if normalization not in NORMALIZATIONS:
         raise LandscapeError(f"unknown normalization {normalization!r}: choose filter, layer or none")
-    g = torch.Generator().manual_seed(int(seed))
-    d = torch.randn(layout.numel, generator=g, dtype=torch.float32).to(weights.dtype)
+    d = direction.detach().cpu().clone().to(weights.dtype)
     w = weights.detach().cpu()
     for _, shape, sl in layout.slices():
         dv, wv = d[sl], w[sl]

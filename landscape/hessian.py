@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 
 from .bn import recompute_bn
 from .checkpoints import Snapshot, check_same_architecture
-from .directions import NORMALIZATIONS, _safe_ratio
+from .directions import normalize_direction
 from .errors import LandscapeError
 from .params import ParamLayout
 from .validate import finite_positive, positive_int
@@ -555,31 +555,6 @@ def stack_points(alphas: np.ndarray, points: Sequence[Mapping[str, Any]], densit
 
 
 # -- Hessian directions for planes --------------------------------------------------------
-def normalize_direction(layout: ParamLayout, direction: torch.Tensor, weights: torch.Tensor,
-                        normalization: str = "filter", ignore_bias_bn: bool = True) -> torch.Tensor:
-    """The normalisation `random_direction` applies to its Gaussian, applied to `direction`
-    (filter: each filter gets the norm of the weights' filter; layer: each tensor the norm of the
-    weights' tensor; none: unchanged; 1-D tensors zeroed when `ignore_bias_bn`, else layer-scaled)."""
-    if normalization not in NORMALIZATIONS:
-        raise LandscapeError(f"unknown normalization {normalization!r}: choose filter, layer or none")
-    d = direction.detach().cpu().clone().to(weights.dtype)
-    w = weights.detach().cpu()
-    for _, shape, sl in layout.slices():
-        dv, wv = d[sl], w[sl]
-        if len(shape) <= 1:
-            if ignore_bias_bn:
-                dv.zero_()
-            elif normalization != "none":
-                dv.mul_(_safe_ratio(wv.norm(), dv.norm()))
-            continue
-        if normalization == "filter":
-            dm, wm = dv.view(shape[0], -1), wv.reshape(shape[0], -1)
-            dm.mul_(_safe_ratio(wm.norm(dim=1, keepdim=True), dm.norm(dim=1, keepdim=True)))
-        elif normalization == "layer":
-            dv.mul_(_safe_ratio(wv.norm(), dv.norm()))
-    return d
-
-
 def hessian_directions(evaluator, center: Snapshot, *, normalization: str = "filter", ignore_bias_bn: bool = True,
                        iters: int = 100, tol: float = 1e-4, seed: int = 0, quiet: bool = True
                        ) -> tuple[torch.Tensor, dict[str, Any]]:
