@@ -1,7 +1,6 @@
 """Snapshots (points in weight space) and loading `.pt`/`.pth` state dicts (weights_only only)."""
 from __future__ import annotations
 
-import copy
 import hashlib
 import os
 import pickle
