@@ -113,10 +113,11 @@ def check_output(out: str, cfg: StudyConfig) -> str:
     elif os.path.isdir(out) and os.listdir(out):
         raise LandscapeError(f"output folder {out!r} is not empty and holds no study (no {RESULTS}); "
                              "choose another --out")
-    existing = out  # the output folder is created with its parents: check the nearest that exists
-    while not os.path.isdir(existing) and os.path.dirname(existing) != existing:
-        existing = os.path.dirname(existing)
-    check_writable_dir(existing, "output folder")
+    if not os.path.isdir(path):  # a new study: its folder is created with its parents; a resumed one is
+        existing = out           # not probed (a rerun with nothing to do must not write)
+        while not os.path.isdir(existing) and os.path.dirname(existing) != existing:
+            existing = os.path.dirname(existing)
+        check_writable_dir(existing, "output folder")
     return path
 
 

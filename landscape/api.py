@@ -124,12 +124,14 @@ def _snapshots(refs: Sequence[str | Snapshot], model: nn.Module) -> list[Snapsho
 
 def open_store(out: str | None) -> Store | nullcontext:
     """The store `out` for writing (nothing is created until the first write), after checking
-    that a new one can be created; a null context without `out`."""
+    that a new one can be created; a null context without `out`. An existing store is not probed:
+    a rerun with nothing to compute must not write, and a writer learns it cannot write when it
+    takes the lock, before any point is evaluated."""
     if out is None:
         return nullcontext(None)
     store = Store(out, mode="a")
-    check_writable_dir(store.path if store.exists else os.path.dirname(store.path),
-                       "store folder" if store.exists else "output folder")
+    if not store.exists:
+        check_writable_dir(os.path.dirname(store.path), "output folder")
     return store
 
 

@@ -45,12 +45,13 @@ class Snapshot:
         return h.hexdigest()[:16]
 
 
-def read_state_dict(path: str) -> dict[str, torch.Tensor]:
-    """A tensor state dict from a checkpoint file, loaded with weights_only=True only."""
+def read_state_dict(path: str, mmap: bool = False) -> dict[str, torch.Tensor]:
+    """A tensor state dict from a checkpoint file, loaded with weights_only=True only.
+    `mmap`: map the tensors instead of reading them (for looking at shapes only)."""
     if not os.path.isfile(path):
         raise LandscapeError(f"checkpoint {path!r} does not exist")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError:
         raise LandscapeError(f"checkpoint {path!r} needs arbitrary code to load (not weights-only); "
                              "refused") from None

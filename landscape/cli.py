@@ -13,7 +13,7 @@ from typing import Any, Callable, Sequence
 
 from . import api
 from .errors import LandscapeError
-from .store import KINDS
+from .store import KINDS, package_versions
 
 
 def add_common(p: argparse.ArgumentParser, evaluation: bool = True) -> None:
@@ -290,8 +290,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    from .store import package_versions
-
     return package_versions()["landscape"]
 
 

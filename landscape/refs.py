@@ -78,7 +78,8 @@ def head_classes(ref: str | Snapshot) -> int | None:
                     layout = ParamLayout.from_json(store.read_attrs("snapshots", store_ref[1])["layout"])
                 shapes = [shape for _, shape, _ in layout.slices()]
             else:
-                shapes = [tuple(v.shape) for v in read_state_dict(ref).values() if v.is_floating_point()]
+                # mapped, not read: the snapshot itself is loaded once, later
+                shapes = [tuple(v.shape) for v in read_state_dict(ref, mmap=True).values() if v.is_floating_point()]
     except (LandscapeError, KeyError, TypeError):
         return None  # the snapshot's own loading reports what is wrong with it
     heads = [s for s in shapes if len(s) == 2]

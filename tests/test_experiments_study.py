@@ -166,12 +166,15 @@ def test_rerun_of_a_finished_study_on_a_full_disk_changes_nothing(e2e):
         return {os.path.relpath(os.path.join(r, f), out): hashlib.sha1(open(os.path.join(r, f), "rb").read()).hexdigest()
                 for r, _, fs in os.walk(out) for f in fs}
 
-    before = tree()
+    def folder_times():  # a probe file created and removed again still changes its folder's time
+        return {root: os.stat(root).st_mtime_ns for root, _, _ in os.walk(out)}
+
+    before, times = tree(), folder_times()
     proc = subprocess.run([sys.executable, "-m", "landscape", "run", "tiny", "--out", str(out), "--quiet",
                            "--no-cache"], capture_output=True, text=True, timeout=300,
                           preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (1, 1)))
     assert proc.returncode == 0, proc.stderr
-    assert tree() == before
+    assert tree() == before and folder_times() == times
 
 
 def test_output_folder_removed_during_a_study_is_a_failure(tmp_path):
