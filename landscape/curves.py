@@ -36,7 +36,7 @@ from .bn import recompute_bn
 from .checkpoints import Snapshot, check_same_architecture
 from .errors import LandscapeError
 from .grid import MemoryGrid, line_alphas
-from .hessian import bn_inputs, evaluator_data, line_snapshot, require_kind
+from .hessian import bn_inputs, evaluator_data, line_snapshot
 from .lines import curve_barriers
 from .params import ParamLayout
 from .validate import finite_positive, positive_int
@@ -204,7 +204,6 @@ def connect(evaluator, a: Snapshot, b: Snapshot, *, curve: str = "bezier", alpha
     check_same_architecture([a, b])
     check_training_args(curve, epochs, lr, momentum, weight_decay, optimizer, train_batch_size)
     chunk = 4 if chunk is None else positive_int(chunk, "--chunk")
-    require_kind(store, KIND)
     data = evaluator_data(evaluator)
     if data["split"] != "train":
         raise LandscapeError("connect trains the curve on training data: give --data")

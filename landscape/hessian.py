@@ -615,14 +615,6 @@ def _point_buffers(evaluator, snap: Snapshot) -> Snapshot:
                     {k: v.detach().cpu().clone() for k, v in model.named_buffers()}, dict(snap.meta))
 
 
-def require_kind(store, kind: str) -> None:
-    """A store that cannot hold `kind` yet is refused in one line (before any work)."""
-    from . import store as store_module
-
-    if store is not None and kind not in store_module.KINDS:
-        raise LandscapeError(f"this version of the store has no kind {kind!r} (landscape.store.KINDS)")
-
-
 def _spectrum_config(evaluator, top_k, trace, density, probes, iters, tol, density_runs, density_points, sigma,
                      seed, dtype) -> dict[str, Any]:
     d = evaluator_data(evaluator)
@@ -672,7 +664,6 @@ def hessian(evaluator, snapshot: Snapshot, *, top_k: int = 1, trace: bool = Fals
     without computing or writing; other arguments on an existing name are refused unless `overwrite`.
     """
     check_spectrum_args(top_k, probes, iters, tol, density_runs, density_points, sigma)
-    require_kind(store, KIND)
     prov = dict(provenance or {})
     config = {**prov, **_spectrum_config(evaluator, top_k, trace, density, probes, iters, tol, density_runs,
                                          density_points, sigma, seed, dtype),
@@ -713,7 +704,6 @@ def hessian_line(evaluator, a: Snapshot, b: Snapshot, alphas: np.ndarray, *, sto
     trace_stderr, loss, grad_norm, densities on a common grid) is the object `NAME`."""
     check_same_architecture([a, b])
     check_spectrum_args(top_k, probes, iters, tol, density_runs, density_points, sigma)
-    require_kind(store, KIND)
     alphas = np.asarray(alphas, dtype=np.float64)
     prov = dict(provenance or {})
     settings = dict(top_k=top_k, trace=trace, density=density, probes=probes, iters=iters, tol=tol,

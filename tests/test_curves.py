@@ -3,7 +3,6 @@ endpoints, training that finds a lower path than the straight line, storage and 
 the `connect` command."""
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import textwrap
@@ -26,15 +25,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
-
-@pytest.fixture()
-def kinds(monkeypatch):
-    import landscape.store as st
-
-    for kind in ("hessians", "connections"):
-        if kind not in st.KINDS:
-            monkeypatch.setattr(st, "KINDS", st.KINDS + (kind,))
 
 
 def test_curve_formulas_and_exact_endpoints():
@@ -129,7 +119,7 @@ def test_training_is_deterministic_and_moves_the_control_point(two_solutions):
     assert not torch.equal(t1, t3)
 
 
-def test_connect_stores_resumes_and_reruns_as_a_no_op(two_solutions, tmp_path, kinds, monkeypatch):
+def test_connect_stores_resumes_and_reruns_as_a_no_op(two_solutions, tmp_path, monkeypatch):
     from landscape import curves
     from landscape.store import Store
 
@@ -181,7 +171,7 @@ class _BNNet(nn.Module):
         return self.body(x)
 
 
-def test_batchnorm_model_recomputes_statistics_along_the_curve(two_solutions, kinds, tmp_path):
+def test_batchnorm_model_recomputes_statistics_along_the_curve(two_solutions, tmp_path):
     from torch.optim.swa_utils import update_bn
     from torch.utils.data import DataLoader, TensorDataset
 
@@ -231,21 +221,11 @@ USER_MODULE = textwrap.dedent("""
 
 
 @pytest.fixture()
-def cli_main(monkeypatch, kinds):
-    import landscape.cli as cli
-    from landscape.curvature_cli import register
+def cli_main():
+    """The `landscape` command (hessian and connect come through the landscape.commands entry point)."""
+    from landscape.cli import main
 
-    build = cli.build_parser
-
-    def with_curvature():
-        parser = build()
-        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-        if "connect" not in sub.choices:
-            register(sub)
-        return parser
-
-    monkeypatch.setattr(cli, "build_parser", with_curvature)
-    return cli.main
+    return main
 
 
 def test_cli_connect(two_solutions, tmp_path, monkeypatch, cli_main, capsys):

@@ -8,7 +8,6 @@ integrates to 1 within 1e-3; each run's quadrature mean is its probe's quadratic
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -216,20 +215,11 @@ def test_bad_settings_are_one_line_errors(problem):
 
 
 # -- the analysis layer ---------------------------------------------------------------------
-@pytest.fixture()
-def kinds(monkeypatch):
-    import landscape.store as st
-
-    for kind in ("hessians", "connections"):
-        if kind not in st.KINDS:
-            monkeypatch.setattr(st, "KINDS", st.KINDS + (kind,))
-
-
 def _evaluator(m, x, y, bn_mode="keep"):
     return Evaluator(m, TensorData(x, y, "train", 3), None, bn_mode=bn_mode, batch_size=35)
 
 
-def test_analysis_stores_once_and_refuses_other_arguments(problem, tmp_path, kinds):
+def test_analysis_stores_once_and_refuses_other_arguments(problem, tmp_path):
     from landscape.store import Store
 
     m, snap, x, y, *_ = problem
@@ -256,7 +246,7 @@ def test_analysis_stores_once_and_refuses_other_arguments(problem, tmp_path, kin
         assert attrs["snapshot"] == "m" and attrs["config"]["snapshot"] == snap.fingerprint()
 
 
-def test_line_analysis_resumes_by_point(problem, tmp_path, kinds, monkeypatch):
+def test_line_analysis_resumes_by_point(problem, tmp_path, monkeypatch):
     from landscape import hessian as hmod
     from landscape.store import Store
 
@@ -334,7 +324,7 @@ USER_MODULE = textwrap.dedent("""
 
 
 @pytest.fixture()
-def work(tmp_path, monkeypatch, kinds):
+def work(tmp_path, monkeypatch):
     (tmp_path / "curv_user_model.py").write_text(USER_MODULE)
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.chdir(tmp_path)
@@ -352,22 +342,11 @@ def work(tmp_path, monkeypatch, kinds):
 
 
 @pytest.fixture()
-def cli_main(monkeypatch):
-    """landscape.cli.main with `hessian` and `connect` registered (until cli.py registers them)."""
-    import landscape.cli as cli
-    from landscape.curvature_cli import register
+def cli_main():
+    """The `landscape` command (hessian and connect come through the landscape.commands entry point)."""
+    from landscape.cli import main
 
-    build = cli.build_parser
-
-    def with_curvature():
-        parser = build()
-        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-        if "hessian" not in sub.choices:
-            register(sub)
-        return parser
-
-    monkeypatch.setattr(cli, "build_parser", with_curvature)
-    return cli.main
+    return main
 
 
 COMMON = ["--model", "curv_user_model:make", "--data", "tensors:train.pt", "--quiet"]
