@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 import experiments.cli
-import experiments.files as files
 from landscape import atomic
 from experiments.cli import headline
 from experiments.config import load_config

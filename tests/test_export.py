@@ -2,7 +2,6 @@
 PolyData file read by VTK's own XML reader, and CSV read back with numpy."""
 from __future__ import annotations
 
-import json
 import xml.etree.ElementTree as ET
 
 import h5py

@@ -20,7 +20,6 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from landscape.cli import main
 from landscape.jsonable import masked
