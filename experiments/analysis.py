@@ -55,16 +55,21 @@ class Context:
     store: Store
     runner: Any
     quiet: bool
+    plan: Any = None  # the seed's plan (experiments.samplers.Plan); default: the first seed's
     evaluator: Evaluator | None = None
     provenance: dict | None = None
+
+    def __post_init__(self) -> None:
+        self.plan = self.plan or self.prep.plan
 
     @property
     def cfg(self):
         return self.prep.cfg
 
     @property
-    def plan(self):
-        return self.prep.plan
+    def px(self) -> str:
+        """The seed's prefix of every object name ('' for a single-seed study)."""
+        return self.plan.prefix
 
     @property
     def an(self) -> dict:
@@ -74,13 +79,16 @@ class Context:
         return list(dict.fromkeys(n for names in self.plan.members.values() for n in names))
 
 
-def analyze_study(prep, store: Store, runner, quiet: bool = True) -> dict[str, Any]:
-    ctx = Context(prep, store, runner, quiet)
+def analyze_study(prep, store: Store, runner, quiet: bool = True, plan=None, extras: bool = True) -> dict[str, Any]:
+    """One seed's analysis (`plan`, default the first seed's). `extras`: the plane, the sharpness
+    and the curves too (a multi-seed study computes them for its first seed only)."""
+    ctx = Context(prep, store, runner, quiet, plan)
     out: dict[str, Any] = {"methods": {}, "members": {}}
     singles = single_metrics(ctx)
     out["finetuned"] = {"name": ctx.plan.finetuned, **singles[ctx.plan.finetuned]}
-    if "scratch" in singles:
-        out["scratch"] = {"name": "scratch", **singles["scratch"]}
+    if ctx.px + "scratch" in singles:
+        out["scratch"] = {"name": ctx.px + "scratch", **singles[ctx.px + "scratch"]}
+    out["seed"] = ctx.plan.seed
     out["pretrained"] = {u.name: {"source_test_acc": runner.snapshot(u.name).meta.get("source_test_acc")}
                          for u in ctx.plan.units if u.kind == "pretrain"}
     out["methods"] = ensembles_by_size(ctx)
@@ -98,13 +106,28 @@ def analyze_study(prep, store: Store, runner, quiet: bool = True) -> dict[str, A
         for name, pw in pairwise_barriers(ctx).items():
             out["methods"][name].update(pw)
     store_ensembles(ctx, out["methods"])
-    if ctx.an["plane"]:
+    if ctx.an["plane"] and extras:
         out["plane"] = study_plane(ctx)
-    if ctx.an["sharpness"]:
+    if ctx.an["sharpness"] and extras:
         for name, sharp in sharpness(ctx).items():
             out["methods"][name].update(sharp)
-    if ctx.an["curves"]:
+    if ctx.an["curves"] and extras:
         out["curves"] = study_curves(ctx)
+    return out
+
+
+def sharpness_methods(cfg) -> list:
+    """Every single method, and of each grid only the smallest and the largest cycle lr at its
+    longest cycle (Hessians of every cell would cost more than the rest of the analysis)."""
+    out = []
+    for group, ms in cfg.groups().items():
+        if len(ms) == 1:
+            out.extend(ms)
+            continue
+        longest = max(m.params["cycle_epochs"] for m in ms)
+        at = [m for m in ms if m.params["cycle_epochs"] == longest]
+        lo, hi = min(at, key=lambda m: m.params["lr_scale"]), max(at, key=lambda m: m.params["lr_scale"])
+        out.extend([lo] if lo is hi else [lo, hi])
     return out
 
 
@@ -112,12 +135,12 @@ def sharpness(ctx: Context) -> dict[str, dict[str, Any]]:
     """Top Hessian eigenvalue and trace (training loss, BN recomputed) of each method's first
     members other than the fine-tuned model: is a member that left the basin somewhere sharper?"""
     out = {}
-    for m in ctx.cfg.methods:
+    for m in sharpness_methods(ctx.cfg):
         members = ctx.plan.members[m.name]
         # the method's own members first: every cycle method's first member is the fine-tuned model
         names = ([n for n in members if n != ctx.plan.finetuned] or members)[: ctx.an["sharpness_members"]]
         res = [landscape_hessian(ctx.evaluator, ctx.runner.snapshot(n), top_k=1, trace=True,
-                                 iters=ctx.an["hessian_iters"], probes=ctx.an["hessian_probes"], seed=ctx.cfg.seed,
+                                 iters=ctx.an["hessian_iters"], probes=ctx.an["hessian_probes"], seed=ctx.plan.seed,
                                  keep_eigenvectors=False, store=ctx.store, name=f"sharpness-{n}",
                                  provenance=ctx.provenance, overwrite=True) for n in names]
         out[m.name] = {"sharpness_members": names,
@@ -138,7 +161,7 @@ def curve_pairs(ctx: Context) -> list[tuple[str, str, str]]:
             break
     cyc = [m for m in ctx.cfg.methods if m.type in ("starsse", "sse")]
     if cyc:
-        big = max(cyc, key=lambda m: (m.params["lr_scale"], m.type == "starsse"))
+        big = max(cyc, key=lambda m: (m.params["lr_scale"], m.type == "starsse", m.params["cycle_epochs"]))
         pairs.append((f"fine-tuned to {big.name}", ctx.plan.finetuned, ctx.plan.members[big.name][-1]))
     return pairs
 
@@ -148,7 +171,7 @@ def study_curves(ctx: Context) -> list[dict[str, Any]]:
     out = []
     for label, a, b in curve_pairs(ctx):
         res = connect_curve(ctx.evaluator, ctx.runner.snapshot(a), ctx.runner.snapshot(b), curve="bezier",
-                            num=ctx.an["curve_points"], epochs=ctx.an["curve_epochs"], seed=ctx.cfg.seed,
+                            num=ctx.an["curve_points"], epochs=ctx.an["curve_epochs"], seed=ctx.plan.seed,
                             store=ctx.store, name=f"curve-{a}-{b}", provenance=ctx.provenance, overwrite=True,
                             quiet=ctx.quiet)
         out.append({"label": label, "a": a, "b": b,
@@ -159,7 +182,8 @@ def study_curves(ctx: Context) -> list[dict[str, Any]]:
 
 def single_metrics(ctx: Context) -> dict[str, dict[str, float]]:
     labels = ctx.prep.target.test_labels()
-    names = ctx.member_names() + (["scratch"] if ctx.store.has("snapshots", "scratch") else [])
+    scratch = ctx.px + "scratch"
+    names = ctx.member_names() + ([scratch] if ctx.store.has("snapshots", scratch) else [])
     out = {}
     for n in names:
         r = ensemble_metrics(read_logits(ctx.store, n).float().unsqueeze(0), labels, ctx.an["ece_bins"])
@@ -168,17 +192,23 @@ def single_metrics(ctx: Context) -> dict[str, dict[str, float]]:
 
 
 def ensembles_by_size(ctx: Context) -> dict[str, dict[str, Any]]:
-    labels = ctx.prep.target.test_labels()
+    """Every method's ensemble metrics by size on test, and on validation when the task has it
+    (the grid's cells are chosen on validation)."""
+    target = ctx.prep.target
+    splits = ["test"] + (["val"] if target.has_val else [])
     out = {}
     for m in ctx.cfg.methods:
         names = ctx.plan.members[m.name]
-        r = ensemble_metrics(torch.stack([read_logits(ctx.store, n) for n in names]).float(), labels,
-                             ctx.an["ece_bins"])
-        res = {"type": m.type, "members": names, "params": m.params,
-               "ensemble_acc": r.acc.tolist(), "ensemble_nll": r.nll.tolist(), "ensemble_ece": r.ece.tolist(),
-               "ensemble_brier": r.brier.tolist(), "member_acc": r.member_acc.tolist(),
-               "member_nll": r.member_nll.tolist()}
-        if m.type in ("sse", "starsse"):
+        res = {"type": m.type, "group": m.group, "members": names, "params": m.params}
+        for split in splits:
+            r = ensemble_metrics(torch.stack([read_logits(ctx.store, n, split) for n in names]).float(),
+                                 target.labels(split), ctx.an["ece_bins"])
+            pre = "" if split == "test" else "val_"
+            res.update({f"{pre}ensemble_acc": r.acc.tolist(), f"{pre}ensemble_nll": r.nll.tolist(),
+                        f"{pre}member_acc": r.member_acc.tolist(), f"{pre}member_nll": r.member_nll.tolist()})
+            if split == "test":
+                res.update(ensemble_ece=r.ece.tolist(), ensemble_brier=r.brier.tolist())
+        if m.type in ("sse", "starsse") or m.params.get("schedule") == "cyclic":
             res["cycle_lr"] = ctx.cfg["finetune"]["lr"] * m.params["lr_scale"]
         out[m.name] = res
     return out
@@ -188,8 +218,8 @@ def landscape_evaluator(ctx: Context) -> tuple[Evaluator, dict[str, Any]]:
     """The evaluator of every line, matrix and plane (BN recomputed at every point), and the
     provenance that identifies its model and data in the results' fingerprints."""
     cfg, an, target = ctx.cfg, ctx.an, ctx.prep.target
-    train_d = target.eval_data("train", an["train_samples"], seed=cfg.seed)
-    test_d = target.eval_data("test", an["test_samples"], seed=cfg.seed)
+    train_d = target.eval_data("train", an["train_samples"], seed=ctx.plan.seed)
+    test_d = target.eval_data("test", an["test_samples"], seed=ctx.plan.seed)
     ev = Evaluator(ctx.prep.template, train_d, test_d, bn_mode="recompute", device=ctx.prep.device,
                    batch_size=min(cfg["study"]["eval_batch_size"], 500), bn_samples=an["bn_samples"])
     prov = {"model": cfg["model"], "data": cfg["data"], "train_samples": an["train_samples"],
@@ -244,7 +274,7 @@ def member_lines(ctx: Context, singles: dict[str, dict[str, float]]) -> dict[str
     def pre_vector(c: int) -> torch.Tensor:
         if c not in pre_vectors:
             mdl = seeded_build(cfg["model"]["name"], target.num_classes, target.input_shape, cfg["model"]["width"], 0)
-            load_backbone(mdl, runner.pretrained(c), f"checkpoint {c}")
+            load_backbone(mdl, runner.pretrained(f"{plan.prefix}pretrain-{c}", c), f"checkpoint {c}")
             pre_vectors[c] = backbone_vector(mdl)
         return pre_vectors[c]
 
@@ -255,7 +285,8 @@ def member_lines(ctx: Context, singles: dict[str, dict[str, float]]) -> dict[str
     out: dict[str, dict[str, Any]] = {}
     bar = tqdm(total=len(members) - 1, desc="analysis: lines to the fine-tuned model", unit="line",
                disable=ctx.quiet, leave=False, dynamic_ncols=True)
-    for n in members + (["scratch"] if "scratch" in singles else []):
+    scratch = ctx.px + "scratch"
+    for n in members + ([scratch] if scratch in singles else []):
         s = runner.snapshot(n)
         c = _root_checkpoint(plan, n)
         info = {**singles[n], "meta": {k: s.meta.get(k) for k in ("method", "member", "cycle", "lr", "seed",
@@ -270,6 +301,9 @@ def member_lines(ctx: Context, singles: dict[str, dict[str, float]]) -> dict[str
             res = analyses.line(ctx.evaluator, ft, s, alphas, store=ctx.store, name=f"line-{ft_name}-{n}",
                                 provenance=ctx.provenance, overwrite=True)
             info["barrier_to_finetuned"] = {k: v["barrier"] for k, v in res["barriers"].items()}
+            # the curve itself, for the interpolation figure
+            info["line"] = {"alphas": np.asarray(res["alphas"]).tolist(),
+                            **{k: np.asarray(res[k]).tolist() for k in ctx.evaluator.metric_names if k in res}}
             bar.update(1)
         out[n] = info
     bar.close()
@@ -285,7 +319,8 @@ def pairwise_barriers(ctx: Context) -> dict[str, dict[str, Any]]:
                   dynamic_ncols=True):
         names = ctx.plan.members[m.name]
         res = analyses.barrier_matrix(ctx.evaluator, [ctx.runner.snapshot(n) for n in names], alphas,
-                                      store=ctx.store, name=m.name, provenance={**ctx.provenance, "method": m.name},
+                                      store=ctx.store, name=ctx.px + m.name,
+                                      provenance={**ctx.provenance, "method": m.name},
                                       overwrite=True)
         iu = np.triu_indices(len(names), 1)
         matrices = {k[: -len("_barrier")]: np.asarray(res[k]) for k in res if k.endswith("_barrier")}
@@ -300,12 +335,12 @@ def store_ensembles(ctx: Context, methods: dict[str, dict[str, Any]]) -> None:
         res = methods[m.name]
         config = {"members": [ctx.runner.snapshot(n).fingerprint() for n in res["members"]],
                   "ece_bins": ctx.an["ece_bins"]}
-        if analyses.finished_ensemble(ctx.store, m.name, config, overwrite=True) is not None:
+        if analyses.finished_ensemble(ctx.store, ctx.px + m.name, config, overwrite=True) is not None:
             continue
         arrays = {k.removeprefix("ensemble_"): res[k] for k in ("ensemble_acc", "ensemble_nll", "ensemble_ece",
                                                                "ensemble_brier", "member_acc", "member_nll")}
         arrays["size"] = np.arange(1, len(res["members"]) + 1)
-        ctx.store.write("ensembles", m.name, analyses.ensemble_arrays(arrays, res["members"]),
+        ctx.store.write("ensembles", ctx.px + m.name, analyses.ensemble_arrays(arrays, res["members"]),
                         {"method": m.name, "type": m.type, "soup_acc": res["soup_acc"], "soup_nll": res["soup_nll"],
                          "params": m.params, "config": config}, overwrite=True)
 
@@ -350,7 +385,7 @@ def study_plane(ctx: Context) -> dict[str, Any]:
     ys = np.linspace(lo[1] - margin[1], hi[1] + margin[1], n)
     if not ctx.quiet:
         print(f"analysis: plane {n}x{n} through {plan.finetuned}, {picked[0]}, {picked[1]}", flush=True)
-    res = analyses.plane(ctx.evaluator, ft, pl.directions, xs, ys, store=ctx.store, name="plane",
+    res = analyses.plane(ctx.evaluator, ft, pl.directions, xs, ys, store=ctx.store, name=ctx.px + "plane",
                          provenance=ctx.provenance, direction_attrs={"kind": "plane",
                                                                      "points": [plan.finetuned, *picked]},
                          projections=(names, coords, dists), overwrite=True, quiet=ctx.quiet)

@@ -23,26 +23,34 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def headline(summary: dict[str, Any], out: str) -> str:
-    """A few lines: transfer margin, each method at size K, the verdicts, where the outputs are.
+    """A few lines: transfer, each chosen method at size K (mean ± std over seeds), the verdicts,
+    where the outputs are.
 
     Takes the summary as write_report returns it: None (not computed) prints as n/a, a computed
     non-finite value as nan or inf.
     """
-    from .markdown import fmt_num, fmt_pct, fmt_points
+    from .markdown import fmt_num, fmt_pct, pm
 
     K = summary["study"]["members"]
+    seeds = summary["study"]["seeds"]
     tr = summary["transfer"]
-    lines = [f"study {summary['study']['name']!r} -> {out}"]
-    line = f"fine-tuned {fmt_pct(tr['finetuned_acc'])}"
-    if tr.get("scratch_acc") is not None:
-        line += f", from scratch {fmt_pct(tr['scratch_acc'])} (transfer {fmt_points(tr.get('margin'))})"
+    lines = [f"study {summary['study']['name']!r} -> {out} ({len(seeds)} seed{'s' if len(seeds) > 1 else ''}: "
+             f"mean ± std)"]
+    line = f"fine-tuned {pm(tr['finetuned_acc'], fmt_pct)}"
+    if tr["scratch_acc"]["n"]:
+        line += f", from scratch {pm(tr['scratch_acc'], fmt_pct)}"
     lines.append(line)
-    lines.append(f"{'method':<26} {'ens acc':>8} {'ens NLL':>8} {'member':>8} {'barrier':>8} {'pairwise':>8}  (K={K})")
-    for m in summary["methods"].values():
-        pw = (m.get("mean_pairwise_barrier") or {}).get("test_loss")
-        lines.append(f"{m['label']:<26} {fmt_pct(m['ensemble_acc'][-1]):>8} {fmt_num(m['ensemble_nll'][-1]):>8} "
-                     f"{fmt_pct(m['member_mean_acc']):>8} {fmt_num(m['new_member_mean_barrier_test_loss']):>8} "
-                     f"{fmt_num(pw):>8}")
+    lines.append(f"{'method (chosen cell)':<36} {'ens acc':>13} {'ens NLL':>13} {'member':>13} {'dist ft':>7} "
+                 f"{'basin':>5}  (K={K})")
+    chosen = {v["cell"] for v in summary["selected"].values()}
+    for name, m in summary["methods"].items():
+        if name not in chosen:
+            continue
+        s = m["stats"]
+        dist = s.get("new_member_mean_dist_finetuned")
+        lines.append(f"{m['label']:<36} {pm(s.get('acc'), fmt_pct):>13} {pm(s.get('nll')):>13} "
+                     f"{pm(s.get('new_member_mean_acc') or s.get('member_mean_acc'), fmt_pct):>13} "
+                     f"{fmt_num(dist['mean'] if dist else None, 1):>7} {str(m.get('basin') or 'n/a'):>5}")
     for f in summary["findings"]:
         lines.append(f"[{f['verdict']}] {f['claim']}")
     t = summary.get("timings") or {}

@@ -13,6 +13,13 @@ A config has these tables (see experiments/configs/demo.toml for a commented exa
     [methods.NAME]  type = local_de | global_de | sse | starsse | fge | swa, and its hyperparameters
     [analysis]  line_points, pairwise_points, plane, plane_through, plane_points, train_samples,
                 test_samples, bn_samples
+    [runtime]   how training runs on the device (experiments/accel.py): amp = "auto" | "bf16" | "off",
+                channels_last = "auto" | true | false, cudnn_benchmark, micro_batch_size (gradient
+                accumulation), pin_memory and persistent_workers = "auto" | true | false (image-folder
+                data only); left out of the study's fingerprint, like study.device
+
+pretrain.ignore_keys (real data only) lists key prefixes of the checkpoint files to skip, e.g.
+["projector.", "predictor."] for BYOL checkpoints; other keys that are not in the model are refused.
 
 Errors name the file and the key: an unknown key (with the closest known one), a wrong type, a
 missing data folder or checkpoint file, a method without its required hyperparameters, and any
@@ -24,6 +31,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -37,12 +45,14 @@ from landscape.validate import check_grid_size, finite_positive, positive_int
 
 from .data import EmbeddedSpec
 
-SHIPPED = ("demo", "demo_quick", "tiny", "cifar10_resnet50", "cifar100_resnet50")
+SHIPPED = ("demo", "demo_quick", "paper_grid", "tiny", "cifar10_resnet50", "cifar100_resnet50", "cifar100_resnet50_byol")
 DATA_KINDS = ("embedded", "cifar10", "cifar100", "imagefolder")
 METHOD_TYPES = ("local_de", "global_de", "sse", "starsse", "fge", "swa")
 
 INT, FLOAT, BOOL, STR = "integer", "number", "boolean", "string"
 STR_LIST, INT_OR_STR_LIST = "list of strings", "integer or list of strings"
+BOOL_OR_AUTO = 'boolean or "auto"'
+INT_LIST, FLOAT_OR_LIST = "list of integers", "number or list of numbers"
 
 # key -> (type, default); a default of REQUIRED must be given.
 REQUIRED = object()
@@ -50,15 +60,16 @@ REQUIRED = object()
 _EMBEDDED = {k: (FLOAT if isinstance(v, float) else INT, v) for k, v in asdict(EmbeddedSpec()).items()}
 
 SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
-    "study": {"name": (STR, "study"), "seed": (INT, 0), "members": (INT, 5), "device": (STR, "auto"),
+    "study": {"name": (STR, "study"), "seed": (INT, 0), "seeds": (INT_LIST, None), "members": (INT, 5),
+              "device": (STR, "auto"),
               "eval_batch_size": (INT, 500), "threads": (INT, 0)},
     "data": {"kind": (STR, "embedded"), "augment_shift": (INT, 2), "root": (STR, None),
-             "image_size": (INT, None), "num_workers": (INT, 4), **{f"{k}": v for k, v in _EMBEDDED.items()
+             "image_size": (INT, None), "num_workers": (INT, 4), "val_fraction": (FLOAT, 0.0), **{f"{k}": v for k, v in _EMBEDDED.items()
                                                                    if k != "image_size"}},
     "model": {"name": (STR, "small_cnn"), "width": (INT, None)},
     "pretrain": {"checkpoints": (INT_OR_STR_LIST, None), "epochs": (INT, 8), "lr": (FLOAT, 0.05),
                  "momentum": (FLOAT, 0.9), "weight_decay": (FLOAT, 5e-4), "batch_size": (INT, 64),
-                 "cache": (BOOL, True)},
+                 "cache": (BOOL, True), "ignore_keys": (STR_LIST, None)},
     "finetune": {"epochs": (INT, 20), "lr": (FLOAT, 0.02), "momentum": (FLOAT, 0.9),
                  "weight_decay": (FLOAT, 5e-4), "batch_size": (INT, 32)},
     "scratch": {"enabled": (BOOL, True), "epochs": (INT, None), "lr": (FLOAT, None)},
@@ -68,28 +79,58 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
                  "ece_bins": (INT, 15), "sharpness": (BOOL, True), "sharpness_members": (INT, 2),
                  "hessian_iters": (INT, 20), "hessian_probes": (INT, 20), "curves": (BOOL, True),
                  "curve_epochs": (INT, 10), "curve_points": (INT, 11)},
+    "runtime": {"amp": (STR, "auto"), "channels_last": (BOOL_OR_AUTO, "auto"), "cudnn_benchmark": (BOOL, True),
+                "micro_batch_size": (INT, None), "pin_memory": (BOOL_OR_AUTO, "auto"),
+                "persistent_workers": (BOOL_OR_AUTO, "auto")},
 }
 EMBEDDED_ONLY = set(_EMBEDDED) - {"image_size"}
-REAL_ONLY = {"root", "num_workers"}
+REAL_ONLY = {"root", "num_workers", "val_fraction"}
 
 METHOD_SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
     "local_de": {},
     "global_de": {},
-    "sse": {"lr_scale": (FLOAT, REQUIRED), "cycle_epochs": (INT, None)},
-    "starsse": {"lr_scale": (FLOAT, REQUIRED), "cycle_epochs": (INT, None)},
-    "fge": {"lr1_scale": (FLOAT, 1.0), "lr2_scale": (FLOAT, 0.01), "cycle_epochs": (FLOAT, 2.0)},
+    # A list value makes the table a grid: one method (a "cell") per combination, named
+    # TABLE-lrX-cY (cycle_scale) or TABLE-lrX-eY (cycle_epochs). A cycle is C = cycle_scale × finetune.epochs
+    # or cycle_epochs epochs, run as round(C × iterations per epoch) iterations: fractions are fine.
+    "sse": {"lr_scale": (FLOAT_OR_LIST, REQUIRED), "cycle_scale": (FLOAT_OR_LIST, None),
+            "cycle_epochs": (FLOAT_OR_LIST, None)},
+    "starsse": {"lr_scale": (FLOAT_OR_LIST, REQUIRED), "cycle_scale": (FLOAT_OR_LIST, None),
+                "cycle_epochs": (FLOAT_OR_LIST, None)},
+    # FGE in two parametrisations: "garipov" (Garipov et al. 2018: triangular between lr1 and lr2,
+    # snapshots at the minima) and "cyclic" (Sadrtdinov et al.'s code: torch's CyclicLR from
+    # 0.01·η_c up to η_c = lr_scale·η and back over each cycle, momentum cycled 0.9 → 0.8 → 0.9,
+    # a snapshot at the end of every cycle).
+    "fge": {"schedule": (STR, "garipov"), "lr1_scale": (FLOAT, 1.0), "lr2_scale": (FLOAT, 0.01),
+            "lr_scale": (FLOAT_OR_LIST, None), "cycle_scale": (FLOAT_OR_LIST, None),
+            "cycle_epochs": (FLOAT_OR_LIST, None)},
     "swa": {"lr_scale": (FLOAT, 0.5), "epochs": (INT, None), "anneal_epochs": (INT, 1)},
 }
-METHOD_COMMON = {"type": (STR, None), "members": (INT, None), "pairwise": (BOOL, True)}
+METHOD_COMMON = {"type": (STR, None), "members": (INT, None), "pairwise": (BOOL, None)}
+GRID_KEYS = ("lr_scale", "cycle_scale", "cycle_epochs")
+FGE_SCHEDULES = ("garipov", "cyclic")
 
 
 @dataclass
 class MethodConfig:
+    """One method, or one cell of a grid table (`group` is then the table's name)."""
+
     name: str
     type: str
     members: int
     pairwise: bool
     params: dict[str, Any]
+    group: str = ""
+
+    def __post_init__(self) -> None:
+        self.group = self.group or self.name
+
+    @property
+    def is_cell(self) -> bool:
+        return self.group != self.name
+
+    @property
+    def cycle_epochs(self) -> float | None:
+        return self.params.get("cycle_epochs")
 
 
 @dataclass
@@ -107,7 +148,15 @@ class StudyConfig:
 
     @property
     def seed(self) -> int:
-        return self.sections["study"]["seed"]
+        """The first study seed (a single-seed study's only one)."""
+        return self.seeds[0]
+
+    @property
+    def seeds(self) -> list[int]:
+        """The study seeds: each one is a whole independent replicate (pre-trainings, fine-tunings,
+        data orders); tables report mean ± std over them."""
+        st = self.sections["study"]
+        return list(st["seeds"]) if st.get("seeds") else [st["seed"]]
 
     @property
     def members(self) -> int:
@@ -132,9 +181,17 @@ class StudyConfig:
     def method(self, name: str) -> MethodConfig:
         return next(m for m in self.methods if m.name == name)
 
+    def groups(self) -> dict[str, list[MethodConfig]]:
+        """Methods by config table: a grid table's cells together, a single method alone."""
+        out: dict[str, list[MethodConfig]] = {}
+        for m in self.methods:
+            out.setdefault(m.group, []).append(m)
+        return out
+
     def to_json(self) -> dict[str, Any]:
         return {**self.sections, "methods": {m.name: {"type": m.type, "members": m.members,
-                                                       "pairwise": m.pairwise, **m.params}
+                                                       "pairwise": m.pairwise, **m.params,
+                                                       **({"group": m.group} if m.is_cell else {})}
                                              for m in self.methods}}
 
     def fingerprint(self) -> str:
@@ -145,7 +202,8 @@ class StudyConfig:
         d = self.to_json()
         d.pop("analysis")
         d["study"] = {k: v for k, v in d["study"].items() if k not in ("device", "eval_batch_size", "threads")}
-        d["pretrain"] = {k: v for k, v in d["pretrain"].items() if k != "cache"}
+        d["pretrain"] = {k: v for k, v in d["pretrain"].items() if k not in ("cache", "ignore_keys")}
+        d.pop("runtime", None)  # how training runs (precision, layout, accumulation), like the device
         d["data"] = {k: v for k, v in d["data"].items() if k != "num_workers"}  # seeds are per sample
         for m in d["methods"].values():
             m.pop("pairwise", None)
@@ -169,6 +227,13 @@ def _type_ok(kind: str, value: Any) -> bool:
         return isinstance(value, list) and all(isinstance(v, str) for v in value)
     if kind == INT_OR_STR_LIST:
         return _type_ok(INT, value) or _type_ok(STR_LIST, value)
+    if kind == BOOL_OR_AUTO:
+        return isinstance(value, bool) or value == "auto"
+    if kind == INT_LIST:
+        return isinstance(value, list) and bool(value) and all(_type_ok(INT, v) for v in value)
+    if kind == FLOAT_OR_LIST:
+        return _type_ok(FLOAT, value) or (isinstance(value, list) and bool(value)
+                                           and all(_type_ok(FLOAT, v) for v in value))
     raise AssertionError(kind)
 
 
@@ -194,7 +259,8 @@ def _fill(table: Mapping[str, Any], schema: Mapping[str, tuple[str, Any]], where
         if not _type_ok(kind, value):
             raise LandscapeError(f"{where}{key} must be {'an' if kind[0] in 'ai' else 'a'} {kind}, "
                                  f"got {_describe(value)}")
-        out[key] = float(value) if kind == FLOAT else value
+        out[key] = float(value) if kind == FLOAT else \
+            ([float(v) for v in value] if isinstance(value, list) else float(value)) if kind == FLOAT_OR_LIST else value
     for key, (kind, default) in schema.items():
         if key not in out:
             if default is REQUIRED:
@@ -269,10 +335,11 @@ def _check_embedded(data: dict) -> None:
     for k in ("image_size", "channels", "parts", "part_size", "parts_per_image", "source_classes", "source_train",
               "source_test", "target_classes", "target_train_per_class", "target_test"):
         _count(data, where, k)
+    _count(data, where, "target_val", minimum=0)
     for k in ("noise", "background"):
         _decay(data, where, k)
     images = data["source_train"] + data["source_test"] + data["target_classes"] * data["target_train_per_class"] \
-        + data["target_test"]
+        + data["target_test"] + data["target_val"]
     need = 4 * data["channels"] * (images * data["image_size"] ** 2 + data["parts"] * data["part_size"] ** 2)
     if need > MAX_EMBEDDED_BYTES:
         raise LandscapeError(f"data: the embedded problem's {images:,} images (data.source_train + source_test + "
@@ -335,6 +402,119 @@ def _check_analysis(an: dict, methods: list[MethodConfig]) -> None:
         _check_plane_through(an["plane_through"], methods)
 
 
+def _seeds(st: dict) -> None:
+    seeds = st.get("seeds")
+    if seeds is None:
+        return
+    for v in seeds:
+        _seed({"seeds": v}, "study.", "seeds")
+    if len(set(seeds)) != len(seeds):
+        raise LandscapeError(f"study.seeds must not repeat a seed, got {seeds}")
+
+
+def _cell_name(table: str, cell: dict[str, float]) -> str:
+    """TABLE-lrX-cY: the grid coordinates that vary, in a file-name-safe form."""
+    tag = {"lr_scale": "lr", "cycle_scale": "c", "cycle_epochs": "e"}
+    return "-".join([table] + [f"{tag[k]}{v:g}" for k, v in cell.items()])
+
+
+def _parse_method(name: str, table: Any, st: dict, ft: dict) -> list[MethodConfig]:
+    """A [methods.NAME] table: one method, or one per cell when a grid key holds a list."""
+    where = f"methods.{name}."
+    if not isinstance(table, Mapping):
+        raise LandscapeError(f"methods.{name} must be a table, got {_describe(table)}")
+    mtype = table.get("type", name if name in METHOD_TYPES else None)
+    if mtype is None:
+        raise LandscapeError(f"{where}type is required (one of {', '.join(METHOD_TYPES)})")
+    if mtype not in METHOD_TYPES:
+        raise LandscapeError(f"{where}type must be one of {', '.join(METHOD_TYPES)}, got {_describe(mtype)}")
+    filled = _fill(table, {**METHOD_COMMON, **METHOD_SCHEMA[mtype]}, where)
+    filled.pop("type")
+    _count(filled, where, "members", minimum=1 if mtype == "swa" else 2)
+    members = filled.pop("members") or st["members"]
+    pairwise = filled.pop("pairwise")
+    if mtype == "fge":
+        sched = filled["schedule"]
+        if sched not in FGE_SCHEDULES:
+            raise LandscapeError(f"{where}schedule must be one of {', '.join(FGE_SCHEDULES)}, got {sched!r}")
+        if sched == "cyclic":
+            if filled["lr_scale"] is None:
+                raise LandscapeError(f"{where}lr_scale is required for schedule = \"cyclic\" (η_c = lr_scale × finetune.lr)")
+            bad = sorted(k for k in ("lr1_scale", "lr2_scale") if k in table)
+            if bad:
+                raise LandscapeError(f"{where}{bad[0]} applies to schedule = \"garipov\" only")
+            filled.pop("lr1_scale"), filled.pop("lr2_scale")
+        else:
+            if "lr_scale" in table:
+                raise LandscapeError(f"{where}lr_scale applies to schedule = \"cyclic\"; Garipov's schedule takes "
+                                     "lr1_scale and lr2_scale")
+            filled.pop("lr_scale")
+            if filled["lr2_scale"] > filled["lr1_scale"]:
+                raise LandscapeError(f"{where}lr2_scale must not exceed lr1_scale (lr2 is the minimum)")
+    if mtype in ("sse", "starsse", "fge"):
+        if filled["cycle_scale"] is not None and filled["cycle_epochs"] is not None:
+            raise LandscapeError(f"{where}cycle_scale and cycle_epochs both set the cycle length: give one")
+        if filled["cycle_scale"] is None and filled["cycle_epochs"] is None:
+            if mtype == "fge" and filled["schedule"] == "garipov":
+                filled["cycle_epochs"] = 2.0
+            else:
+                filled["cycle_scale"] = 1.0
+    grid = {k: filled[k] for k in GRID_KEYS if isinstance(filled.get(k), list)}
+    for k, values in grid.items():
+        if len(set(values)) != len(values):
+            raise LandscapeError(f"{where}{k} repeats a value: {values}")
+    cells = [dict(zip(grid, combo)) for combo in itertools.product(*grid.values())] if grid else [{}]
+    out = []
+    for cell in cells:
+        params = {**filled, **cell}
+        cell_name = _cell_name(name, cell) if grid else name
+        cw = f"{where}" if not grid else f"{where}(cell {cell_name}) "
+        for k in ("lr_scale", "lr1_scale", "lr2_scale", "cycle_scale", "cycle_epochs"):
+            _rate(params, cw, k)
+        for k in ("lr_scale", "lr1_scale", "lr2_scale"):
+            if params.get(k) is not None:
+                _derived_lr(ft["lr"] * params[k], f"finetune.lr × {cw}{k}")
+        if params.get("cycle_scale") is not None:
+            params["cycle_epochs"] = params["cycle_scale"] * ft["epochs"]
+        _count(params, where, "epochs")
+        _count(params, where, "anneal_epochs", minimum=0)
+        if mtype == "swa":
+            params["epochs"] = params["epochs"] or max(1, ft["epochs"] // 2)
+            if params["anneal_epochs"] > params["epochs"]:
+                raise LandscapeError(f"{where}anneal_epochs ({params['anneal_epochs']}) exceeds epochs "
+                                     f"({params['epochs']})")
+        # Pairwise barrier matrices are K² lines: on by default for single methods, off for grid cells.
+        pw = (not grid) if pairwise is None else pairwise
+        out.append(MethodConfig(cell_name, mtype, members, pw, params, name))
+    return out
+
+
+def _check_runtime(sections: dict, raw: Mapping[str, Any]) -> None:
+    """[runtime] (experiments.accel) and pretrain.ignore_keys: values, and keys that do not apply."""
+    from .accel import LOADER_KEYS, check_runtime
+
+    rt, pre, kind = sections["runtime"], sections["pretrain"], sections["data"]["kind"]
+    _count(rt, "runtime.", "micro_batch_size")
+    check_runtime(rt, "runtime.")
+    given = raw.get("runtime", {})
+    if kind == "embedded":
+        bad = [k for k in LOADER_KEYS if k in given]
+        if bad:
+            raise LandscapeError(f"runtime.{bad[0]} only applies to image-folder data (DataLoaders), not kind = "
+                                 "\"embedded\"")
+        if "ignore_keys" in raw.get("pretrain", {}):
+            raise LandscapeError("pretrain.ignore_keys only applies to checkpoint files (real data); the embedded "
+                                 "study pre-trains its own checkpoints")
+        pre.pop("ignore_keys", None)
+        return
+    keys = pre.get("ignore_keys") or []
+    for p in keys:
+        if not p.strip():
+            raise LandscapeError("pretrain.ignore_keys holds an empty prefix, which would skip every key; list "
+                                 "prefixes such as \"projector.\"")
+    pre["ignore_keys"] = list(keys)
+
+
 def parse_config(raw: Mapping[str, Any], source: str = "<config>", check_paths: bool = True) -> StudyConfig:
     """Validate a parsed TOML document; raise LandscapeError('config SOURCE: ...') on the first problem."""
     try:
@@ -384,6 +564,9 @@ def _parse(raw: Mapping[str, Any], check_paths: bool) -> "_Parsed":
         data["root"] = os.path.expanduser(data["root"])
         _count(data, "data.", "image_size")
         _count(data, "data.", "num_workers", minimum=0)
+        vf = data["val_fraction"]
+        if not (math.isfinite(vf) and 0 <= vf < 1):
+            raise LandscapeError(f"data.val_fraction must be a number in [0, 1), got {vf!r}")
         data["image_size"] = data["image_size"] or 224
         if check_paths and not os.path.isdir(data["root"]):
             raise LandscapeError(f"data folder {data['root']!r} does not exist (data.root)")
@@ -408,39 +591,12 @@ def _parse(raw: Mapping[str, Any], check_paths: bool) -> "_Parsed":
     if not isinstance(raw_methods, Mapping) or not raw_methods:
         raise LandscapeError("no [methods.NAME] tables: a study needs at least one method")
     for name, table in raw_methods.items():
-        where = f"methods.{name}."
-        if not isinstance(table, Mapping):
-            raise LandscapeError(f"methods.{name} must be a table, got {_describe(table)}")
-        mtype = table.get("type", name if name in METHOD_TYPES else None)
-        if mtype is None:
-            raise LandscapeError(f"{where}type is required (one of {', '.join(METHOD_TYPES)})")
-        if mtype not in METHOD_TYPES:
-            raise LandscapeError(f"{where}type must be one of {', '.join(METHOD_TYPES)}, got {_describe(mtype)}")
-        filled = _fill(table, {**METHOD_COMMON, **METHOD_SCHEMA[mtype]}, where)
-        filled.pop("type")
-        _count(filled, where, "members", minimum=1 if mtype == "swa" else 2)
-        members = filled.pop("members") or st["members"]
-        pairwise = filled.pop("pairwise")
-        for k in ("lr_scale", "lr1_scale", "lr2_scale"):
-            _rate(filled, where, k)
-            if k in filled:
-                _derived_lr(ft["lr"] * filled[k], f"finetune.lr × {where}{k}")
-        if mtype == "fge":
-            _rate(filled, where, "cycle_epochs")  # a float: FGE cycles may be fractions of an epoch
-        else:
-            _count(filled, where, "cycle_epochs")
-        _count(filled, where, "epochs")
-        _count(filled, where, "anneal_epochs", minimum=0)
-        if mtype in ("sse", "starsse"):
-            filled["cycle_epochs"] = filled["cycle_epochs"] or ft["epochs"]
-        if mtype == "swa":
-            filled["epochs"] = filled["epochs"] or max(1, ft["epochs"] // 2)
-            if filled["anneal_epochs"] > filled["epochs"]:
-                raise LandscapeError(f"{where}anneal_epochs ({filled['anneal_epochs']}) exceeds epochs "
-                                     f"({filled['epochs']})")
-        if mtype == "fge" and filled["lr2_scale"] > filled["lr1_scale"]:
-            raise LandscapeError(f"{where}lr2_scale must not exceed lr1_scale (lr2 is the minimum)")
-        methods.append(MethodConfig(name, mtype, members, pairwise, filled))
+        methods.extend(_parse_method(name, table, st, ft))
+    names = [m.name for m in methods]
+    dup = next((n for n in names if names.count(n) > 1), None)
+    if dup is not None:
+        raise LandscapeError(f"two methods are named {dup!r} (a grid cell's name is TABLE-lrX-cY): rename a table")
+    _seeds(st)
 
     # pre-training / checkpoints
     need = max([m.members for m in methods if m.type == "global_de"], default=1)
@@ -456,7 +612,7 @@ def _parse(raw: Mapping[str, Any], check_paths: bool) -> "_Parsed":
         if not isinstance(ck, list) or not ck:
             raise LandscapeError("pretrain.checkpoints must list the local pre-trained checkpoint files "
                                  f"for {data['kind']} (pre-training on the source task is embedded-only)")
-        bad = sorted(given_pre - {"checkpoints"})
+        bad = sorted(given_pre - {"checkpoints", "ignore_keys"})
         if bad:
             raise LandscapeError(f"pretrain.{bad[0]} only applies to the embedded data (pre-training there)")
         pre["checkpoints"] = [os.path.expanduser(p) for p in ck]
@@ -470,6 +626,7 @@ def _parse(raw: Mapping[str, Any], check_paths: bool) -> "_Parsed":
         raise LandscapeError(f"global_de with {need} members needs {need} pre-trained checkpoints, "
                              f"pretrain.checkpoints gives {pre['checkpoints'] if isinstance(pre['checkpoints'], int) else len(pre['checkpoints'])}")
 
+    _check_runtime(sections, raw)
     _check_analysis(an, methods)
     return _Parsed(sections, methods)
 

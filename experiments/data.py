@@ -58,6 +58,7 @@ class EmbeddedSpec:
     target_classes: int = 10
     target_train_per_class: int = 20
     target_test: int = 1000
+    target_val: int = 0  # a validation split of the target task (0: none); selection uses it, reports use test
     noise: float = 0.6
     background: float = 0.5
 
@@ -77,6 +78,8 @@ class EmbeddedSpec:
         for name in ("source_train", "source_test", "target_train_per_class", "target_test"):
             if getattr(self, name) < 1:
                 raise LandscapeError(f"data: {name} must be at least 1")
+        if self.target_val < 0:
+            raise LandscapeError("data: target_val must be non-negative")
         if self.noise < 0 or self.background < 0:
             raise LandscapeError("data: noise and background must be non-negative")
 
@@ -87,6 +90,7 @@ class TransferProblem:
     source_test: TensorData
     target_train: TensorData
     target_test: TensorData
+    target_val: TensorData | None
     parts: torch.Tensor  # [P, C, s, s]
     source_combos: list[tuple[int, ...]]
     target_combos: list[tuple[int, ...]]
@@ -145,6 +149,7 @@ def make_transfer_problem(spec: EmbeddedSpec) -> TransferProblem:
         source_test=split(src, spec.source_test, 2, "source-test"),
         target_train=split(tgt, spec.target_train_per_class * spec.target_classes, 3, "target-train"),
         target_test=split(tgt, spec.target_test, 4, "target-test"),
+        target_val=split(tgt, spec.target_val, 5, "target-val") if spec.target_val else None,
         parts=parts, source_combos=src, target_combos=tgt)
 
 
@@ -189,11 +194,23 @@ class Task:
         """One epoch of shuffled, augmented batches, all randomness from `g`."""
         raise NotImplementedError
 
-    def test_batches(self, batch_size: int, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def eval_batches(self, split: str, batch_size: int, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The whole `split` ("test" or "val") in order, with evaluation transforms."""
         raise NotImplementedError
 
-    def test_labels(self) -> torch.Tensor:
+    def labels(self, split: str) -> torch.Tensor:
         raise NotImplementedError
+
+    @property
+    def has_val(self) -> bool:
+        """Whether the task has a validation split (hyperparameters are then chosen on it, not on test)."""
+        return False
+
+    def test_batches(self, batch_size: int, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self.eval_batches("test", batch_size, device)
+
+    def test_labels(self) -> torch.Tensor:
+        return self.labels("test")
 
     def eval_data(self, split: str, limit: int | None, seed: int = 0) -> TensorData:
         """A fixed (seeded) subset of a split with evaluation transforms, in memory."""
@@ -208,8 +225,8 @@ class TensorTask(Task):
     """A task held in memory: the embedded problem (or any TensorData pair)."""
 
     def __init__(self, name: str, train: TensorData, test: TensorData, num_classes: int, max_shift: int = 0,
-                 flip: bool = False) -> None:
-        self.name, self.train, self.test = name, train, test
+                 flip: bool = False, val: TensorData | None = None) -> None:
+        self.name, self.train, self.test, self.val = name, train, test, val
         self.num_classes = int(num_classes)
         self.input_shape = tuple(train.x.shape[1:])
         self.max_shift, self.flip = int(max_shift), bool(flip)
@@ -218,9 +235,19 @@ class TensorTask(Task):
     def _on(self, split: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         key = f"{split}@{device}"
         if key not in self._device_cache:
-            d = self.train if split == "train" else self.test
+            d = self._split(split)
             self._device_cache[key] = (d.x.to(device), d.y.to(device))
         return self._device_cache[key]
+
+    def _split(self, split: str) -> TensorData:
+        d = {"train": self.train, "test": self.test, "val": self.val}[split]
+        if d is None:
+            raise LandscapeError(f"{self.name} has no {split} split")
+        return d
+
+    @property
+    def has_val(self) -> bool:
+        return self.val is not None
 
     def train_size(self) -> int:
         return len(self.train)
@@ -234,16 +261,16 @@ class TensorTask(Task):
         for start in range(0, n, batch_size):
             yield xa[start:start + batch_size], ya[start:start + batch_size]
 
-    def test_batches(self, batch_size, device):
-        x, y = self._on("test", device)
+    def eval_batches(self, split, batch_size, device):
+        x, y = self._on(split, device)
         for start in range(0, x.shape[0], batch_size):
             yield x[start:start + batch_size], y[start:start + batch_size]
 
-    def test_labels(self) -> torch.Tensor:
-        return self.test.y
+    def labels(self, split: str) -> torch.Tensor:
+        return self._split(split).y
 
     def eval_data(self, split, limit, seed=0):
-        d = self.train if split == "train" else self.test
+        d = self._split(split)
         if limit is None or limit >= len(d):
             return d
         idx = torch.randperm(len(d), generator=torch.Generator().manual_seed(seed))[:limit].sort().values
@@ -257,7 +284,8 @@ def embedded_tasks(spec: EmbeddedSpec, max_shift: int = 2) -> tuple[TensorTask, 
     """(source task, target task) of the embedded problem."""
     p = make_transfer_problem(spec)
     source = TensorTask("embedded-source", p.source_train, p.source_test, spec.source_classes, max_shift)
-    target = TensorTask("embedded-target", p.target_train, p.target_test, spec.target_classes, max_shift)
+    target = TensorTask("embedded-target", p.target_train, p.target_test, spec.target_classes, max_shift,
+                        val=p.target_val)
     return source, target
 
 
@@ -265,7 +293,7 @@ class FolderTask(Task):
     """CIFAR-10/100 or an ImageFolder tree with the paper's transforms, read through DataLoaders."""
 
     def __init__(self, kind: str, root: str, image_size: int = 224, num_workers: int = 4,
-                 test_folder: str | None = None) -> None:
+                 test_folder: str | None = None, val_fraction: float = 0.0) -> None:
         import torchvision
         from torchvision import transforms as T
 
@@ -303,9 +331,29 @@ class FolderTask(Task):
         if len(self._train) == 0 or len(self._test) == 0:
             raise LandscapeError(f"data {kind}:{root} is empty")
         self.num_classes = len(self._train.classes)
+        self._val = None
+        if val_fraction > 0:
+            # A fixed hold-out of the training set (its own seed: the same split in every study),
+            # evaluated with the evaluation transforms; training never sees it.
+            from torch.utils.data import Subset
+
+            n = len(self._train)
+            k = int(round(val_fraction * n))
+            if not 0 < k < n:
+                raise LandscapeError(f"data.val_fraction = {val_fraction:g} leaves no training or no validation "
+                                     f"images of {n}")
+            perm = torch.randperm(n, generator=torch.Generator().manual_seed(20231)).tolist()
+            val_idx, train_idx = sorted(perm[:k]), sorted(perm[k:])
+            targets = list(self._train.targets)
+            self._val = Subset(self._train_eval, val_idx)
+            self._val.targets = [targets[i] for i in val_idx]
+            self._train = Subset(self._train, train_idx)
+            self._train_eval = Subset(self._train_eval, train_idx)
         self.input_shape = (3, image_size, image_size)
 
     def _targets(self, ds) -> torch.Tensor:
+        if not hasattr(ds, "targets"):  # a training-set Subset
+            return torch.as_tensor(ds.dataset.targets, dtype=torch.long)[torch.as_tensor(ds.indices)]
         return torch.as_tensor(ds.targets, dtype=torch.long)
 
     def train_size(self) -> int:
@@ -314,6 +362,13 @@ class FolderTask(Task):
     def _loader(self, ds, batch_size, shuffle, g=None):
         from torch.utils.data import DataLoader
 
+        # The study's runtime table (experiments.accel.apply_runtime) may set pinned memory and
+        # persistent workers; without it, the loaders of before.
+        options = self.__dict__.get("loader_options")
+        if options is not None:
+            from .accel import folder_loader
+
+            return folder_loader(self, ds, batch_size, shuffle, g, options)
         return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=g, num_workers=self.num_workers,
                           pin_memory=torch.cuda.is_available(), drop_last=False,
                           worker_init_fn=_seed_worker if shuffle else None, persistent_workers=False)
@@ -327,12 +382,22 @@ class FolderTask(Task):
         for x, y in self._loader(ds, batch_size, True, g):
             yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
-    def test_batches(self, batch_size, device):
-        for x, y in self._loader(self._test, batch_size, False):
+    @property
+    def has_val(self) -> bool:
+        return self._val is not None
+
+    def _eval_set(self, split: str):
+        ds = {"test": self._test, "val": self._val}[split]
+        if ds is None:
+            raise LandscapeError(f"{self.name} has no validation split (set data.val_fraction)")
+        return ds
+
+    def eval_batches(self, split, batch_size, device):
+        for x, y in self._loader(self._eval_set(split), batch_size, False):
             yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
-    def test_labels(self):
-        return self._targets(self._test)
+    def labels(self, split: str):
+        return self._targets(self._eval_set(split))
 
     def eval_data(self, split, limit, seed=0):
         from torch.utils.data import Subset

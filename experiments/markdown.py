@@ -47,103 +47,144 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def render_markdown(summary: dict[str, Any], figures: dict[str, str]) -> str:
-    """report.md: the findings with their verdicts, then the tables behind them and the figures
-    (`figures`: title -> path; linked as figures/NAME)."""
-    st, tr = summary["study"], summary["transfer"]
-    K = st["members"]
+def pm(s: dict | None, fmt=None, nd: int = 3) -> str:
+    """A statistic over seeds as 'mean ± std' ('mean' alone for one seed); s: aggregate.stat's dict."""
+    fmt = fmt or (lambda x: fmt_num(x, nd))
+    if not s or s.get("n", 0) == 0:
+        return "n/a"
+    if s.get("std") is None:
+        return fmt(s["mean"])
+    return f"{fmt(s['mean'])} ± {fmt(s['std']).rstrip('%')}"
+
+
+def _pct(s: dict | None) -> str:
+    return pm(s, fmt_pct)
+
+
+def _describe(st: dict) -> str:
     d, m, ft = st["data"], st["model"], st["finetune"]
-    L = [f"# Pre-train basin study: {st['name']}", ""]
     if d["kind"] == "embedded":
-        data_desc = (f"the embedded transfer problem (seed {d['seed']}): {d['image_size']}×{d['image_size']} images "
-                     f"made of {d['parts_per_image']} of {d['parts']} shared parts; source task "
+        data_desc = (f"the embedded transfer problem (data seed {d['seed']}): {d['image_size']}×{d['image_size']} "
+                     f"images made of {d['parts_per_image']} of {d['parts']} shared parts; source task "
                      f"{d['source_classes']} classes × {d['source_train']} samples, target task "
                      f"{d['target_classes']} new part combinations × {d['target_train_per_class']} samples per "
-                     f"class, {d['target_test']} test samples")
+                     f"class, {d.get('target_val', 0)} validation and {d['target_test']} test samples")
     else:
         data_desc = f"{d['kind']} from {d['root']} at {d['image_size']}px"
-    L += [f"Config `{st['config']}` (fingerprint `{st['fingerprint']}`). Data: {data_desc}. Model: "
-          f"{m['name']}" + (f" (width {m['width']})" if m.get("width") else "") +
-          f". Fine-tuning recipe: SGD momentum {ft['momentum']}, η = {ft['lr']}, weight decay {ft['weight_decay']}, "
-          f"{ft['epochs']} epochs, batch {ft['batch_size']}, cosine decay. K = {K} members per method. Barriers are "
-          "measured on straight lines with BatchNorm statistics recomputed at every point; accuracies are "
-          "test-set fractions shown in %; n/a marks a value not computed in this run.", ""]
+    seeds = st["seeds"]
+    return (f"Config `{st['config']}` (fingerprint `{st['fingerprint']}`). Data: {data_desc}. Model: {m['name']}"
+            + (f" (width {m['width']})" if m.get("width") else "")
+            + f". Fine-tuning recipe: SGD momentum {ft['momentum']}, η = {ft['lr']}, weight decay "
+            f"{ft['weight_decay']}, E = {ft['epochs']} epochs, batch {ft['batch_size']}, cosine decay. K = "
+            f"{st['members']} members per method. {len(seeds)} seed{'s' if len(seeds) > 1 else ''} "
+            f"({', '.join(map(str, seeds))}), each an independent replicate (its own pre-trainings, fine-tunings and "
+            "data orders): numbers are mean ± std over seeds (sample std), per-seed values in summary.json. "
+            "Barriers are measured on straight lines with BatchNorm statistics recomputed at every point; "
+            "accuracies are test-set fractions shown in %; n/a marks a value not computed in this run.")
+
+
+def render_markdown(summary: dict[str, Any], figures: dict[str, str]) -> str:
+    """report.md: the findings with their verdicts and tolerances, then the tables behind them and
+    the figures (`figures`: title -> path; linked as figures/NAME)."""
+    st, tr, methods = summary["study"], summary["transfer"], summary["methods"]
+    K = st["members"]
+    on = "validation" if summary.get("selection_split") == "val" else "test (the task has no validation split)"
+    L = [f"# Pre-train basin study: {st['name']}", "", _describe(st), ""]
     L += ["## Findings", ""]
     verdicts = [f["verdict"] for f in summary["findings"]]
     if verdicts:
-        undecided = verdicts.count("undecided")
-        L += [f"Of the paper's {len(verdicts)} claims checked here, {verdicts.count('holds')} hold at this scale, "
-              f"{verdicts.count('mixed')} are mixed (accuracy and NLL disagree) and {verdicts.count('does not hold')} "
-              "do not hold" + (f"; {undecided} could not be decided (a number they compare is not finite)"
-                               if undecided else "") +
-              ". Each verdict below comes from this run's numbers and the threshold in its claim.", ""]
+        counts = ", ".join(f"{verdicts.count(v)} {v}" for v in ("holds", "does not hold", "mixed", "inconclusive",
+                                                                  "undecided") if verdicts.count(v))
+        L += [f"The paper's claims checked here: {counts}. A comparison is paired by seed; its tolerance is the "
+              "95% confidence half-width of the mean difference (Student t over seeds), never below a negligible "
+              "floor (0.2 points of accuracy, 0.002 NLL, 0.01 loss barrier). \"Beats\" holds beyond the "
+              "tolerance and is inconclusive within it; \"matches or beats\" holds within it. A claim on "
+              "accuracy and NLL holds when both do and is *mixed* when they disagree.", ""]
     for f in summary["findings"]:
-        L.append(f"- {f['claim']} — **{f['verdict']}** at this scale: {f['text']}")
+        L.append(f"- **{f['verdict']}** — {f['claim']} *Measure:* {f['measure']}. {f['text']}")
     L.append("")
+    basin = summary.get("basin") or {}
+    if basin.get("measures"):
+        L += ["## Where the members are: the basin measures", "",
+              "Local DE members (one checkpoint) are the reference for the pre-train basin, Global DE members "
+              "(different checkpoints) for another basin. A measure separates when Global DE's mean exceeds Local "
+              "DE's on every seed; its threshold is midway between their means. A method's members are *out* of the "
+              "basin when beyond the threshold of any separating measure.", ""]
+        L += [table(["measure", "Local DE", "Global DE", "separates on every seed", "threshold"],
+                    [[b["label"], fmt_num(b["local"]), fmt_num(b["global"]), "yes" if b["separates"] else "no",
+                      fmt_num(b["threshold"])] for b in basin["measures"]]), ""]
     L += ["## Transfer", "",
           table(["model", "test accuracy", "test NLL"],
-                [["fine-tuned from checkpoint 0 (`" + st["finetuned_model"] + "`)", fmt_pct(tr["finetuned_acc"]),
-                  fmt_num(tr["finetuned_nll"])]]
-                + ([["trained from scratch on the target", fmt_pct(tr["scratch_acc"]), fmt_num(tr["scratch_nll"])]]
-                   if tr["scratch_acc"] is not None else [])), ""]
-    if tr["pretrained_source_acc"]:
-        accs = ", ".join(fmt_pct(v) for v in tr["pretrained_source_acc"].values())
-        L += [f"Pre-trained checkpoints' accuracy on the source task: {accs}.", ""]
-    L += ["## Methods at ensemble size K", ""]
+                [[f"fine-tuned from checkpoint 0 (`{st['finetuned_model']}`)", _pct(tr["finetuned_acc"]),
+                  pm(tr["finetuned_nll"])]]
+                + ([["trained from scratch on the target", _pct(tr["scratch_acc"]), pm(tr["scratch_nll"])]]
+                   if tr["scratch_acc"]["n"] else [])), ""]
+    sel = summary.get("selected") or {}
+    chosen = {v["cell"] for v in sel.values()}
+    L += ["## Methods at ensemble size K", "",
+          f"Each config table's cell chosen on {on} (a grid table's other cells are in the next section); cost "
+          "counts training epochs of the K members, the shared fine-tuning once.", ""]
     rows = []
-    for mm in summary["methods"].values():
-        mp = mm.get("mean_pairwise_barrier") or {}
-        rows.append([mm["label"], fmt_pct(mm["ensemble_acc"][-1]), fmt_num(mm["ensemble_nll"][-1]),
-                     fmt_num(mm["ensemble_ece"][-1]), fmt_pct(mm["member_mean_acc"]),
-                     fmt_pct(mm["soup_acc"]), fmt_num(mm["new_member_mean_barrier_test_loss"]),
-                     fmt_pct(mm["new_member_mean_barrier_test_error"]), fmt_num(mp.get("test_loss")),
-                     fmt_pct(mp.get("test_error")), fmt_num(mm["new_member_mean_dist_pretrained"], 2)])
-    L += [table(["method", f"ens. acc (K={K})", "ens. NLL", "ens. ECE", "mean member acc", "soup acc",
-                 "barrier to ft (loss)", "barrier to ft (error)", "mean pairwise barrier (loss)",
-                 "mean pairwise barrier (error)", "backbone dist. to checkpoint"], rows), "",
-          "Barriers to the fine-tuned model and distances are means over each method's members other than "
-          "the fine-tuned model itself; the soup is the uniform weight average of the members with BN recomputed.",
-          ""]
+    for name, mm in methods.items():
+        if name not in chosen:
+            continue
+        s_ = mm["stats"]
+        rows.append([mm["label"], f"{mm['cost_epochs']:g}", _pct(s_.get("acc")), pm(s_.get("nll")),
+                     _pct(s_.get("new_member_mean_acc") or s_.get("member_mean_acc")), _pct(s_.get("soup_acc")),
+                     pm(s_.get("new_member_mean_barrier_train_loss")), _pct(s_.get("new_member_mean_barrier_test_error")),
+                     pm(s_.get("new_member_mean_dist_finetuned"), nd=2), pm(s_.get("pairwise_train_loss")),
+                     str(mm.get("basin") or "n/a")])
+    L += [table(["method", "cost (epochs)", f"ens. acc (K={K})", "ens. NLL", "member acc", "soup acc",
+                 "train-loss barrier to ft", "test-error barrier to ft", "distance to ft", "pairwise train-loss barrier",
+                 "basin"], rows), "",
+          "Member accuracy, barriers and distances are means over the members other than the fine-tuned model "
+          "itself; the soup is the uniform weight average of the members with BN recomputed.", ""]
+    grids = [(g, v) for g, v in sel.items() if v["cells"] > 1]
+    if grids:
+        L += ["## The grid", "", f"Every cell of each grid table; ✓ marks the cell chosen on {on} (by ensemble "
+              "accuracy, ties to NLL). Equal compute: the cell costing no more than Local DE's K·E epochs chosen the "
+              "same way.", ""]
+        for g, v in grids:
+            cells = [(n, mm) for n, mm in methods.items() if mm["group"] == g]
+            rows = []
+            for n, mm in sorted(cells, key=lambda nm: (nm[1]["params"]["cycle_epochs"], nm[1]["params"]["lr_scale"])):
+                s_ = mm["stats"]
+                rows.append([("✓ " if n == v["cell"] else "") + mm["label"], f"{mm['cost_epochs']:g}",
+                             _pct(s_.get("val_acc")), _pct(s_.get("acc")), pm(s_.get("nll")),
+                             _pct(s_.get("new_member_mean_acc")), pm(s_.get("new_member_mean_dist_finetuned"), nd=2),
+                             str(mm.get("basin") or "n/a")])
+            L += [f"**{g}**", "", table(["cell", "cost (epochs)", "val. ens. acc", f"test ens. acc (K={K})",
+                                          "test ens. NLL", "member acc", "distance to ft", "basin"], rows), ""]
+            eq = (summary.get("equal_compute") or {}).get(g)
+            if eq:
+                mm = methods[eq["cell"]]
+                L += [f"Equal compute ({mm['cost_epochs']:g} epochs or fewer): {mm['label']}, test "
+                      f"{_pct(mm['stats'].get('acc'))} / NLL {pm(mm['stats'].get('nll'))}.", ""]
     sizes = [str(k) for k in range(1, K + 1)]
-    L += ["## Ensemble quality by size", "", "Test accuracy:", ""]
-    L += [table(["method"] + sizes,
-                [[mm["label"]] + [fmt_pct(a) for a in mm["ensemble_acc"]] for mm in summary["methods"].values()]), ""]
-    L += ["Test NLL:", ""]
-    L += [table(["method"] + sizes,
-                [[mm["label"]] + [fmt_num(a) for a in mm["ensemble_nll"]] for mm in summary["methods"].values()]), ""]
-    cyc = [mm for mm in summary["methods"].values() if mm["type"] in ("sse", "starsse")]
-    if cyc:
-        L += ["## Small against large cycle learning rate", ""]
-        rows = []
-        for mm in sorted(cyc, key=lambda q: (q["type"], q["cycle_lr"])):
-            rows.append([TYPE_LABEL[mm["type"]], f"{mm['params']['lr_scale']:g}·η = {mm['cycle_lr']:.4g}",
-                         str(mm["params"]["cycle_epochs"]), fmt_pct(mm["new_member_mean_acc"]),
-                         fmt_num(mm["new_member_mean_barrier_test_loss"]),
-                         fmt_pct(mm["new_member_mean_barrier_test_error"]),
-                         fmt_num(mm["new_member_mean_dist_pretrained"], 2), fmt_pct(mm["ensemble_acc"][-1]),
-                         fmt_num(mm["ensemble_nll"][-1])])
-        L += [table(["method", "cycle lr", "cycle epochs", "member acc (cycles)", "barrier to ft (loss)",
-                     "barrier to ft (error)", "backbone dist. to checkpoint", f"ens. acc (K={K})", "ens. NLL"], rows),
-              ""]
+    shown = [mm for n, mm in methods.items() if n in chosen]
+    L += ["## Ensemble quality by size", "", "Test accuracy (mean over seeds):", ""]
+    L += [table(["method"] + sizes, [[mm["label"]] + [fmt_pct(a["mean"]) for a in mm["stats"]["ensemble_acc"]]
+                                     for mm in shown]), ""]
+    L += ["Test NLL (mean over seeds):", ""]
+    L += [table(["method"] + sizes, [[mm["label"]] + [fmt_num(a["mean"]) for a in mm["stats"]["ensemble_nll"]]
+                                     for mm in shown]), ""]
     if summary.get("plane"):
         pl = summary["plane"]
-        L += ["## The plane", "", f"Through {', '.join('`' + p + '`' for p in pl['through'])}; every member "
-              "projected (coordinates in weight-space units, distance = how far the member is from the plane):", ""]
-        L += [table(["member", "method", "x", "y", "distance from plane"],
-                    [[p["name"], str(p["method"]), fmt_num(p["x"], 2), fmt_num(p["y"], 2), fmt_num(p["distance"], 2)]
-                     for p in pl["projections"]]), ""]
-    sharp = [(n, mm) for n, mm in summary["methods"].items() if mm.get("top_eigenvalue")]
+        L += ["## The plane (first seed)", "", f"Through {', '.join('`' + p + '`' for p in pl['through'])}; the "
+              "figure shows the train loss beside the test error, every member projected.", ""]
+    first = next(iter(summary.get("seeds", {}).values()), {})
+    sharp = [(n, mm) for n, mm in first.get("methods", {}).items() if mm.get("top_eigenvalue")]
     if sharp:
-        L += ["## Sharpness", "", "Top Hessian eigenvalue and Hessian trace (Hutchinson) of the training loss at "
-              "each method's first members other than the fine-tuned model, BN statistics recomputed at the point "
-              "(`landscape hessian`):", ""]
+        L += ["## Sharpness (first seed)", "", "Top Hessian eigenvalue and Hessian trace (Hutchinson) of the training "
+              "loss at each method's first members other than the fine-tuned model, BN statistics recomputed at the "
+              "point (`landscape hessian`):", ""]
         L += [table(["method", "members", "top eigenvalue", "trace"],
                     [[mm["label"], ", ".join(mm["sharpness_members"]),
                       " / ".join(fmt_num(v, 3) for v in mm["top_eigenvalue"]),
                       " / ".join(fmt_num(v, 1) for v in mm["hessian_trace"])] for _, mm in sharp]), ""]
     if summary.get("curves"):
-        L += ["## Curved paths", "", "A quadratic Bezier curve trained between two snapshots (Garipov et al., "
-              "`landscape connect`) against the straight line, BN recomputed along both:", ""]
+        L += ["## Curved paths (first seed)", "", "A quadratic Bezier curve trained between two snapshots (Garipov "
+              "et al., `landscape connect`) against the straight line, BN recomputed along both:", ""]
         L += [table(["pair", "line barrier (test loss)", "curve barrier (test loss)", "line barrier (train loss)",
                      "curve barrier (train loss)"],
                     [[f"{c['label']}: `{c['a']}` – `{c['b']}`", fmt_num(c["line_barrier"].get("test_loss")),

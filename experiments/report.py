@@ -1,8 +1,9 @@
 """The study's report: DIR/report.md and DIR/figures/*.png, from the analysis results.
 
 The stages, one module each:
-    summary.build_summary   analysis results -> the numbers (None where not computed)
-    verdicts.findings       the paper's claims, each with a verdict computed from those numbers
+    summary.build_summary   one seed's analysis results -> its numbers (None where not computed)
+    aggregate.aggregate     the seeds' numbers -> mean ± std, basins, the cells chosen on validation
+    verdicts.findings       the paper's claims, each with a verdict and its tolerance
     figures.write_figures   the matplotlib figures
     markdown.render_markdown  report.md (and the shared number formats fmt_pct, fmt_num)
 The summary is returned encoded by landscape.jsonable.to_jsonable (a computed nan as "nan",
@@ -20,23 +21,28 @@ from landscape.jsonable import to_jsonable
 from .figures import write_figures
 from .files import write_json_atomically, write_text_atomically
 from .markdown import fmt_num, fmt_pct, render_markdown
+from .aggregate import aggregate
 from .summary import build_summary
 from .verdicts import findings
 
 
-def write_report(prep: Any, results: dict[str, Any], out_dir: str) -> dict[str, Any]:
-    """Figures and report.md into `out_dir` from a prepared study's analysis results; returns the
-    JSON-ready summary (findings and figure paths included)."""
-    summary = build_summary(prep, results)
-    timings = summary.pop("timings")
+def write_report(prep: Any, per_seed: list[tuple[Any, dict[str, Any]]], out_dir: str,
+                 timings: dict[str, Any]) -> dict[str, Any]:
+    """Figures and report.md into `out_dir` from a prepared study's analysis results, one
+    (plan, results) per seed; returns the JSON-ready summary (per-seed numbers, findings and
+    figure paths included)."""
+    seeds = [build_summary(prep, results, plan) for plan, results in per_seed]
+    for s in seeds:
+        s.pop("timings", None)
+    summary = aggregate(seeds, prep.target.has_val)
     summary["findings"] = findings(summary)
-    summary["timings"] = timings
-    figures = write_figures(summary, results, os.path.join(out_dir, "figures"))
+    summary["timings"] = dict(timings)
+    figures = write_figures(summary, per_seed[0][1], os.path.join(out_dir, "figures"))
     summary["figures"] = [os.path.relpath(p, out_dir) for p in figures.values()]
     encoded = to_jsonable(summary)
     write_text_atomically(os.path.join(out_dir, "report.md"), render_markdown(encoded, figures))
     return encoded
 
 
-__all__ = ["write_report", "write_json_atomically", "build_summary", "findings", "render_markdown", "fmt_pct",
-           "fmt_num"]
+__all__ = ["write_report", "write_json_atomically", "build_summary", "aggregate", "findings", "render_markdown",
+           "fmt_pct", "fmt_num"]

@@ -66,36 +66,56 @@ class Unit:
 
 @dataclass
 class Plan:
+    """One seed's replicate of a study: its units and each method's members."""
+
     units: list[Unit]
     members: dict[str, list[str]]  # method name -> its member snapshots, in order
     finetuned: str = "ft-0-0"
+    seed: int = 0
+    prefix: str = ""  # of every unit name ('' for a single-seed study)
 
     def unit(self, name: str) -> Unit:
         return next(u for u in self.units if u.name == name)
 
 
-def plan_study(cfg: StudyConfig) -> Plan:
-    """Every unit of the study, in an order that respects the dependencies."""
-    seed, ft = cfg.seed, cfg["finetune"]
+def seed_prefix(cfg: StudyConfig, seed: int) -> str:
+    """Unit names of a multi-seed study start with `sSEED-`; a single-seed study's have no prefix."""
+    return f"s{seed}-" if len(cfg.seeds) > 1 else ""
+
+
+def cycle_iterations(cycle_epochs: float, iters_per_epoch: int) -> int:
+    """A cycle of C epochs as optimizer steps (C may be a fraction: a sub-epoch cycle)."""
+    return max(1, round(cycle_epochs * iters_per_epoch))
+
+
+def plan_study(cfg: StudyConfig, seed: int | None = None) -> Plan:
+    """Every unit of one seed's replicate of the study, in an order that respects the dependencies."""
+    seed = cfg.seed if seed is None else seed
+    px = seed_prefix(cfg, seed)
+    ft = cfg["finetune"]
     units: dict[str, Unit] = {}
 
     def add(u: Unit) -> str:
+        u.name = px + u.name
+        u.parent = px + u.parent if u.parent else None
+        u.seed = derive_seed(seed, u.name)
         units.setdefault(u.name, u)
         return u.name
 
     pre = cfg["pretrain"]
     if isinstance(pre["checkpoints"], int):
         for c in range(pre["checkpoints"]):
-            add(Unit(f"pretrain-{c}", "pretrain", "pretrain", c, None, None, pre["lr"],
-                     derive_seed(seed, f"pretrain-{c}"), pre["epochs"]))
+            add(Unit(f"pretrain-{c}", "pretrain", "pretrain", c, None, None, pre["lr"], 0, pre["epochs"]))
     if cfg["scratch"]["enabled"]:
         sc = cfg["scratch"]
-        add(Unit("scratch", "scratch", "scratch", 0, None, None, sc["lr"], derive_seed(seed, "scratch"), sc["epochs"]))
+        add(Unit("scratch", "scratch", "scratch", 0, None, None, sc["lr"], 0, sc["epochs"]))
 
     def finetune(c: int, s: int, method: str, member: int) -> str:
-        name = f"ft-{c}-{s}"
-        return add(Unit(name, "finetune", method, member, None, f"pretrain-{c}", ft["lr"],
-                        derive_seed(seed, name), ft["epochs"], {"checkpoint": c}))
+        name = f"{px}ft-{c}-{s}"
+        if name in units:
+            return name
+        return add(Unit(f"ft-{c}-{s}", "finetune", method, member, None, f"pretrain-{c}", ft["lr"], 0,
+                        ft["epochs"], {"checkpoint": c}))
 
     base = finetune(0, 0, "finetune", 0)
     members: dict[str, list[str]] = {}
@@ -110,29 +130,37 @@ def plan_study(cfg: StudyConfig) -> Plan:
             names = [base]
             for k in range(1, K):
                 parent = names[-1] if m.type == "sse" else base
-                names.append(add(Unit(f"{m.name}-{k}", m.type, m.name, k, k, parent, lr_c,
-                                      derive_seed(seed, f"{m.name}-{k}"), p["cycle_epochs"],
-                                      {"lr_scale": p["lr_scale"], "cycle_epochs": p["cycle_epochs"]})))
+                names.append(add(Unit(f"{m.name}-{k}", m.type, m.name, k, k, parent.removeprefix(px), lr_c, 0,
+                                      p["cycle_epochs"], {"lr_scale": p["lr_scale"],
+                                                          "cycle_epochs": p["cycle_epochs"], "group": m.group})))
+            members[m.name] = names
+        elif m.type == "fge" and p["schedule"] == "cyclic":
+            lr_c = ft["lr"] * p["lr_scale"]
+            names = [base]
+            for k in range(1, K):
+                names.append(add(Unit(f"{m.name}-{k}", "fge", m.name, k, k, names[-1].removeprefix(px), lr_c, 0,
+                                      p["cycle_epochs"], {"schedule": "cyclic", "lr_scale": p["lr_scale"],
+                                                          "cycle_epochs": p["cycle_epochs"], "group": m.group})))
             members[m.name] = names
         elif m.type == "fge":
             names = [base]
             for k in range(1, K):
-                names.append(add(Unit(f"{m.name}-{k}", "fge", m.name, k, k, names[-1], ft["lr"] * p["lr1_scale"],
-                                      derive_seed(seed, f"{m.name}-{k}"), p["cycle_epochs"] * (0.5 if k == 1 else 1),
-                                      {"lr1": ft["lr"] * p["lr1_scale"], "lr2": ft["lr"] * p["lr2_scale"],
-                                       "cycle_epochs": p["cycle_epochs"], "segment": k})))
+                names.append(add(Unit(f"{m.name}-{k}", "fge", m.name, k, k, names[-1].removeprefix(px),
+                                      ft["lr"] * p["lr1_scale"], 0, p["cycle_epochs"] * (0.5 if k == 1 else 1),
+                                      {"schedule": "garipov", "lr1": ft["lr"] * p["lr1_scale"],
+                                       "lr2": ft["lr"] * p["lr2_scale"], "cycle_epochs": p["cycle_epochs"],
+                                       "segment": k})))
             members[m.name] = names
         elif m.type == "swa":
             swa_lr = ft["lr"] * p["lr_scale"]
-            members[m.name] = [add(Unit(f"{m.name}-{k}", "swa", m.name, k, None, base, swa_lr,
-                                        derive_seed(seed, f"{m.name}-{k}"), p["epochs"],
-                                        {"lr_scale": p["lr_scale"], "anneal_epochs": p["anneal_epochs"]}))
+            members[m.name] = [add(Unit(f"{m.name}-{k}", "swa", m.name, k, None, base.removeprefix(px), swa_lr, 0,
+                                        p["epochs"], {"lr_scale": p["lr_scale"], "anneal_epochs": p["anneal_epochs"]}))
                                for k in range(K)]
         else:  # pragma: no cover - validated in config
             raise AssertionError(m.type)
     order = {"pretrain": 0, "scratch": 1, "finetune": 2}
     ordered = sorted(units.values(), key=lambda u: order.get(u.kind, 3))  # stable: methods keep config order
-    return Plan(ordered, members, base)
+    return Plan(ordered, members, base, seed, px)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -148,7 +176,7 @@ class Context:
     target: Task
     device: torch.device
     get_snapshot: Callable[[str], Snapshot]
-    get_pretrained: Callable[[int], dict[str, torch.Tensor]]
+    get_pretrained: Callable[[str, int], dict[str, torch.Tensor]]  # (unit name, checkpoint index)
     hooks: Hooks
     quiet: bool = True
 
@@ -163,13 +191,13 @@ def _generator(seed: int) -> torch.Generator:
 
 # The config key that sets each kind of unit's learning rate: named when a unit diverges.
 LR_KEY = {"pretrain": "pretrain.lr", "scratch": "scratch.lr, which defaults to finetune.lr", "finetune": "finetune.lr",
-          "sse": "methods.{}.lr_scale", "starsse": "methods.{}.lr_scale", "fge": "methods.{}.lr1_scale",
+          "sse": "methods.{}.lr_scale", "starsse": "methods.{}.lr_scale", "fge": "methods.{}.lr1_scale", "fge_cyclic": "methods.{}.lr_scale",
           "swa": "methods.{}.lr_scale"}
 
 
 def _diverged_text(ctx: Context, unit: Unit) -> dict[str, str]:
     """train()'s `what` and `hint`: which study and unit diverged, and the key that sets its lr."""
-    key = LR_KEY[unit.kind].format(unit.method)
+    key = LR_KEY["fge_cyclic" if unit.extra.get("schedule") == "cyclic" else unit.kind].format(unit.extra.get("group", unit.method))
     return {"what": f"config {ctx.cfg.source}, unit {unit.name}", "hint": f"({key}; this run's lr {unit.lr:g})"}
 
 
@@ -186,7 +214,7 @@ def start_model(ctx: Context, unit: Unit) -> nn.Module:
         model = ctx.build(ctx.target.num_classes, unit.seed)
     elif unit.kind == "finetune":
         model = ctx.build(ctx.target.num_classes, unit.seed)
-        load_backbone(model, ctx.get_pretrained(unit.extra["checkpoint"]), f"pretrained checkpoint {unit.parent}")
+        load_backbone(model, ctx.get_pretrained(unit.parent, unit.extra["checkpoint"]), f"pretrained checkpoint {unit.parent}")
         new_head(model, ctx.target.num_classes, unit.seed)
     else:
         model = ctx.build(ctx.target.num_classes, unit.seed)
@@ -202,10 +230,12 @@ def run_unit(ctx: Context, unit: Unit) -> nn.Module:
     if unit.kind == "pretrain":
         pre = ctx.cfg["pretrain"]
         opt = Optim(pre["lr"], pre["momentum"], pre["weight_decay"], pre["batch_size"])
-        return _cosine_run(ctx, unit, model, ctx.source, opt, int(unit.epochs), g)
+        return _cosine_run(ctx, unit, model, ctx.source, opt, unit.epochs, g)
     recipe = Optim(unit.lr, ft["momentum"], ft["weight_decay"], ft["batch_size"])
     if unit.kind in ("scratch", "finetune", "sse", "starsse"):
-        return _cosine_run(ctx, unit, model, ctx.target, recipe, int(unit.epochs), g)
+        return _cosine_run(ctx, unit, model, ctx.target, recipe, unit.epochs, g)
+    if unit.kind == "fge" and unit.extra.get("schedule") == "cyclic":
+        return _cyclic_fge_run(ctx, unit, model, recipe, g)
     if unit.kind == "fge":
         return _fge_run(ctx, unit, model, recipe, g)
     if unit.kind == "swa":
@@ -213,16 +243,27 @@ def run_unit(ctx: Context, unit: Unit) -> nn.Module:
     raise AssertionError(unit.kind)
 
 
-def _cosine_run(ctx: Context, unit: Unit, model: nn.Module, task: Task, optim: Optim, epochs: int,
+def _cosine_run(ctx: Context, unit: Unit, model: nn.Module, task: Task, optim: Optim, epochs: float,
                 g: torch.Generator) -> nn.Module:
-    """lr(epoch t) = lr·½(1 + cos(π·t/epochs)): a fine-tuning, a pre-training or one SSE cycle."""
+    """A cosine decay from the unit's lr: a fine-tuning, a pre-training or one SSE/StarSSE cycle.
+
+    Over a whole number of epochs E the lr steps once per epoch, lr(t) = lr·½(1 + cos(π·t/E)) (the
+    recipe of the paper's code); a cycle of a fractional number of epochs (C = 0.5·E with E odd, a
+    sub-epoch cycle) decays per iteration over its round(C × iterations per epoch) steps instead.
+    """
     ipe = iterations_per_epoch(task.train_size(), optim.batch_size)
+    n = cycle_iterations(epochs, ipe)
+    if float(epochs).is_integer():
+        e = int(epochs)
+        factor = lambda i: cosine_factor(i // ipe, e)  # noqa: E731
+    else:
+        factor = lambda i: cosine_factor(i, n)  # noqa: E731
     opt = optim.make(model)
     if ctx.hooks.unit_start:
         ctx.hooks.unit_start(unit, model, opt)
-    with _bar(ctx, unit, epochs) as bar:
-        train(model, task, opt, iterations=epochs * ipe, batch_size=optim.batch_size, generator=g,
-              device=ctx.device, per_iteration=lambda i: cosine_factor(i // ipe, epochs), hooks=ctx.hooks,
+    with _bar(ctx, unit, math.ceil(n / ipe)) as bar:
+        train(model, task, opt, iterations=n, batch_size=optim.batch_size, generator=g,
+              device=ctx.device, per_iteration=factor, hooks=ctx.hooks,
               unit=unit, bar=bar, iters_per_epoch=ipe, **_diverged_text(ctx, unit))
     return model
 
@@ -243,6 +284,31 @@ def _fge_run(ctx: Context, unit: Unit, model: nn.Module, optim: Optim, g: torch.
         train(model, ctx.target, opt, iterations=n, batch_size=optim.batch_size, generator=g, device=ctx.device,
               per_iteration=lambda i: fge_lr(offset + i, lr1, lr2, c) / lr1, hooks=ctx.hooks, unit=unit, bar=bar,
               iters_per_epoch=ipe, **_diverged_text(ctx, unit))
+    return model
+
+
+# The cyclic FGE of Sadrtdinov et al.'s code: torch's CyclicLR with its default momentum cycle.
+CYCLIC_FLOOR, CYCLIC_MOMENTUM = 0.01, (0.8, 0.9)
+
+
+def _cyclic_fge_run(ctx: Context, unit: Unit, model: nn.Module, optim: Optim, g: torch.Generator) -> nn.Module:
+    """One cycle of the authors' FGE schedule from the previous snapshot (or the fine-tuned model):
+    torch.optim.lr_scheduler.CyclicLR rises per iteration from 0.01·η_c to η_c over the first half
+    of the cycle and falls back over the second, while the momentum falls from 0.9 to 0.8 and rises
+    back; the snapshot is taken at the cycle's end, at the lowest lr."""
+    ipe = iterations_per_epoch(ctx.target.train_size(), optim.batch_size)
+    n = max(2, cycle_iterations(unit.extra["cycle_epochs"], ipe))
+    opt = optim.make(model, lr=unit.lr)
+    lo, hi = CYCLIC_MOMENTUM
+    sched = torch.optim.lr_scheduler.CyclicLR(opt, base_lr=CYCLIC_FLOOR * unit.lr, max_lr=unit.lr,
+                                              step_size_up=n // 2, step_size_down=n - n // 2,
+                                              cycle_momentum=optim.momentum > 0, base_momentum=lo, max_momentum=hi)
+    if ctx.hooks.unit_start:
+        ctx.hooks.unit_start(unit, model, opt)
+    with _bar(ctx, unit, math.ceil(n / ipe)) as bar:
+        train(model, ctx.target, opt, iterations=n, batch_size=optim.batch_size, generator=g, device=ctx.device,
+              scheduler=sched, hooks=ctx.hooks, unit=unit, bar=bar, iters_per_epoch=ipe,
+              **_diverged_text(ctx, unit))
     return model
 
 

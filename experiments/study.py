@@ -57,9 +57,19 @@ class Prepared:
     source: Task | None
     target: Task
     device: torch.device
-    plan: Plan
+    plans: list[Plan]  # one per study seed
     template: nn.Module  # a target-task model (architecture only)
-    pretrained_cache: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
+    pretrained_cache: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+
+    @property
+    def plan(self) -> Plan:
+        """The first seed's plan (a single-seed study's only one)."""
+        return self.plans[0]
+
+    @property
+    def units(self) -> list[Unit]:
+        """Every unit of every seed, seed after seed, each seed's in dependency order."""
+        return [u for p in self.plans for u in p.units]
 
 
 def prepare(cfg: StudyConfig, device: str | None = None) -> Prepared:
@@ -69,7 +79,8 @@ def prepare(cfg: StudyConfig, device: str | None = None) -> Prepared:
     if d["kind"] == "embedded":
         source, target = embedded_tasks(cfg.embedded, d["augment_shift"])
     else:
-        source, target = None, FolderTask(d["kind"], d["root"], d["image_size"], d["num_workers"])
+        source, target = None, FolderTask(d["kind"], d["root"], d["image_size"], d["num_workers"],
+                                          val_fraction=d["val_fraction"])
     what = f"model {m['name']!r}"
     try:
         template = seeded_build(m["name"], target.num_classes, target.input_shape, m["width"], 0)
@@ -88,7 +99,7 @@ def prepare(cfg: StudyConfig, device: str | None = None) -> Prepared:
                               load_checkpoint_file(path), path)
     except LandscapeError as exc:
         raise LandscapeError(f"config {cfg.source}: {exc}") from None
-    return Prepared(cfg, source, target, dev, plan_study(cfg), template)
+    return Prepared(cfg, source, target, dev, [plan_study(cfg, s) for s in cfg.seeds], template)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -176,25 +187,28 @@ class Runner:
         while len(self._snapshots) > self.SNAPSHOT_CACHE:
             self._snapshots.pop(next(iter(self._snapshots)))
 
-    def pretrained(self, c: int) -> dict[str, torch.Tensor]:
+    def pretrained(self, name: str, c: int) -> dict[str, torch.Tensor]:
+        """The state dict of pre-trained checkpoint `c`: the study's unit `name` (embedded data, one
+        per seed) or the c-th checkpoint file (real data: the same files for every seed)."""
+        cfg = self.prep.cfg
+        key = name if cfg["data"]["kind"] == "embedded" else str(c)
         cache = self.prep.pretrained_cache
-        if c not in cache:
-            cfg = self.prep.cfg
+        if key not in cache:
             if cfg["data"]["kind"] == "embedded":
-                snap = self.snapshot(f"pretrain-{c}")
+                snap = self.snapshot(name)
                 m = cfg["model"]
                 model = seeded_build(m["name"], self.prep.source.num_classes, self.prep.source.input_shape, m["width"], 0)
                 snap.load_into(model)
-                cache[c] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                cache[key] = {k: v.detach().clone() for k, v in model.state_dict().items()}
             else:
-                cache[c] = load_checkpoint_file(cfg["pretrain"]["checkpoints"][c])
-        return cache[c]
+                cache[key] = load_checkpoint_file(cfg["pretrain"]["checkpoints"][c])
+        return cache[key]
 
     def todo(self) -> list[Unit]:
-        return [u for u in self.prep.plan.units if not unit_done(self.store, u)]
+        return [u for u in self.prep.units if not unit_done(self.store, u)]
 
     def run(self) -> None:
-        self._run(self.prep.plan.units, self.todo())
+        self._run(self.prep.units, self.todo())
 
     def _run(self, units: list[Unit], todo: list[Unit]) -> None:
         with tqdm(total=len(units), initial=len(units) - len(todo), desc="study", unit="run", disable=self.quiet,
@@ -225,11 +239,15 @@ class Runner:
             if self.use_cache and not cached:
                 self._to_cache(unit, model, acc)
         else:
-            logits = predict(model.to(self.prep.device), self.prep.target, self.prep.device,
-                             self.prep.cfg["study"]["eval_batch_size"])
+            bs = self.prep.cfg["study"]["eval_batch_size"]
+            logits = predict(model.to(self.prep.device), self.prep.target, self.prep.device, bs)
             metrics = logits_metrics(logits, self.prep.target.test_labels())
+            val = predict(model, self.prep.target, self.prep.device, bs, "val") if self.prep.target.has_val else None
+            if val is not None:
+                vm = logits_metrics(val, self.prep.target.labels("val"))
+                metrics.update(val_acc=vm["test_acc"], val_loss=vm["test_loss"])
             snap.meta.update(metrics)
-            write_predictions(self.store, unit.name, logits, metrics)
+            write_predictions(self.store, unit.name, logits, metrics, val)
         self.store.write_snapshot(snap, unit.name, overwrite=True,
                                   attrs={"train_seconds": seconds, "from_cache": cached})
         self._remember(unit.name, snap)
@@ -269,7 +287,7 @@ def export_task_data(prep: Prepared, out: str) -> None:
     if prep.cfg["data"]["kind"] != "embedded":
         return
     folder = os.path.join(out, "data")
-    for split in ("train", "test"):
+    for split in ("train", "test") + (("val",) if prep.target.has_val else ()):
         path = os.path.join(folder, f"{split}.pt")
         if os.path.isfile(path):
             continue
@@ -322,13 +340,17 @@ def _run_study(cfg: StudyConfig, path: str, device: str | None, quiet: bool, hoo
             store.lock()  # one writer per study, refused before any training starts
         _init_store(store, cfg)
         write_labels(store, prep.target.test_labels())
+        if prep.target.has_val:
+            write_labels(store, prep.target.labels("val"), "val")
         t1 = time.perf_counter()
         runner.run()
         t_train = time.perf_counter() - t1
         if not analyze:
             return {"trained": runner.trained, "out": out}
         t2 = time.perf_counter()
-        results = analyze_study(prep, store, runner, quiet)
+        # One analysis per seed; the plane, sharpness and curves for the first seed only.
+        per_seed = [(plan, analyze_study(prep, store, runner, quiet, plan, extras=i == 0))
+                    for i, plan in enumerate(prep.plans)]
         t_analysis = time.perf_counter() - t2
         wrote = store.wrote
     if not wrote and os.path.isfile(summary_path):
@@ -340,10 +362,10 @@ def _run_study(cfg: StudyConfig, path: str, device: str | None, quiet: bool, hoo
                               "trained_units": [], "unit_seconds": {}, "total_s": time.perf_counter() - t0,
                               "nothing_to_do": True}
         return summary
-    results["timings"] = {"prepare_s": t_prep, "train_s": t_train, "analysis_s": t_analysis,
-                          "trained_units": runner.trained, "unit_seconds": runner.timings}
+    timings = {"prepare_s": t_prep, "train_s": t_train, "analysis_s": t_analysis,
+               "trained_units": runner.trained, "unit_seconds": runner.timings}
     t3 = time.perf_counter()
-    summary = write_report(prep, results, out)
+    summary = write_report(prep, per_seed, out, timings)
     summary["timings"]["report_s"] = time.perf_counter() - t3
     summary["timings"]["total_s"] = time.perf_counter() - t0
     write_json_atomically(summary_path, summary)

@@ -126,18 +126,28 @@ def _batches(task: Task, batch_size: int, g: torch.Generator, device: torch.devi
 def train(model: nn.Module, task: Task, optimizer: torch.optim.Optimizer, *, iterations: int, batch_size: int,
           generator: torch.Generator, device: torch.device, per_iteration: Callable[[int], float] | None = None,
           epoch_end: Callable[[int], None] | None = None, hooks: Hooks | None = None, unit: Any = None,
+          scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
           bar: tqdm | None = None, iters_per_epoch: int | None = None, what: str | None = None,
-          hint: str = "") -> RunInfo:
+          hint: str = "", amp: str = "off", micro_batch_size: int | None = None) -> RunInfo:
     """Run `iterations` SGD steps of cross-entropy on the task's training batches.
 
     per_iteration(i) -> lr factor: applied through a LambdaLR stepped after every iteration
-    (base lr = the optimizer's lr). epoch_end(e): called after each complete epoch (SWA uses it).
+    (base lr = the optimizer's lr); or `scheduler`, any torch scheduler stepped after every
+    iteration (the cyclic FGE's CyclicLR). epoch_end(e): called after each complete epoch (SWA uses it).
     Raises TrainingDiverged("WHAT: training diverged at epoch E (loss nan); lower the learning
     rate HINT") within CHECK_EVERY steps of the loss becoming non-finite; `what` defaults to the
     unit's name.
+    amp ("off" | "auto" | "bf16") and micro_batch_size: the study's [runtime] table (see
+    experiments.accel): bf16 autocast of the forward passes with fp32 weights, and gradient
+    accumulation over micro-batches of at most micro_batch_size samples. The defaults are the
+    plain fp32 full-batch step.
     """
+    from .accel import amp_dtype, forward_backward
+
+    dtype = amp_dtype(amp, device)
     info = RunInfo()
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, per_iteration) if per_iteration else None
+    if scheduler is None and per_iteration is not None:
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, per_iteration)
     ipe = iters_per_epoch or iterations_per_epoch(task.train_size(), batch_size)
     model.train()
     running: torch.Tensor | None = None  # an exponential average of the loss, kept on the device
@@ -152,9 +162,12 @@ def train(model: nn.Module, task: Task, optimizer: torch.optim.Optimizer, *, ite
         info.lrs.append(lr)
         if hooks is not None and hooks.step is not None:
             hooks.step(unit, i, lr, model, optimizer)
-        loss = F.cross_entropy(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if dtype is None and not (micro_batch_size and micro_batch_size < x.shape[0]):
+            loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        else:
+            loss = forward_backward(model, x, y, optimizer, dtype, device, micro_batch_size)
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
@@ -193,20 +206,25 @@ def is_channels_last(model: nn.Module) -> bool:
         and not w.is_contiguous()
 
 
-def to_fast_layout(model: nn.Module, device: torch.device) -> nn.Module:
-    """channels_last for convolutional models on the CPU (measured: ~1.3-1.6x faster training)."""
-    if device.type == "cpu" and any(isinstance(m, nn.Conv2d) for m in model.modules()):
+def to_fast_layout(model: nn.Module, device: torch.device, channels_last: bool | str = "auto") -> nn.Module:
+    """channels_last for convolutional models (measured on the CPU: ~1.3-1.6x faster training;
+    on CUDA it feeds cuDNN's NHWC tensor-core kernels). channels_last: "auto" (conv models on the
+    CPU and CUDA), True (any conv model) or False (never): the study's runtime.channels_last."""
+    from .accel import wants_channels_last
+
+    if wants_channels_last(channels_last, model, device):
         model = model.to(memory_format=torch.channels_last)
     return model
 
 
 @torch.no_grad()
-def predict(model: nn.Module, task: Task, device: torch.device, batch_size: int = 500) -> torch.Tensor:
-    """Test-split logits [N, C] in eval mode (the model's own BN buffers), fp32 on the CPU."""
+def predict(model: nn.Module, task: Task, device: torch.device, batch_size: int = 500,
+            split: str = "test") -> torch.Tensor:
+    """Logits [N, C] of a split ("test" or "val") in eval mode (the model's own BN buffers), fp32 on the CPU."""
     model.eval()
     cl = is_channels_last(model)
     out = [model(x.contiguous(memory_format=torch.channels_last) if cl and x.ndim == 4 else x).float().cpu()
-           for x, _ in task.test_batches(batch_size, device)]
+           for x, _ in task.eval_batches(split, batch_size, device)]
     model.train()
     return torch.cat(out)
 
