@@ -12,7 +12,7 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
-from landscape.checkpoints import check_state_fits, read_state_dict
+from landscape.checkpoints import check_state_fits, read_state_dict, split_ignored
 from landscape.errors import LandscapeError
 from landscape.models import build_model
 
@@ -73,17 +73,24 @@ def backbone_keys(state: Mapping[str, torch.Tensor], head: str) -> list[str]:
     return [k for k in state if not (k == head or k.startswith(head + "."))]
 
 
-def load_backbone(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
+def load_backbone(model: nn.Module, state: Mapping[str, torch.Tensor], source: str,
+                  ignore_keys: Sequence[str] = ()) -> list[str]:
     """Load every non-head tensor of `state` into `model`; the head is left as it is.
 
-    One-line errors for a checkpoint that does not fit (missing, unexpected or misshapen keys).
+    `ignore_keys`: key prefixes of `state` to skip (pretrain.ignore_keys: a BYOL checkpoint's
+    "projector.", "predictor."). Returns the keys skipped. One-line errors for a checkpoint that
+    does not fit (missing, unexpected or misshapen keys; unexpected ones suggest
+    pretrain.ignore_keys with the prefixes that would skip them).
     """
+    state, skipped = split_ignored(state, ignore_keys)
     head = head_name(model)
     own = model.state_dict()
     want = backbone_keys(own, head)
     # the checkpoint's own head (another task's classes) is not loaded
-    check_state_fits(own, {k: v for k, v in state.items() if k in set(backbone_keys(state, head))}, source, want)
+    check_state_fits(own, {k: v for k, v in state.items() if k in set(backbone_keys(state, head))}, source, want,
+                     ignore_option="pretrain.ignore_keys")
     model.load_state_dict({**own, **{k: state[k] for k in want}})
+    return skipped
 
 
 def load_checkpoint_file(path: str) -> dict[str, torch.Tensor]:

@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pickle
 from collections import OrderedDict
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -15,6 +18,53 @@ from .errors import LandscapeError
 from .params import ParamLayout, get_buffers, parameters_to_vector, set_buffers, vector_to_model
 
 _WRAPPER_KEYS = ("state_dict", "model_state", "model_state_dict", "model")
+
+# (prefixes, source -> keys skipped) while a command runs under `ignoring_keys`.
+_IGNORING: ContextVar[tuple[tuple[str, ...], dict[str, list[str]]] | None] = ContextVar("landscape_ignore_keys",
+                                                                                       default=None)
+
+
+@contextmanager
+def ignoring_keys(prefixes: Sequence[str] | None) -> Iterator[dict[str, list[str]]]:
+    """Within the block, checkpoint files read by `read_state_dict` (every command's .pt snapshots)
+    skip the keys that start with any of `prefixes` (e.g. a BYOL checkpoint's "projector.",
+    "predictor."). Yields a dict that fills with {checkpoint path: [the keys skipped]}: what a
+    command prints and returns. No prefixes: nothing is skipped (today's behaviour)."""
+    skipped: dict[str, list[str]] = {}
+    token = _IGNORING.set((tuple(prefixes or ()), skipped))
+    try:
+        yield skipped
+    finally:
+        _IGNORING.reset(token)
+
+
+def split_ignored(state: Mapping[str, torch.Tensor], prefixes: Sequence[str]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """(`state` without the keys that start with any of `prefixes`, those keys in order)."""
+    prefixes = tuple(p for p in prefixes if p)
+    if not prefixes:
+        return dict(state), []
+    kept = OrderedDict((k, v) for k, v in state.items() if not k.startswith(prefixes))
+    return kept, [k for k in state if k.startswith(prefixes)]
+
+
+def suggest_prefixes(keys: Sequence[str]) -> list[str]:
+    """The prefixes that would skip `keys`: each key's first component with its dot ("projector.")."""
+    out: list[str] = []
+    for k in keys:
+        head, dot, _ = k.partition(".")
+        p = head + dot
+        if p not in out:
+            out.append(p)
+    return out
+
+
+def ignore_hint(keys: Sequence[str], option: str) -> str:
+    """'; to skip keys that are not part of the model, OPTION ...' for a refusal naming `keys`.
+    `option`: "--ignore-keys" (the CLI) or a config key such as "pretrain.ignore_keys"."""
+    prefixes = suggest_prefixes(keys)
+    if option.startswith("--"):
+        return f"; to skip keys that are not part of the model, pass {option} {','.join(prefixes)}"
+    return f"; to skip keys that are not part of the model, set {option} = {json.dumps(prefixes)}"
 
 
 @dataclass
@@ -45,9 +95,11 @@ class Snapshot:
         return h.hexdigest()[:16]
 
 
-def read_state_dict(path: str, mmap: bool = False) -> dict[str, torch.Tensor]:
+def read_state_dict(path: str, mmap: bool = False, ignore_keys: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
     """A tensor state dict from a checkpoint file, loaded with weights_only=True only.
-    `mmap`: map the tensors instead of reading them (for looking at shapes only)."""
+    `mmap`: map the tensors instead of reading them (for looking at shapes only).
+    `ignore_keys`: key prefixes to skip (default: those of an enclosing `ignoring_keys` block,
+    which also records the keys skipped)."""
     if not os.path.isfile(path):
         raise LandscapeError(f"checkpoint {path!r} does not exist")
     try:
@@ -66,15 +118,25 @@ def read_state_dict(path: str, mmap: bool = False) -> dict[str, torch.Tensor]:
     out = OrderedDict()
     for k, v in obj.items():
         out[k[len("module."):] if k.startswith("module.") else k] = v
+    active = _IGNORING.get()
+    prefixes = tuple(ignore_keys) if ignore_keys is not None else (active[0] if active else ())
+    if prefixes:
+        out, skipped = split_ignored(out, prefixes)
+        if active is not None and skipped:
+            active[1][path] = skipped
+        if not out:
+            raise LandscapeError(f"checkpoint {path!r}: every key starts with an ignored prefix "
+                                 f"({', '.join(prefixes)})")
     return out
 
 
 def check_state_fits(own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], source: str,
-                     keys: list[str] | None = None) -> None:
+                     keys: list[str] | None = None, ignore_option: str = "") -> None:
     """One-line errors for missing, unexpected or misshapen keys of `state` against `own`.
 
     `keys` restricts the check to part of the model (a backbone without its head): then keys of
-    `state` outside `keys` but inside `own` are ignored.
+    `state` outside `keys` but inside `own` are ignored. `ignore_option` (e.g. "--ignore-keys"):
+    the refusal of unexpected keys suggests it, with the prefixes that would skip them.
     """
     want = list(own) if keys is None else keys
     ignored = set(own) - set(want)
@@ -85,7 +147,8 @@ def check_state_fits(own: Mapping[str, torch.Tensor], state: Mapping[str, torch.
                              + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
     if unexpected:
         raise LandscapeError(f"checkpoint {source!r} does not fit the model: unexpected key {unexpected[0]!r}"
-                             + (f" and {len(unexpected) - 1} more" if len(unexpected) > 1 else ""))
+                             + (f" and {len(unexpected) - 1} more" if len(unexpected) > 1 else "")
+                             + (ignore_hint(unexpected, ignore_option) if ignore_option else ""))
     for k in want:
         if tuple(state[k].shape) != tuple(own[k].shape):
             raise LandscapeError(f"checkpoint {source!r} does not fit the model: {k!r} has shape "
@@ -93,8 +156,9 @@ def check_state_fits(own: Mapping[str, torch.Tensor], state: Mapping[str, torch.
 
 
 def apply_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
-    """Load `state` into `model`, with one-line errors for missing, unexpected or misshapen keys."""
-    check_state_fits(model.state_dict(), state, source)
+    """Load `state` into `model`, with one-line errors for missing, unexpected or misshapen keys
+    (unexpected ones suggest --ignore-keys with their prefixes)."""
+    check_state_fits(model.state_dict(), state, source, ignore_option="--ignore-keys")
     model.load_state_dict(state)
 
 

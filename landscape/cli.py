@@ -12,8 +12,37 @@ from importlib.metadata import entry_points
 from typing import Any, Callable, Sequence
 
 from . import api
+from .checkpoints import ignoring_keys
 from .errors import LandscapeError
 from .store import KINDS, package_versions
+
+
+def _prefixes(text: str) -> list[str]:
+    parts = [t.strip() for t in text.split(",")]
+    if not all(parts):
+        raise argparse.ArgumentTypeError(f"empty prefix in {text!r}: give PREFIX[,PREFIX...], e.g. projector.,predictor.")
+    return parts
+
+
+def add_ignore_keys(p: argparse.ArgumentParser) -> None:
+    """--ignore-keys: checkpoint keys to skip (a BYOL projector, an EMA copy), listed in the output."""
+    p.add_argument("--ignore-keys", type=_prefixes, action="append", default=None, metavar="PREFIX[,PREFIX...]",
+                   help="skip checkpoint keys that start with these prefixes (e.g. projector.,predictor. of a "
+                   "BYOL checkpoint); the keys skipped are listed in the output. Other keys that are not in "
+                   "the model are refused")
+
+
+def ignore_prefixes(args: argparse.Namespace) -> list[str]:
+    """The --ignore-keys prefixes of a parsed command line (repeated options joined)."""
+    return [p for group in (getattr(args, "ignore_keys", None) or []) for p in group]
+
+
+def _listed_skipped(skipped: dict[str, list[str]], shown: int = 6) -> str:
+    lines = []
+    for path, keys in skipped.items():
+        more = f" and {len(keys) - shown} more" if len(keys) > shown else ""
+        lines.append(f"ignored {len(keys)} keys of {path} (--ignore-keys): {', '.join(keys[:shown])}{more}")
+    return "\n".join(lines)
 
 
 def add_common(p: argparse.ArgumentParser, evaluation: bool = True) -> None:
@@ -42,6 +71,7 @@ def add_common(p: argparse.ArgumentParser, evaluation: bool = True) -> None:
         p.add_argument("--overwrite", action="store_true", help="replace a result of the same name")
         p.add_argument("--chunk", type=int, default=None,
                        help="points evaluated and saved together (the unit of progress and resume)")
+        add_ignore_keys(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
@@ -244,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="store folder to write (created if new)")
     p.add_argument("--name", default="ensemble", help="name of the result in the store")
     p.add_argument("--overwrite", action="store_true", help="replace a result of the same name")
+    add_ignore_keys(p)
     add_common(p, evaluation=False)
     p.set_defaults(func=cmd_ensemble)
 
@@ -310,7 +341,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(_join_negative_ranges(sys.argv[1:] if argv is None else argv))
     try:
-        result, text = args.func(args)
+        with ignoring_keys(ignore_prefixes(args)) as skipped:
+            result, text = args.func(args)
+        if skipped:  # the checkpoint keys --ignore-keys skipped: listed, never silent
+            text = f"{text}\n{_listed_skipped(skipped)}"
+            if isinstance(result, dict):
+                result = {**result, "ignored_keys": skipped}
     except LandscapeError as exc:
         print(f"landscape: error: {exc}", file=sys.stderr)
         return exc.exit_code
