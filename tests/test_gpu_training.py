@@ -337,7 +337,8 @@ def test_estimate_arithmetic_and_format():
 
 def test_measured_seconds_per_iteration_leave_the_model_and_rng_alone():
     torch.manual_seed(0)
-    model = to_fast_layout(build("tiny_cnn", 4, (3, 8, 8)), CPU)
+    model = nn.Sequential(to_fast_layout(build("tiny_cnn", 4, (3, 8, 8)), CPU), nn.Dropout(0.2))  # draws from the RNG
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # buffers a training step would move
     state = {k: v.clone() for k, v in model.state_dict().items()}
     rng = torch.get_rng_state()
     secs = measure_seconds_per_iteration(model, _task(), batch_size=8, device=CPU, warmup=2, timed=4,
