@@ -169,6 +169,14 @@ class Runtime:
     channels_last: bool | str
     cudnn_benchmark: bool
     micro_batch_size: int | None
+    previous_benchmark: bool | None = None  # cudnn.benchmark before apply_runtime set it (CUDA only)
+
+    def restore(self) -> None:
+        """Put torch.backends.cudnn.benchmark back as it was before `apply_runtime` (call it when
+        training ends: benchmark mode picks convolution algorithms per process, so analyses that
+        must give the same numbers in every process should not run under it)."""
+        if self.previous_benchmark is not None:
+            torch.backends.cudnn.benchmark = self.previous_benchmark
 
     def train_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of experiments.training.train for this runtime."""
@@ -188,7 +196,7 @@ class Runtime:
 def apply_runtime(runtime: Mapping[str, Any] | None, device: torch.device | str, *tasks: Any) -> Runtime:
     """Apply a study's [runtime] table at the start of a study; returns it resolved.
 
-    Sets torch.backends.cudnn.benchmark on CUDA (only there), gives every FolderTask among `tasks`
+    Sets torch.backends.cudnn.benchmark on CUDA (only there; `Runtime.restore()` puts it back), gives every FolderTask among `tasks`
     its DataLoader options (pinned memory, persistent workers), and refuses amp = "bf16" on a
     device without bf16 in one line. `runtime` None (or {}) means the defaults.
     """
@@ -196,12 +204,14 @@ def apply_runtime(runtime: Mapping[str, Any] | None, device: torch.device | str,
     check_runtime(rt)
     device = _device(device)
     dtype = amp_dtype(rt["amp"], device)
+    previous = None
     if device.type == "cuda":
+        previous = bool(torch.backends.cudnn.benchmark)
         torch.backends.cudnn.benchmark = bool(rt["cudnn_benchmark"])
     for task in tasks:
         configure_loaders(task, rt, device)
     return Runtime(str(device), rt["amp"], dtype, rt["channels_last"], bool(rt["cudnn_benchmark"]),
-                   rt["micro_batch_size"])
+                   rt["micro_batch_size"], previous)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -143,6 +143,10 @@ def test_amp_resolution_and_apply_runtime(monkeypatch):
         assert "bf16 autocast" in rt.describe() and "cudnn.benchmark" in rt.describe()
         apply_runtime({"cudnn_benchmark": False}, cuda)
         assert not torch.backends.cudnn.benchmark
+        rt = apply_runtime({}, cuda)
+        assert torch.backends.cudnn.benchmark
+        rt.restore()  # when training ends, before analyses that must match across processes
+        assert not torch.backends.cudnn.benchmark
     finally:
         torch.backends.cudnn.benchmark = before
 
