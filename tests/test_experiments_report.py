@@ -18,37 +18,44 @@ from experiments.cli import headline
 from experiments.config import load_config
 from experiments.files import write_json_atomically, write_text_atomically
 from experiments.markdown import fmt_num, fmt_pct, fmt_points, render_markdown
+from experiments.aggregate import aggregate
 from experiments.report import write_report
 from experiments.samplers import plan_study
 from experiments.summary import build_summary
-from experiments.verdicts import VERDICTS, findings
+from experiments.verdicts import VERDICTS
 from landscape.errors import LandscapeError, LandscapeFault
 from landscape.plots import plt
 
 METRICS = ("test_loss", "test_error", "train_loss", "train_error")
 
 
-def _prep(overrides: list[str] = ()):
-    cfg = load_config("tiny", list(overrides))
-    return SimpleNamespace(cfg=cfg, plan=plan_study(cfg))
+def _prep(overrides: list[str] = (), seeds: int = 3, val: bool = True):
+    """A prepared tiny study (configs only: nothing trained) with `seeds` seeds."""
+    over = list(overrides) + ([f"study.seeds=[{', '.join(str(s) for s in range(seeds))}]"] if seeds > 1 else [])
+    cfg = load_config("tiny", over)
+    plans = [plan_study(cfg, s) for s in cfg.seeds]
+    return SimpleNamespace(cfg=cfg, plans=plans, plan=plans[0], target=SimpleNamespace(has_val=val))
 
 
-def _results(prep, seed: int = 0, pairwise: bool = True, scratch: bool = True, plane: bool = True) -> dict:
-    """What experiments.analysis.analyze_study returns, with made-up but plausible numbers."""
+def _results(prep, plan=None, seed: int = 0, pairwise: bool = True, scratch: bool = True, plane: bool = True) -> dict:
+    """What experiments.analysis.analyze_study returns for one seed, with made-up but plausible numbers."""
+    plan = plan or prep.plan
     rng = np.random.default_rng(seed)
-    cfg, plan = prep.cfg, prep.plan
-    out = {"methods": {}, "members": {}, "finetuned": {"name": plan.finetuned, "test_acc": 0.8, "test_nll": 0.6,
-                                                       "ece": 0.05},
+    cfg = prep.cfg
+    out = {"seed": plan.seed, "methods": {}, "members": {},
+           "finetuned": {"name": plan.finetuned, "test_acc": 0.8, "test_nll": 0.6, "ece": 0.05},
            "pretrained": {u.name: {"source_test_acc": float(rng.uniform(0.5, 0.9))}
                           for u in plan.units if u.kind == "pretrain"}}
     if scratch:
-        out["scratch"] = {"name": "scratch", "test_acc": 0.6, "test_nll": 1.1, "ece": 0.1}
+        out["scratch"] = {"name": plan.prefix + "scratch", "test_acc": 0.6, "test_nll": 1.1, "ece": 0.1}
     for m in cfg.methods:
         names = plan.members[m.name]
         K = len(names)
         acc = sorted(rng.uniform(0.7, 0.9, K).tolist())
-        res = {"type": m.type, "members": names, "params": m.params, "ensemble_acc": acc,
+        res = {"type": m.type, "group": m.group, "members": names, "params": m.params, "ensemble_acc": acc,
                "ensemble_nll": sorted(rng.uniform(0.4, 0.8, K).tolist(), reverse=True),
+               "val_ensemble_acc": sorted(rng.uniform(0.7, 0.9, K).tolist()),
+               "val_ensemble_nll": sorted(rng.uniform(0.4, 0.8, K).tolist(), reverse=True),
                "ensemble_ece": rng.uniform(0, 0.1, K).tolist(), "ensemble_brier": rng.uniform(0.2, 0.4, K).tolist(),
                "member_acc": rng.uniform(0.7, 0.85, K).tolist(), "member_nll": rng.uniform(0.5, 0.9, K).tolist(),
                "soup_acc": float(rng.uniform(0.7, 0.9)), "soup_nll": float(rng.uniform(0.4, 0.8)),
@@ -56,12 +63,18 @@ def _results(prep, seed: int = 0, pairwise: bool = True, scratch: bool = True, p
                                                    for n in names] for k in METRICS},
                "member_dist_finetuned": [0.0 if n == plan.finetuned else float(rng.uniform(1, 5)) for n in names],
                "member_dist_pretrained": rng.uniform(1, 5, K).tolist()}
-        if m.type in ("sse", "starsse"):
+        if m.type in ("sse", "starsse") or m.params.get("schedule") == "cyclic":
             res["cycle_lr"] = cfg["finetune"]["lr"] * m.params["lr_scale"]
         if pairwise:
             res["pairwise_barrier"] = {k: rng.uniform(0, 1, (K, K)).tolist() for k in METRICS}
             res["mean_pairwise_barrier"] = {k: float(rng.uniform(0, 1)) for k in METRICS}
         out["methods"][m.name] = res
+        for n in names:
+            if n != plan.finetuned:
+                a = np.linspace(0, 1, 3)
+                out["members"][n] = {"line": {"alphas": a.tolist(),
+                                              **{k: rng.uniform(0, 1, 3).tolist() for k in
+                                                 ("train_loss", "test_loss", "train_acc", "test_acc")}}}
     if plane:
         members = list(dict.fromkeys(n for names in plan.members.values() for n in names))
         xs, ys = np.linspace(-1, 2, 3), np.linspace(-1, 2, 3)
@@ -76,9 +89,21 @@ def _results(prep, seed: int = 0, pairwise: bool = True, scratch: bool = True, p
                         "projections": [{"name": n, "method": method_of[n], "x": float(rng.uniform(-1, 2)),
                                          "y": float(rng.uniform(-1, 2)), "distance": float(rng.uniform(0, 1))}
                                         for n in members]}
-    out["timings"] = {"prepare_s": 0.1, "train_s": 1.0, "analysis_s": 2.0, "trained_units": ["ft-0-0"],
-                      "unit_seconds": {"ft-0-0": 1.0}}
     return out
+
+
+TIMINGS = {"prepare_s": 0.1, "train_s": 1.0, "analysis_s": 2.0, "trained_units": ["ft-0-0"],
+           "unit_seconds": {"ft-0-0": 1.0}}
+
+
+def _per_seed(prep, first_seed: int = 0, **kw) -> list:
+    return [(plan, _results(prep, plan, seed=first_seed + i, plane=(i == 0) and kw.get("plane", True),
+                            **{k: v for k, v in kw.items() if k != "plane"}))
+            for i, plan in enumerate(prep.plans)]
+
+
+def _report(prep, out, first_seed: int = 0, **kw) -> dict:
+    return write_report(prep, _per_seed(prep, first_seed, **kw), str(out), TIMINGS)
 
 
 def _no_temp_files(folder) -> None:
@@ -92,11 +117,11 @@ def _no_temp_files(folder) -> None:
 
 def test_write_report_from_synthetic_results(tmp_path):
     prep = _prep()
-    results = _results(prep)
-    summary = write_report(prep, results, str(tmp_path))
-    assert set(summary) == {"study", "transfer", "methods", "plane", "findings", "timings", "figures"}
-    assert summary["figures"] == ["figures/ensemble_by_size.png", "figures/barrier_vs_cycle_lr.png",
-                                  "figures/plane.png"]
+    summary = _report(prep, tmp_path)
+    assert {"study", "transfer", "methods", "basin", "selected", "equal_compute", "selection_split", "seeds",
+            "plane", "findings", "timings", "figures"} <= set(summary)
+    assert summary["study"]["seeds"] == [0, 1, 2] and sorted(summary["seeds"]) == ["0", "1", "2"]
+    assert summary["figures"] and all(f.startswith("figures/") for f in summary["figures"])
     for rel in summary["figures"]:
         assert (tmp_path / rel).stat().st_size > 1000
     json.dumps(summary, allow_nan=False)  # already strict JSON
@@ -104,80 +129,73 @@ def test_write_report_from_synthetic_results(tmp_path):
     assert report.startswith("# Pre-train basin study: tiny")
     for f in summary["findings"]:
         assert f["verdict"] in VERDICTS and f["verdict"] != "undecided"
-        assert f["text"] in report and f["claim"] in report
+        assert f["text"] in report and f["claim"] in report and f["measure"] in report
     ids = {f["id"] for f in summary["findings"]}
-    assert {"transfer", "basins", "global_better", "gap", "semi_vs_local", "sse_barrier", "starsse_members",
-            "starsse_vs_sse_0.5", "starsse_vs_sse_8"} <= ids
-    assert "transfer is worth +20.0 points" in report  # 0.8 - 0.6
+    assert {"transfer", "global_vs_local", "gap", "semi_vs_local", "starsse_vs_sse", "soups"} <= ids
     _no_temp_files(tmp_path)
     _no_temp_files(tmp_path / "figures")
     assert plt.get_fignums() == []  # every figure closed
 
 
 def test_summary_numbers_follow_the_results():
+    """Per seed, the summary's numbers are the results'; over seeds, mean and sample std of them."""
     prep = _prep()
-    results = _results(prep)
-    s = build_summary(prep, results)
-    assert "findings" not in s and s["study"]["fingerprint"] == prep.cfg.fingerprint()
-    m, r = s["methods"]["local_de"], results["methods"]["local_de"]
+    per_seed = _per_seed(prep)
+    seeds = [build_summary(prep, r, plan) for plan, r in per_seed]
+    s = seeds[0]
+    r = per_seed[0][1]["methods"]["local_de"]
+    m = s["methods"]["local_de"]
     # members 1..K-1: the fine-tuned model (member 0) is left out of the "new member" means
     assert m["new_member_mean_acc"] == pytest.approx(np.mean(r["member_acc"][1:]))
     assert m["member_mean_acc"] == pytest.approx(np.mean(r["member_acc"]))
-    assert m["new_member_mean_barrier_test_loss"] == pytest.approx(
-        np.mean(r["member_barrier_to_finetuned"]["test_loss"][1:]))
+    assert m["new_member_mean_barrier_train_loss"] == pytest.approx(
+        np.mean(r["member_barrier_to_finetuned"]["train_loss"][1:]))
+    assert m["val_acc"] == r["val_ensemble_acc"][-1] and m["acc"] == r["ensemble_acc"][-1]
     assert s["methods"]["swa"]["new_member_mean_acc"] == pytest.approx(np.mean(
-        results["methods"]["swa"]["member_acc"]))  # no SWA member is the fine-tuned model
+        per_seed[0][1]["methods"]["swa"]["member_acc"]))  # no SWA member is the fine-tuned model
     assert s["methods"]["local_de"]["cycle_lr"] is None
     assert s["methods"]["sse_large"]["cycle_lr"] == pytest.approx(0.02 * 8)
     assert s["transfer"]["margin"] == pytest.approx(0.2)
-    assert s["methods"]["sse_small"]["label"] == "SSE (0.5·η)" and s["methods"]["swa"]["label"] == "SWA"
+    assert s["methods"]["sse_small"]["label"] == "SSE (0.5·η, C=2 ep)" and s["methods"]["swa"]["label"] == "SWA"
+    assert s["methods"]["fge"]["label"] == "FGE (Garipov)"
+    # cost in epochs: E = 3, K = 3, C = 2
+    E, K = 3, 3
+    assert s["methods"]["local_de"]["cost_epochs"] == K * E and s["methods"]["sse_small"]["cost_epochs"] == E + 2 * 2
+    agg = aggregate(seeds, has_val=True)
+    acc = [x["methods"]["sse_large"]["acc"] for x in seeds]
+    st = agg["methods"]["sse_large"]["stats"]["acc"]
+    assert st["values"] == acc and st["mean"] == pytest.approx(np.mean(acc))
+    assert st["std"] == pytest.approx(np.std(acc, ddof=1))
+    by_size = agg["methods"]["sse_large"]["stats"]["ensemble_acc"]
+    assert [b["mean"] for b in by_size] == pytest.approx(
+        np.mean([r["methods"]["sse_large"]["ensemble_acc"] for _, r in per_seed], axis=0))
 
 
 def test_missing_values_are_null_and_diverged_ones_nan(tmp_path):
     """No scratch run and no pairwise barriers: null / n/a. A diverged number: "nan", and the
     verdicts that compare it are undecided rather than wrong."""
     prep = _prep(["scratch.enabled=false", "analysis.pairwise=false"])
-    results = _results(prep, pairwise=False, scratch=False)
-    results["methods"]["global_de"]["ensemble_nll"][-1] = float("nan")
-    results["methods"]["sse_large"]["member_barrier_to_finetuned"]["test_loss"] = [0.0, float("inf"), 0.3]
-    results["pretrained"]["pretrain-1"]["source_test_acc"] = None
-    summary = write_report(prep, results, str(tmp_path))
+    per_seed = _per_seed(prep, pairwise=False, scratch=False)
+    per_seed[1][1]["methods"]["global_de"]["ensemble_nll"][-1] = float("nan")
+    per_seed[0][1]["methods"]["sse_large"]["member_barrier_to_finetuned"]["train_loss"] = [0.0, float("inf"), 0.3]
+    summary = write_report(prep, per_seed, str(tmp_path), TIMINGS)
 
     on_disk = json.loads(json.dumps(summary, allow_nan=False))
     tr = on_disk["transfer"]
-    assert tr["scratch_acc"] is None and tr["scratch_nll"] is None and tr["margin"] is None
-    assert tr["pretrained_source_acc"]["pretrain-1"] is None
-    assert on_disk["methods"]["local_de"]["mean_pairwise_barrier"] is None
-    assert on_disk["methods"]["global_de"]["ensemble_nll"][-1] == "nan"
-    assert on_disk["methods"]["sse_large"]["new_member_mean_barrier_test_loss"] == "inf"
+    assert tr["scratch_acc"]["mean"] is None and tr["scratch_acc"]["values"] == [None] * 3
+    assert "pairwise_train_loss" not in on_disk["methods"]["local_de"]["stats"]
+    assert on_disk["methods"]["global_de"]["stats"]["nll"]["mean"] == "nan"
+    assert on_disk["methods"]["global_de"]["stats"]["nll"]["values"][1] == "nan"
+    assert on_disk["methods"]["sse_large"]["stats"]["new_member_mean_barrier_train_loss"]["mean"] == "inf"
 
     verdict = {f["id"]: f["verdict"] for f in summary["findings"]}
     assert "transfer" not in verdict and "basins" not in verdict  # not computed: not claimed
-    assert verdict["global_better"] == "undecided" and verdict["gap"] == "undecided"
-    assert verdict["sse_barrier"] == "undecided"
-    assert "could not be decided" in (tmp_path / "report.md").read_text()
+    assert verdict["global_vs_local"] == "undecided"
 
     report = (tmp_path / "report.md").read_text()
-    assert "| n/a | n/a |" in report  # the mean pairwise barrier columns
-    assert "NLL nan" in report and "| nan |" in report and "| inf |" in report  # computed, not finite
-    assert "accuracy on the source task: " in report and "n/a" in report.split("accuracy on the source task: ")[1]
+    assert "undecided" in report and "nan" in report
     text = headline(summary, str(tmp_path))
-    assert "nan" in text and "n/a" in text and "from scratch" not in text
-
-
-def test_findings_on_a_summary_built_by_hand():
-    prep = _prep()
-    s = build_summary(prep, _results(prep))
-    lo = s["methods"]["local_de"]["mean_pairwise_barrier"]
-    glo = s["methods"]["global_de"]["mean_pairwise_barrier"]
-    lo["test_loss"], glo["test_loss"] = 0.1, 0.5
-    assert next(f for f in findings(s) if f["id"] == "basins")["verdict"] == "holds"
-    glo["test_loss"] = 0.2  # twice as high, but not 0.05 above max(2·0.1, 0.1 + 0.05) = 0.2
-    assert next(f for f in findings(s) if f["id"] == "basins")["verdict"] == "does not hold"
-    glo["test_loss"] = float("nan")
-    assert next(f for f in findings(s) if f["id"] == "basins")["verdict"] == "undecided"
-    s["transfer"]["margin"] = 0.03
-    assert next(f for f in findings(s) if f["id"] == "transfer")["verdict"] == "holds"
+    assert "nan" in text and "from scratch" not in text
 
 
 def test_formatters():
@@ -272,7 +290,7 @@ def test_an_unwritable_place_is_a_fault(tmp_path):
 
 def test_a_full_disk_during_the_report_keeps_the_previous_report(tmp_path, monkeypatch):
     prep = _prep()
-    write_report(prep, _results(prep, seed=0), str(tmp_path))
+    _report(prep, tmp_path, 0)
     before = {p: p.read_bytes() for p in [tmp_path / "report.md", *(tmp_path / "figures").iterdir()]}
 
     real_open = open
@@ -283,7 +301,7 @@ def test_a_full_disk_during_the_report_keeps_the_previous_report(tmp_path, monke
 
     monkeypatch.setattr(atomic, "open", fail_on_report, raising=False)
     with pytest.raises(LandscapeFault, match=r"cannot write .*report\.md: No space left on device"):
-        write_report(prep, _results(prep, seed=1), str(tmp_path))
+        _report(prep, tmp_path, 10)
     assert (tmp_path / "report.md").read_bytes() == before[tmp_path / "report.md"]
     _no_temp_files(tmp_path)
     _no_temp_files(tmp_path / "figures")
@@ -304,7 +322,7 @@ def test_a_failing_figure_stops_the_report_before_report_md(tmp_path, monkeypatc
     (tmp_path / "report.md").write_text("old report")
     prep = _prep()
     with pytest.raises(LandscapeFault, match=r"cannot write .*ensemble_by_size\.png: No space left on device"):
-        write_report(prep, _results(prep), str(tmp_path))
+        _report(prep, tmp_path)
     assert (tmp_path / "report.md").read_text() == "old report"
     assert plt.get_fignums() == []
     _no_temp_files(tmp_path / "figures")

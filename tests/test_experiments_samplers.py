@@ -33,6 +33,7 @@ def tiny(tmp_path_factory):
 
     def step(unit, i, lr, model, optimizer):
         rec["lrs"][unit.name].append(lr)
+        rec.setdefault("momenta", {}).setdefault(unit.name, []).append(optimizer.param_groups[0]["momentum"])
         if i == 0:
             rec["first_step"][unit.name] = len(optimizer.state)
         if i == 1:
@@ -87,10 +88,36 @@ def test_finetune_and_cycle_lrs_exact(tiny):
         if m.type not in ("sse", "starsse"):
             continue
         eta_c, C = eta * m.params["lr_scale"], m.params["cycle_epochs"]
+        n = round(C * ipe)
         for name in plan.members[m.name][1:]:
-            want = [eta_c * 0.5 * (1 + math.cos(math.pi * (i // ipe) / C)) for i in range(C * ipe)]
-            assert rec["lrs"][name] == want, name  # restarts abruptly at eta_c every cycle
-            assert rec["lrs"][name][0] == eta_c
+            if float(C).is_integer():  # per epoch, as the paper's code
+                want = [eta_c * 0.5 * (1 + math.cos(math.pi * (i // ipe) / C)) for i in range(n)]
+            else:  # a fractional cycle: per iteration over its round(C·ipe) steps
+                want = [eta_c * 0.5 * (1 + math.cos(math.pi * i / n)) for i in range(n)]
+            assert rec["lrs"][name] == pytest.approx(want, rel=1e-12, abs=1e-15), name
+            assert rec["lrs"][name][0] == eta_c  # restarts abruptly at eta_c every cycle
+    assert any(not float(m.params["cycle_epochs"]).is_integer() for m in cfg.methods if m.type == "starsse")
+
+
+def test_cyclic_fge_lrs_and_momenta_as_run(tiny):
+    """The paper's code's FGE: a triangle from 0.01·η_c up to η_c over the first half of each cycle
+    and back, the momentum mirrored between 0.9 and 0.8 (torch's CyclicLR defaults), closed forms."""
+    cfg, plan, store, rec = tiny
+    n_train = cfg["data"]["target_classes"] * cfg["data"]["target_train_per_class"]
+    ipe = _ipe(cfg, n_train)
+    m = cfg.method("fge_cyclic")
+    hi = cfg["finetune"]["lr"] * m.params["lr_scale"]
+    lo = 0.01 * hi
+    n = round(m.params["cycle_epochs"] * ipe)
+    up = n // 2
+    scale = [i / up if i <= up else (n - i) / (n - up) for i in range(n)]
+    names = plan.members["fge_cyclic"]
+    assert names[0] == plan.finetuned and len(names) == cfg.members
+    for prev, name in zip(names, names[1:]):
+        assert rec["lrs"][name] == pytest.approx([lo + (hi - lo) * s for s in scale], rel=1e-12), name
+        assert rec["momenta"][name] == pytest.approx([0.9 - 0.1 * s for s in scale], rel=1e-12), name
+        params, _ = rec["start"][name]  # each cycle starts where the previous one ended
+        assert torch.equal(params, store.read_snapshot(prev).params)
 
 
 def test_fge_lrs_as_run(tiny):
@@ -98,6 +125,7 @@ def test_fge_lrs_as_run(tiny):
     n = cfg["data"]["target_classes"] * cfg["data"]["target_train_per_class"]
     ipe = _ipe(cfg, n)
     m = cfg.method("fge")
+    assert m.params["schedule"] == "garipov"
     c = fge_cycle_iterations(m.params["cycle_epochs"], ipe)
     lr1, lr2 = cfg["finetune"]["lr"] * m.params["lr1_scale"], cfg["finetune"]["lr"] * m.params["lr2_scale"]
     names = plan.members["fge"][1:]

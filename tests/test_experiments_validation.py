@@ -81,7 +81,19 @@ BAD_COUNTS = [
     ("data.augment_shift=8", "data.augment_shift must be less than the image size (8), got 8"),
     ("data.source_train=100000000", "images (data.source_train + source_test"),
     ("model.width=0", "model.width must be a positive integer, got 0"),
-    ("methods.sse_small.cycle_epochs=0", "methods.sse_small.cycle_epochs must be a positive integer, got 0"),
+    ("methods.sse_small.cycle_epochs=0", "methods.sse_small.cycle_epochs must be a finite positive number, got 0.0"),
+    ("methods.sse_small.cycle_epochs=[1, 0]", "methods.sse_small.(cell sse_small-e0) cycle_epochs must be a finite "
+                                              "positive number, got 0.0"),
+    ("methods.sse_small.lr_scale=[0.5, 0.5]", "methods.sse_small.lr_scale repeats a value: [0.5, 0.5]"),
+    ("methods.fge.schedule='steps'", "methods.fge.schedule must be one of garipov, cyclic, got 'steps'"),
+    ("methods.fge.lr_scale=2.0", "methods.fge.lr_scale applies to schedule = \"cyclic\""),
+    ("methods.fge_cyclic.lr1_scale=2.0", "methods.fge_cyclic.lr1_scale applies to schedule = \"garipov\" only"),
+    ("methods.starsse_small.cycle_scale=1.0", "methods.starsse_small.cycle_scale and cycle_epochs both set the "
+                                              "cycle length: give one"),
+    ("study.seeds=[1, 1]", "study.seeds must not repeat a seed, got [1, 1]"),
+    ("study.seeds=[]", "study.seeds must be a list of integers, got [] (list)"),
+    ("study.seeds=[-1]", "study.seeds must be an integer in [0, 2**32), got -1"),
+    ("data.target_val=-5", "data.target_val must be a non-negative integer, got -5"),
     ("methods.swa.epochs=0", "methods.swa.epochs must be a positive integer, got 0"),
     ("methods.swa.anneal_epochs=-1", "methods.swa.anneal_epochs must be a non-negative integer, got -1"),
     ("methods.swa.members=0", "methods.swa.members must be a positive integer, got 0"),
@@ -206,7 +218,8 @@ def _cli_refuses(capsys, argv: list[str], *fragments: str) -> str:
     ("finetune.lr=nan", "config demo_quick.toml: finetune.lr must be a finite positive number, got nan"),
     ("analysis.plane_points=1000000000", "config demo_quick.toml: analysis.plane_points = 1000000000: the plane"),
     ("finetune.momentum=1.5", "config demo_quick.toml: finetune.momentum must be a finite number in [0, 1), got 1.5"),
-    ("methods.sse_large.lr_scale=inf", "methods.sse_large.lr_scale must be a finite positive number, got inf"),
+    ("methods.sse.lr_scale=inf", "methods.sse.lr_scale must be a finite positive number, got inf"),
+    ("methods.sse.lr_scale=[0.5, inf]", "methods.sse.(cell sse-lrinf) lr_scale must be a finite positive number, got inf"),
 ])
 def test_cli_refuses_before_writing_anything(capsys, tmp_path, override, fragment):
     out = tmp_path / "o"
