@@ -96,9 +96,11 @@ def plan_study(cfg: StudyConfig, seed: int | None = None) -> Plan:
     units: dict[str, Unit] = {}
 
     def add(u: Unit) -> str:
+        # The unit's seed comes from the study seed and its name without the prefix: a seed's
+        # replicate trains the same whatever other seeds run beside it (and as a one-seed study).
+        u.seed = derive_seed(seed, u.name)
         u.name = px + u.name
         u.parent = px + u.parent if u.parent else None
-        u.seed = derive_seed(seed, u.name)
         units.setdefault(u.name, u)
         return u.name
 

@@ -148,8 +148,8 @@ def cache_dir() -> str:
 
 def _cache_key(cfg: StudyConfig, unit: Unit) -> str:
     pre = {k: v for k, v in cfg["pretrain"].items() if k not in ("cache", "checkpoints")}
-    d = {"data": cfg["data"], "model": cfg["model"], "pretrain": pre, "unit": unit.name, "seed": unit.seed,
-         "torch": torch.__version__, "version": 1}
+    d = {"data": cfg["data"], "model": cfg["model"], "pretrain": pre, "unit": f"pretrain-{unit.member}",
+         "seed": unit.seed, "torch": torch.__version__, "version": 2}
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:24]
 
 

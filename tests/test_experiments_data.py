@@ -114,6 +114,27 @@ def test_folder_task(image_folder):
     ev = task.eval_data("train", 5, seed=0)
     assert len(ev) == 5 and torch.equal(ev.x, task.eval_data("train", 5, seed=0).x)
     assert task.test_labels().tolist() == [0, 0, 1, 1]
+    assert not task.has_val
+    with pytest.raises(LandscapeError, match="no validation split"):
+        task.labels("val")
+
+
+def test_folder_validation_split_is_held_out_of_training(image_folder):
+    """data.val_fraction: a fixed part of train/ becomes the validation split; training never sees it."""
+    root, _ = image_folder
+    task = FolderTask("imagefolder", str(root), image_size=32, num_workers=0, val_fraction=0.25)
+    full = FolderTask("imagefolder", str(root), image_size=32, num_workers=0)
+    assert task.has_val and task.train_size() == 6
+    val_x = torch.cat([x for x, _ in task.eval_batches("val", 8, torch.device("cpu"))])
+    train_x = task.eval_data("train", None).x
+    every = full.eval_data("train", None).x  # the 8 training images, evaluation transforms
+    assert val_x.shape[0] == 2 and len(task.labels("val")) == 2
+    rows = lambda t: {tuple(r.flatten().tolist()) for r in t}  # noqa: E731
+    assert rows(val_x) | rows(train_x) == rows(every) and not rows(val_x) & rows(train_x)
+    again = FolderTask("imagefolder", str(root), image_size=32, num_workers=0, val_fraction=0.25)
+    assert torch.equal(torch.cat([x for x, _ in again.eval_batches("val", 8, torch.device("cpu"))]), val_x)
+    with pytest.raises(LandscapeError, match="leaves no training or no validation"):
+        FolderTask("imagefolder", str(root), image_size=32, num_workers=0, val_fraction=0.01)
     with pytest.raises(LandscapeError, match="does not exist"):
         FolderTask("imagefolder", str(root / "missing"))
     with pytest.raises(LandscapeError, match="train/ and test/"):
@@ -122,7 +143,8 @@ def test_folder_task(image_folder):
 
 def _folder_config(root, ckpts) -> dict:
     return {"study": {"name": "folder", "members": 2, "threads": 1, "eval_batch_size": 4},
-            "data": {"kind": "imagefolder", "root": str(root), "image_size": 32, "num_workers": 0},
+            "data": {"kind": "imagefolder", "root": str(root), "image_size": 32, "num_workers": 0,
+                     "val_fraction": 0.25},
             "model": {"name": "resnet18"}, "pretrain": {"checkpoints": ckpts},
             "finetune": {"epochs": 1, "lr": 0.01, "batch_size": 4}, "scratch": {"enabled": False},
             "methods": {"local_de": {}, "global_de": {}, "starsse": {"lr_scale": 2.0, "cycle_epochs": 1}},
@@ -136,14 +158,16 @@ def test_image_folder_study_with_checkpoint_files(image_folder, tmp_path):
     root, ckpts = image_folder
     summary = run_study(_folder_config(root, ckpts), str(tmp_path / "out"), quiet=True)
     assert set(summary["methods"]) == {"local_de", "global_de", "starsse"}
-    for m in summary["methods"].values():
-        assert len(m["ensemble_acc"]) == 2
-    assert summary["transfer"]["scratch_acc"] is None
+    per_seed = summary["seeds"]["0"]["methods"]
+    for m in per_seed.values():
+        assert len(m["ensemble_acc"]) == 2 and len(m["val_ensemble_acc"]) == 2
+    assert summary["selection_split"] == "val"  # data.val_fraction holds out part of train/
+    assert summary["transfer"]["scratch_acc"]["mean"] is None
     assert (tmp_path / "out" / "report.md").exists()
     # members start from the checkpoint's backbone: the distance to it is small next to its norm
     ck = seeded_build("resnet18", 2, (3, 32, 32), None, 0)
     load_backbone(ck, torch.load(ckpts[0], weights_only=True), "ck")
-    assert summary["methods"]["local_de"]["dist_pretrained"][0] < 0.2 * float(backbone_vector(ck).norm())
+    assert per_seed["local_de"]["dist_pretrained"][0] < 0.2 * float(backbone_vector(ck).norm())
 
 
 def test_checkpoint_needing_pickle_is_refused(image_folder, tmp_path, capsys):
