@@ -182,6 +182,15 @@ class Context:
     hooks: Hooks
     quiet: bool = True
 
+    def runtime(self) -> dict[str, Any]:
+        """The study's [runtime] table (experiments.accel): how units train on this device."""
+        return self.cfg["runtime"]
+
+    def train_kwargs(self) -> dict[str, Any]:
+        """train()'s mixed precision and gradient accumulation settings."""
+        rt = self.runtime()
+        return {"amp": rt["amp"], "micro_batch_size": rt["micro_batch_size"]}
+
     def build(self, num_classes: int, seed: int) -> nn.Module:
         m = self.cfg["model"]
         return seeded_build(m["name"], num_classes, self.target.input_shape, m["width"], seed)
@@ -216,12 +225,13 @@ def start_model(ctx: Context, unit: Unit) -> nn.Module:
         model = ctx.build(ctx.target.num_classes, unit.seed)
     elif unit.kind == "finetune":
         model = ctx.build(ctx.target.num_classes, unit.seed)
-        load_backbone(model, ctx.get_pretrained(unit.parent, unit.extra["checkpoint"]), f"pretrained checkpoint {unit.parent}")
+        load_backbone(model, ctx.get_pretrained(unit.parent, unit.extra["checkpoint"]), f"pretrained checkpoint {unit.parent}",
+                      ignore_keys=ctx.cfg["pretrain"].get("ignore_keys") or ())
         new_head(model, ctx.target.num_classes, unit.seed)
     else:
         model = ctx.build(ctx.target.num_classes, unit.seed)
         ctx.get_snapshot(unit.parent).load_into(model)  # weights AND BN buffers of the parent
-    return to_fast_layout(model.to(ctx.device), ctx.device).train()
+    return to_fast_layout(model.to(ctx.device), ctx.device, channels_last=ctx.runtime()["channels_last"]).train()
 
 
 def run_unit(ctx: Context, unit: Unit) -> nn.Module:
@@ -264,7 +274,7 @@ def _cosine_run(ctx: Context, unit: Unit, model: nn.Module, task: Task, optim: O
     if ctx.hooks.unit_start:
         ctx.hooks.unit_start(unit, model, opt)
     with _bar(ctx, unit, math.ceil(n / ipe)) as bar:
-        train(model, task, opt, iterations=n, batch_size=optim.batch_size, generator=g,
+        train(model, task, opt, iterations=n, batch_size=optim.batch_size, **ctx.train_kwargs(), generator=g,
               device=ctx.device, per_iteration=factor, hooks=ctx.hooks,
               unit=unit, bar=bar, iters_per_epoch=ipe, **_diverged_text(ctx, unit))
     return model
@@ -283,7 +293,7 @@ def _fge_run(ctx: Context, unit: Unit, model: nn.Module, optim: Optim, g: torch.
     if ctx.hooks.unit_start:
         ctx.hooks.unit_start(unit, model, opt)
     with _bar(ctx, unit, math.ceil(n / ipe)) as bar:
-        train(model, ctx.target, opt, iterations=n, batch_size=optim.batch_size, generator=g, device=ctx.device,
+        train(model, ctx.target, opt, iterations=n, batch_size=optim.batch_size, **ctx.train_kwargs(), generator=g, device=ctx.device,
               per_iteration=lambda i: fge_lr(offset + i, lr1, lr2, c) / lr1, hooks=ctx.hooks, unit=unit, bar=bar,
               iters_per_epoch=ipe, **_diverged_text(ctx, unit))
     return model
@@ -308,7 +318,7 @@ def _cyclic_fge_run(ctx: Context, unit: Unit, model: nn.Module, optim: Optim, g:
     if ctx.hooks.unit_start:
         ctx.hooks.unit_start(unit, model, opt)
     with _bar(ctx, unit, math.ceil(n / ipe)) as bar:
-        train(model, ctx.target, opt, iterations=n, batch_size=optim.batch_size, generator=g, device=ctx.device,
+        train(model, ctx.target, opt, iterations=n, batch_size=optim.batch_size, **ctx.train_kwargs(), generator=g, device=ctx.device,
               scheduler=sched, hooks=ctx.hooks, unit=unit, bar=bar, iters_per_epoch=ipe,
               **_diverged_text(ctx, unit))
     return model
@@ -332,7 +342,7 @@ def _swa_run(ctx: Context, unit: Unit, model: nn.Module, optim: Optim, g: torch.
         sched.step()
 
     with _bar(ctx, unit, epochs) as bar:
-        train(model, ctx.target, opt, iterations=epochs * ipe, batch_size=optim.batch_size, generator=g,
+        train(model, ctx.target, opt, iterations=epochs * ipe, batch_size=optim.batch_size, **ctx.train_kwargs(), generator=g,
               device=ctx.device, epoch_end=epoch_end, hooks=ctx.hooks, unit=unit, bar=bar, iters_per_epoch=ipe,
               **_diverged_text(ctx, unit))
     # BN statistics of the averaged weights: one more pass over the (augmented) training data, as

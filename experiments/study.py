@@ -22,6 +22,7 @@ import hashlib
 import io
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -44,7 +45,9 @@ from .records import unit_done, write_labels, write_predictions
 from .files import write_atomically, write_json_atomically
 from .report import write_report
 from .samplers import Context, Plan, Unit, plan_study, run_unit
-from .training import Hooks, logits_metrics, predict
+from .accel import apply_runtime
+from .estimate import device_name, estimate_training, iterations_for, measure_seconds_per_iteration
+from .training import Hooks, iterations_per_epoch, logits_metrics, predict, to_fast_layout
 
 RESULTS = "results"
 
@@ -59,6 +62,7 @@ class Prepared:
     device: torch.device
     plans: list[Plan]  # one per study seed
     template: nn.Module  # a target-task model (architecture only)
+    ignored: dict[str, list[str]] = field(default_factory=dict)  # checkpoint -> keys skipped (ignore_keys)
     pretrained_cache: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
 
     @property
@@ -82,6 +86,7 @@ def prepare(cfg: StudyConfig, device: str | None = None) -> Prepared:
         source, target = None, FolderTask(d["kind"], d["root"], d["image_size"], d["num_workers"],
                                           val_fraction=d["val_fraction"])
     what = f"model {m['name']!r}"
+    ignored: dict[str, list[str]] = {}  # checkpoint file -> the keys pretrain.ignore_keys skipped
     try:
         template = seeded_build(m["name"], target.num_classes, target.input_shape, m["width"], 0)
     except LandscapeError as exc:
@@ -95,11 +100,14 @@ def prepare(cfg: StudyConfig, device: str | None = None) -> Prepared:
             check_fits(src_model, source.sample_input(), source.num_classes, what)
         else:
             for path in cfg["pretrain"]["checkpoints"]:
-                load_backbone(seeded_build(m["name"], target.num_classes, target.input_shape, m["width"], 0),
-                              load_checkpoint_file(path), path)
+                skipped = load_backbone(seeded_build(m["name"], target.num_classes, target.input_shape, m["width"], 0),
+                                        load_checkpoint_file(path), path,
+                                        ignore_keys=cfg["pretrain"].get("ignore_keys") or ())
+                if skipped:
+                    ignored[path] = skipped
     except LandscapeError as exc:
         raise LandscapeError(f"config {cfg.source}: {exc}") from None
-    return Prepared(cfg, source, target, dev, [plan_study(cfg, s) for s in cfg.seeds], template)
+    return Prepared(cfg, source, target, dev, [plan_study(cfg, s) for s in cfg.seeds], template, ignored=ignored)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -281,6 +289,26 @@ class Runner:
             pass  # the cache is an optimisation only
 
 
+def training_estimate(prep: Prepared, runner: Runner, todo: list[Unit], rt: Any) -> str:
+    """"estimated training time: ..." from a timing of the first unit's first iterations."""
+    cfg = prep.cfg
+
+    def task_of(u: Unit) -> Task:
+        return prep.source if u.kind == "pretrain" else prep.target
+
+    def batch(u: Unit) -> int:
+        return cfg["pretrain"]["batch_size"] if u.kind == "pretrain" else cfg["finetune"]["batch_size"]
+
+    u0 = todo[0]
+    probe = to_fast_layout(runner.ctx.build(task_of(u0).num_classes, u0.seed).to(prep.device), prep.device,
+                           channels_last=rt.channels_last)
+    secs = measure_seconds_per_iteration(probe, task_of(u0), batch_size=batch(u0), device=prep.device,
+                                         **rt.train_kwargs())
+    its = [iterations_for(u.epochs, iterations_per_epoch(task_of(u).train_size(), batch(u))) for u in todo]
+    return str(estimate_training(its, secs, device_name(prep.device), batch_sizes=[batch(u) for u in todo],
+                                 measured_batch_size=batch(u0)))
+
+
 def export_task_data(prep: Prepared, out: str) -> None:
     """The embedded target task as DIR/data/{train,test}.pt (`tensors:` data specs), so that every
     `landscape` command can analyse the study's snapshots (README). Written once."""
@@ -343,7 +371,17 @@ def _run_study(cfg: StudyConfig, path: str, device: str | None, quiet: bool, hoo
         if prep.target.has_val:
             write_labels(store, prep.target.labels("val"), "val")
         t1 = time.perf_counter()
-        runner.run()
+        rt = apply_runtime(cfg["runtime"], prep.device, *(t for t in (prep.source, prep.target) if t is not None))
+        try:
+            todo = runner.todo()
+            if todo and not quiet:
+                print(training_estimate(prep, runner, todo, rt), file=sys.stderr, flush=True)
+                for path, keys in prep.ignored.items():
+                    print(f"{path}: skipped {len(keys)} keys (pretrain.ignore_keys): {', '.join(keys[:6])}"
+                          + (" ..." if len(keys) > 6 else ""), file=sys.stderr, flush=True)
+            runner.run()
+        finally:
+            rt.restore()  # cudnn.benchmark back: the analyses must match across processes
         t_train = time.perf_counter() - t1
         if not analyze:
             return {"trained": runner.trained, "out": out}
