@@ -6,7 +6,8 @@ GPU: quick <= 90 s, full <= 10 min.
     python benchmarks/demo.py --quick-only
     python benchmarks/demo.py --json timings.json
 
-Prints the wall time of each run, its stage times (from summary.json) and its headline numbers.
+Prints the wall time of each run, its stage times (from summary.json) and its headline numbers
+(the chosen cell of each method, means over the seeds).
 """
 from __future__ import annotations
 
@@ -33,11 +34,11 @@ def run(kind: str, workdir: str) -> dict:
     with open(os.path.join(out, "summary.json")) as f:
         summary = json.load(f)
     t = summary["timings"]
-    methods = {n: {"ensemble_acc": m["ensemble_acc"][-1], "ensemble_nll": m["ensemble_nll"][-1],
-                   "member_acc_mean": sum(m["member_acc"]) / len(m["member_acc"]),
-                   "barrier_to_ft": m["new_member_mean_barrier_test_loss"],
-                   "pairwise_barrier": (m.get("mean_pairwise_barrier") or {}).get("test_loss")}
-               for n, m in summary["methods"].items()}
+    chosen = {v["cell"] for v in summary["selected"].values()}
+    methods = {n: {k: (m["stats"].get(k) or {}).get("mean") for k in
+                   ("acc", "nll", "new_member_mean_acc", "new_member_mean_dist_finetuned",
+                    "new_member_mean_barrier_train_loss")} | {"basin": m.get("basin")}
+               for n, m in summary["methods"].items() if n in chosen}
     return {"kind": kind, "wall_s": wall, "target_s": TARGETS[kind], "within_target": wall <= TARGETS[kind],
             "stages_s": {k: round(t.get(k, 0.0), 2) for k in ("prepare_s", "train_s", "analysis_s", "report_s",
                                                                "total_s")},
