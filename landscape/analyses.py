@@ -9,20 +9,27 @@ and a result that is already finished with the same arguments is returned withou
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Mapping, Sequence
+import json
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
+from . import distributed
 from .checkpoints import Snapshot, check_same_architecture
 from .engine import Evaluator
 from .errors import LandscapeError
+from .family import AffineFamily
 from .grid import Grid, MemoryGrid
 from .jsonable import masked, to_jsonable
-from .lines import barrier_matrices, compute_barrier_matrix, compute_line, curve_barriers
-from .planes import compute_plane
+from .lines import barrier_matrices, compute_barrier_matrix, compute_line, curve_barriers, line_family
+from .planes import compute_plane, plane_coefficients, plane_family
 from .store import Store, config_differences, same_config
 from .validate import check_grid_size, positive_int
+
+# Part of a grid: its points [offset, offset + len(coeffs)) lie on one affine family.
+Segment = tuple[Callable[[], AffineFamily], np.ndarray, int]
 
 
 def tensor_fingerprint(t: torch.Tensor) -> str:
@@ -32,11 +39,81 @@ def tensor_fingerprint(t: torch.Tensor) -> str:
 
 def _open_grid(store: Store | None, kind: str, name: str, shape: Sequence[int], metrics: Sequence[str],
                arrays: Mapping[str, Any], config: Mapping[str, Any], attrs: Mapping[str, Any], overwrite: bool,
-               n_coeffs: int) -> Grid:
+               n_coeffs: int, evaluator: Evaluator | None = None) -> Grid:
     check_grid_size(shape, f"{kind[:-1]} {name!r}", len(metrics), n_coeffs)
-    if store is None:
-        return MemoryGrid(shape, metrics, arrays)
-    return store.open_grid(kind, name, shape, metrics, arrays, config, attrs, overwrite)
+    if not distributed.active():
+        if store is None:
+            return MemoryGrid(shape, metrics, arrays)
+        return store.open_grid(kind, name, shape, metrics, arrays, config, attrs, overwrite)
+    # Under torchrun rank 0 alone opens (and, to compute, locks) the store, once every rank has
+    # shown the same inputs; the others learn which points are missing.
+    mine = json.dumps(config, sort_keys=True, default=str)
+    opened: dict[str, Grid] = {}
+
+    def open_on_rank0(configs: list[str]) -> dict[str, Any]:
+        _check_same_inputs(configs, config)
+        grid = opened["grid"] = (MemoryGrid(shape, metrics, arrays) if store is None else
+                                 store.open_grid(kind, name, shape, metrics, arrays, config, attrs, overwrite))
+        return {"done": grid.data["done"], "finished": grid.finished,
+                "points_per_pass": getattr(evaluator, "points_per_pass", None)}
+
+    _, state = distributed.exchange(lambda: mine, open_on_rank0)
+    if "grid" in opened:
+        return opened["grid"]
+    grid = MemoryGrid(shape, metrics, arrays)  # a worker's view: which points are done
+    grid.data["done"] = np.array(state["done"], dtype=bool)
+    grid.finished = bool(state["finished"])
+    if evaluator is not None and evaluator.batched is not None and state["points_per_pass"] is not None:
+        # K from free memory may differ by GPU: rank 0's K makes the same chunks and passes
+        evaluator.points_per_pass = int(state["points_per_pass"])
+    return grid
+
+
+def _check_same_inputs(configs: Sequence[str], config: Mapping[str, Any]) -> None:
+    """Rank 0's check that every rank fingerprinted the same inputs (`configs` as JSON, by rank)."""
+    mine = json.dumps(config, sort_keys=True, default=str)
+    for rank, other in enumerate(configs):
+        if other != mine:
+            raise LandscapeError(f"rank {rank} does not see the inputs rank 0 sees "
+                                 f"({config_differences(json.loads(other), config)}): every rank must read "
+                                 "the same checkpoints and data at the same paths")
+
+
+def _fill(evaluator: Evaluator, grid: Grid, segments: Sequence[Segment], chunk: int | None, quiet: bool,
+          desc: str) -> None:
+    """The missing points of `grid`, computed by every rank: the chunks one process would form
+    (per segment, in order), dealt round-robin; rank 0 saves each round's chunks at once."""
+    size = chunk if chunk is not None else evaluator.default_chunk()
+    todo = grid.missing()
+    units: list[tuple[int, np.ndarray]] = []
+    for s, (_, coeffs, offset) in enumerate(segments):
+        mine = todo[(todo >= offset) & (todo < offset + len(coeffs))] - offset
+        units += [(s, mine[i:i + size]) for i in range(0, len(mine), size)]
+    w = distributed.world()
+    family: tuple[int, AffineFamily] | None = None
+    with tqdm(total=len(todo), desc=desc, unit="pt", disable=quiet or not w.writer, leave=False) as bar:
+        for start in range(0, len(units), w.size):
+            own = None
+            if start + w.rank < len(units):
+                s, idx = units[start + w.rank]
+                if family is None or family[0] != s:
+                    family = (s, segments[s][0]())
+                _, coeffs, offset = segments[s]
+                values = evaluator.run(family[1], coeffs, idx, len(idx), quiet=True)
+                own = (idx + offset, values)
+            try:
+                parts = distributed.gather(lambda: own)
+            except distributed.PeerLost:
+                if w.writer and own is not None:  # what this rank finished is kept
+                    with distributed.shielded():
+                        grid.write(*own)
+                raise
+            if w.writer:
+                parts = [p for p in parts or [] if p is not None]
+                with distributed.shielded():  # one save per round, as one process saves per chunk
+                    grid.write(np.concatenate([p[0] for p in parts]),
+                               {m: np.concatenate([p[1][m] for p in parts]) for m in grid.metrics})
+                bar.update(sum(len(p[0]) for p in parts))
 
 
 def _summary(grid: Grid, computed: int) -> dict[str, Any]:
@@ -76,13 +153,19 @@ def line(evaluator: Evaluator, a: Snapshot, b: Snapshot, alphas: np.ndarray, *, 
     prov = dict(provenance or {})
     config = {**prov, **evaluator.config, "a": a.fingerprint(), "b": b.fingerprint(), "alphas": alphas.tolist()}
     grid = _open_grid(store, "curves", name, (len(alphas),), evaluator.metric_names, {"alphas": alphas}, config,
-                      {**prov, "bn_mode": evaluator.bn_mode, "a": a.name, "b": b.name}, overwrite, 1)
+                      {**prov, "bn_mode": evaluator.bn_mode, "a": a.name, "b": b.name}, overwrite, 1, evaluator)
     todo = len(grid.missing())
-    compute_line(evaluator, a, b, alphas, grid, chunk, quiet=quiet)
-    barriers = curve_barriers(alphas, grid.data)
-    grid.finish(attrs={"barriers": barriers})
-    return {"kind": "curve", "name": name, "a": a.name, "b": b.name, "bn_mode": evaluator.bn_mode,
-            "alphas": alphas, **_metrics(grid), "barriers": barriers, **_summary(grid, todo)}
+    if distributed.active():
+        _fill(evaluator, grid, [(lambda: line_family(a, b), alphas.reshape(-1, 1), 0)], chunk, quiet, "line")
+    else:
+        compute_line(evaluator, a, b, alphas, grid, chunk, quiet=quiet)
+
+    def finish() -> dict[str, Any]:
+        barriers = curve_barriers(alphas, grid.data)
+        grid.finish(attrs={"barriers": barriers})
+        return {"kind": "curve", "name": name, "a": a.name, "b": b.name, "bn_mode": evaluator.bn_mode,
+                "alphas": alphas, **_metrics(grid), "barriers": barriers, **_summary(grid, todo)}
+    return distributed.on_rank0(finish)
 
 
 def barrier_matrix(evaluator: Evaluator, snapshots: Sequence[Snapshot], alphas: np.ndarray, *,
@@ -102,13 +185,21 @@ def barrier_matrix(evaluator: Evaluator, snapshots: Sequence[Snapshot], alphas: 
     config = {**prov, **evaluator.config, "snapshots": [s.fingerprint() for s in snaps], "alphas": alphas.tolist()}
     grid = _open_grid(store, "barriers", name, (len(pairs), len(alphas)), evaluator.metric_names,
                       {"alphas": alphas, "pairs": pairs, "names": np.array(names, dtype="S")}, config,
-                      {**prov, "bn_mode": evaluator.bn_mode}, overwrite, 1)
+                      {**prov, "bn_mode": evaluator.bn_mode}, overwrite, 1, evaluator)
     todo = len(grid.missing())
-    compute_barrier_matrix(evaluator, snaps, alphas, grid, chunk, quiet=quiet)
-    matrices = barrier_matrices(alphas, grid.data, [tuple(p) for p in pairs], n)
-    grid.finish(derived=matrices)
-    return {"kind": "barriers", "name": name, "snapshots": names, "bn_mode": evaluator.bn_mode, "alphas": alphas,
-            **matrices, **_summary(grid, todo)}
+    if distributed.active():
+        segments = [(lambda i=i, j=j: line_family(snaps[i], snaps[j]), alphas.reshape(-1, 1), p * len(alphas))
+                    for p, (i, j) in enumerate(pairs.tolist())]
+        _fill(evaluator, grid, segments, chunk, quiet, "barriers")
+    else:
+        compute_barrier_matrix(evaluator, snaps, alphas, grid, chunk, quiet=quiet)
+
+    def finish() -> dict[str, Any]:
+        matrices = barrier_matrices(alphas, grid.data, [tuple(p) for p in pairs], n)
+        grid.finish(derived=matrices)
+        return {"kind": "barriers", "name": name, "snapshots": names, "bn_mode": evaluator.bn_mode,
+                "alphas": alphas, **matrices, **_summary(grid, todo)}
+    return distributed.on_rank0(finish)
 
 
 def plane(evaluator: Evaluator, center: Snapshot, directions: torch.Tensor, xs: np.ndarray, ys: np.ndarray, *,
@@ -124,6 +215,10 @@ def plane(evaluator: Evaluator, center: Snapshot, directions: torch.Tensor, xs: 
     if directions.ndim != 2 or directions.shape[0] != 2:
         raise LandscapeError(f"a plane needs two directions, got shape {list(directions.shape)}")
     chunk = None if chunk is None else positive_int(chunk, "--chunk")
+    # every rank moves along rank 0's directions, even where its own arithmetic rounded differently
+    directions, buffer_directions = distributed.same_as_rank0(
+        (directions, buffer_directions), lambda d: tensor_fingerprint(d[0]) + "".join(
+            f"{k}:{tensor_fingerprint(v)}" for k, v in sorted((d[1] or {}).items())))
     xs, ys = np.asarray(xs, dtype=np.float64), np.asarray(ys, dtype=np.float64)
     prov, dir_attrs = dict(provenance or {}), dict(direction_attrs or {})
     dir_attrs["buffers"] = "interpolated" if buffer_directions else "centre"
@@ -132,27 +227,45 @@ def plane(evaluator: Evaluator, center: Snapshot, directions: torch.Tensor, xs: 
     grid = _open_grid(store, "surfaces", name, (len(xs), len(ys)), evaluator.metric_names,
                       {"xcoordinates": xs, "ycoordinates": ys}, config,
                       {**prov, **dir_attrs, "bn_mode": evaluator.bn_mode, "center": center.name, "directions": name},
-                      overwrite, 2)
+                      overwrite, 2, evaluator)
     todo = len(grid.missing())
-    compute_plane(evaluator, center, directions, xs, ys, grid, chunk, quiet=quiet,
-                  buffer_directions=dict(buffer_directions or {}))
-    names, coords, dists = projections or ([], np.zeros((0, 2)), np.zeros(0))
-    if store is not None and not grid.finished:
-        # Directions first: if the surface's own write then fails, rerunning the command rewrites both.
-        store.write_directions(name, directions, {**dir_attrs, "center": center.name, "surface": name},
-                               overwrite=True)
-    grid.finish(derived={"projection_names": np.array(names, dtype="S"), "projection_coords": coords,
-                         "projection_distances": dists})
-    return {"kind": "surface", "name": name, "center": center.name, "bn_mode": evaluator.bn_mode, **dir_attrs,
-            "xcoordinates": xs, "ycoordinates": ys, **_metrics(grid),
-            "projections": [{"name": nm, "x": float(c[0]), "y": float(c[1]), "distance": float(d)}
-                            for nm, c, d in zip(names, coords, dists)], **_summary(grid, todo)}
+    if distributed.active():
+        segment = (lambda: plane_family(center, directions, dict(buffer_directions or {})),
+                   plane_coefficients(xs, ys), 0)
+        _fill(evaluator, grid, [segment], chunk, quiet, "plane")
+    else:
+        compute_plane(evaluator, center, directions, xs, ys, grid, chunk, quiet=quiet,
+                      buffer_directions=dict(buffer_directions or {}))
+
+    def finish() -> dict[str, Any]:
+        names, coords, dists = projections or ([], np.zeros((0, 2)), np.zeros(0))
+        if store is not None and not grid.finished:
+            # Directions first: if the surface's own write then fails, rerunning the command rewrites both.
+            store.write_directions(name, directions, {**dir_attrs, "center": center.name, "surface": name},
+                                   overwrite=True)
+        grid.finish(derived={"projection_names": np.array(names, dtype="S"), "projection_coords": coords,
+                             "projection_distances": dists})
+        return {"kind": "surface", "name": name, "center": center.name, "bn_mode": evaluator.bn_mode, **dir_attrs,
+                "xcoordinates": xs, "ycoordinates": ys, **_metrics(grid),
+                "projections": [{"name": nm, "x": float(c[0]), "y": float(c[1]), "distance": float(d)}
+                                for nm, c, d in zip(names, coords, dists)], **_summary(grid, todo)}
+    return distributed.on_rank0(finish)
 
 
 def finished_ensemble(store: Store | None, name: str, config: Mapping[str, Any],
                       overwrite: bool) -> dict[str, np.ndarray] | None:
     """The stored arrays of ensemble `name` if it was computed with `config` (nothing to do);
     None if it must be computed. Refuses a different config unless `overwrite`."""
+    if distributed.active():  # rank 0 reads the store, once every rank has shown the same inputs
+        def on_rank0(configs: list[str]) -> dict[str, np.ndarray] | None:
+            _check_same_inputs(configs, config)
+            return _finished_ensemble(store, name, config, overwrite)
+        return distributed.exchange(lambda: json.dumps(config, sort_keys=True, default=str), on_rank0)[1]
+    return _finished_ensemble(store, name, config, overwrite)
+
+
+def _finished_ensemble(store: Store | None, name: str, config: Mapping[str, Any],
+                       overwrite: bool) -> dict[str, np.ndarray] | None:
     if store is None or not store.has("ensembles", name):
         return None
     attrs = store.read_attrs("ensembles", name)

@@ -10,15 +10,15 @@ inputs. Every argument is checked before the first forward pass.
 from __future__ import annotations
 
 import os
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from . import analyses
+from . import analyses, distributed
 from .checkpoints import Snapshot, check_same_architecture
 from .data import StreamData, TensorData, load_data
 from .directions import pca_directions, plane_through, project, random_direction, relative_frame
@@ -127,12 +127,19 @@ def open_store(out: str | None) -> Store | nullcontext:
     that a new one can be created; a null context without `out`. An existing store is not probed:
     a rerun with nothing to compute must not write, and a writer learns it cannot write when it
     takes the lock, before any point is evaluated."""
-    if out is None:
+    if out is None or not distributed.world().writer:  # one writer: rank 0 alone opens the store
         return nullcontext(None)
     store = Store(out, mode="a")
     if not store.exists:
         check_writable_dir(os.path.dirname(store.path), "output folder")
-    return store
+    return _abortable(store) if distributed.active() else store
+
+
+@contextmanager
+def _abortable(store: Store) -> Iterator[Store]:
+    """The store of rank 0 under torchrun: its lock is released even when a lost rank forces an abrupt exit."""
+    with store, distributed.on_abort(store.close):
+        yield store
 
 
 def _alphas(alphas: np.ndarray | None, num: int, spec: str | None) -> np.ndarray:
@@ -144,6 +151,7 @@ def _alphas(alphas: np.ndarray | None, num: int, spec: str | None) -> np.ndarray
     return alpha_range(spec) if spec else line_alphas(positive_int(num, "--num"))
 
 
+@distributed.collective
 def interpolate(a: str | Snapshot, b: str | Snapshot, *, model: str | nn.Module, data=None, test_data=None,
                 alphas: np.ndarray | None = None, num: int = 21, alpha_range: str | None = None,
                 bn: str = "auto", out: str | None = None,
@@ -162,6 +170,7 @@ def interpolate(a: str | Snapshot, b: str | Snapshot, *, model: str | nn.Module,
     return analyses.to_json({**res, "store": out})
 
 
+@distributed.collective
 def barriers(snapshots: Sequence[str | Snapshot], *, model: str | nn.Module, data=None, test_data=None,
              num: int = 11, alpha_range: str | None = None, bn: str = "auto", out: str | None = None,
              name: str = "barriers",
@@ -182,6 +191,7 @@ def barriers(snapshots: Sequence[str | Snapshot], *, model: str | nn.Module, dat
     return analyses.to_json({**res, "store": out})
 
 
+@distributed.collective
 def plane(center: str | Snapshot, *, model: str | nn.Module, data=None, test_data=None,
           through: Sequence[str | Snapshot] | None = None, random: str | None = None,
           pca: Sequence[str | Snapshot] | None = None, seed: int = 0,
@@ -329,6 +339,7 @@ def plot(path: str, name: str, *, out: str | None = None, metric: str | None = N
     return {"kind": kind[:-1], "name": name, "figure": out}
 
 
+@distributed.collective
 def ensemble(members: Sequence[str | Snapshot], *, model: str | nn.Module | None = None, data=None,
              val_data=None, out: str | None = None, name: str = "ensemble", overwrite: bool = False,
              keep_predictions: bool = False, fp16: bool = False, orders: int = 0, seed: int = 0,
@@ -363,6 +374,8 @@ def ensemble(members: Sequence[str | Snapshot], *, model: str | nn.Module | None
         n_samples, spec, labels_out = int(labels.shape[0]), "stored predictions", labels
 
         def start() -> tuple[Any, torch.Tensor | None]:
+            if not distributed.world().writer:  # no forward passes to share: rank 0 holds every member's logits
+                return iter(()), None
             return iter([(logits[:, i:i + batch_size].to(dev), labels[i:i + batch_size].to(dev))
                          for i in range(0, labels.shape[0], batch_size)]), None
     else:
@@ -398,17 +411,22 @@ def ensemble(members: Sequence[str | Snapshot], *, model: str | nn.Module | None
                 yield from fwd.batches(xb, yb, batch_size)
 
         def start() -> tuple[Any, torch.Tensor | None]:
-            """The member forward passes begin only here: nothing runs for a finished result."""
-            fwd = MemberForward(module, snaps, dev)
+            """The member forward passes begin only here: nothing runs for a finished result.
+            Under torchrun each rank runs its share of the members; rank 0 gets every batch's
+            logits of all members (the other ranks' streams yield nothing)."""
+            fwd = MemberForward(module, [snaps[i] for i in distributed.share(len(snaps))], dev)
             temps = None
             if val is not None:
-                val_logits, val_labels = zip(*member_batches(fwd, val))
-                temps = fit_temperatures(torch.cat(val_logits, 1).cpu(), torch.cat(val_labels).cpu(),
-                                         member_orders(len(snaps), orders, seed))
+                val_batches = list(_all_members(member_batches(fwd, val), len(snaps)))
+                if distributed.world().writer:
+                    val_logits, val_labels = zip(*val_batches)
+                    temps = fit_temperatures(torch.cat(val_logits, 1).cpu(), torch.cat(val_labels).cpu(),
+                                             member_orders(len(snaps), orders, seed))
 
             def stream():
-                with tqdm(total=len(test), desc="ensemble", unit="img", disable=quiet, leave=False) as bar:
-                    for lg, yb in member_batches(fwd, test):
+                with tqdm(total=len(test), desc="ensemble", unit="img", leave=False,
+                          disable=quiet or not distributed.world().writer) as bar:
+                    for lg, yb in _all_members(member_batches(fwd, test), len(snaps)):
                         bar.update(yb.shape[0])
                         if labels_out is None:
                             seen_labels.append(yb.cpu())
@@ -422,7 +440,11 @@ def ensemble(members: Sequence[str | Snapshot], *, model: str | nn.Module | None
              "model_spec": model if isinstance(model, str) else None}
     with open_store(out) as store:
         res = analyses.finished_ensemble(store, name, config, overwrite)
-        if res is None:
+        if res is None and not distributed.world().writer:
+            batches, _ = start()
+            for _ in batches:  # this rank's members' forward passes, sent to rank 0 batch by batch
+                pass
+        elif res is None:
             if store is not None and keep_predictions:
                 with store.new_object("ensembles", name, attrs, overwrite=True) as obj:
                     writer = _PredictionWriter(obj, len(names), n_samples, fp16)
@@ -437,6 +459,8 @@ def ensemble(members: Sequence[str | Snapshot], *, model: str | nn.Module | None
                 res = evaluate_ensemble(batches, names, temps, orders, seed)
                 if store is not None:
                     store.write("ensembles", name, analyses.ensemble_arrays(res, names), attrs, overwrite=True)
+        if distributed.active():  # rank 0's result on every rank
+            res = distributed.on_rank0(lambda: res)
     warnings = []
     at_bound = [i + 1 for i, b in enumerate(np.asarray(res.get("temperature_at_bound", []), dtype=bool)) if b]
     if at_bound:  # the validation data cannot pin the temperature down (e.g. 100% validation accuracy)
@@ -448,6 +472,29 @@ def ensemble(members: Sequence[str | Snapshot], *, model: str | nn.Module | None
                         **({"orders_mean": {k[:-len("_orders_mean")]: v for k, v in res.items()
                                             if k.endswith("_orders_mean")}} if orders else {}),
                         "store": out})
+
+
+def _all_members(batches: Iterator[tuple[torch.Tensor, torch.Tensor]], m: int
+                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Under torchrun: each batch's logits [M, B, C] of all members on rank 0, put together from
+    every rank's share (rank r holds members r, r + N, ...); the other ranks yield nothing.
+    In one process the batches pass through unchanged."""
+    w = distributed.world()
+    for logits, labels in batches:
+        if not w.distributed:
+            yield logits, labels
+            continue
+        parts = distributed.gather(lambda: logits.cpu())
+        if parts is None:
+            continue
+        classes = {p.shape[-1] for p in parts if p.shape[0]}
+        if len(classes) > 1:
+            raise LandscapeError(f"the members do not have the same number of classes: {sorted(classes)}")
+        full = torch.empty(m, labels.shape[0], classes.pop(), dtype=logits.dtype)
+        for r, part in enumerate(parts):
+            if part.shape[0]:
+                full[r::w.size] = part
+        yield full.to(logits.device), labels
 
 
 class _PredictionWriter:

@@ -275,6 +275,10 @@ class Evaluator:
         return self.metrics_of_loaded()
 
     # -- many points -------------------------------------------------------------------
+    def default_chunk(self) -> int:
+        """Points per chunk when none is asked for: one pass on the batched path, else 8."""
+        return self.points_per_pass if self.batched is not None else 8
+
     def run(self, family: AffineFamily, coeffs: np.ndarray | torch.Tensor, indices: Sequence[int] | None = None,
             chunk_size: int | None = None, on_chunk: Callable[[np.ndarray, dict[str, np.ndarray]], None] | None = None,
             quiet: bool = True, desc: str = "points") -> dict[str, np.ndarray]:
@@ -283,9 +287,7 @@ class Evaluator:
         Returns the metrics of the evaluated rows, in the order of `indices`. The default chunk is
         8 points on the per-point path and one pass of K points (K from memory) on the batched one.
         """
-        if chunk_size is None:
-            chunk_size = self.points_per_pass if self.batched is not None else 8
-        chunk_size = positive_int(chunk_size, "--chunk")
+        chunk_size = positive_int(self.default_chunk() if chunk_size is None else chunk_size, "--chunk")
         coeffs = torch.as_tensor(np.asarray(coeffs, dtype=np.float64)).reshape(len(coeffs), -1)
         if coeffs.shape[1] != family.ndim:
             raise LandscapeError(f"{coeffs.shape[1]} coefficients per point for {family.ndim} directions")

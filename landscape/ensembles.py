@@ -212,7 +212,9 @@ class MemberForward:
                     raise LandscapeError(f"member {name!r} has {out.shape[-1]} classes, "
                                          f"member {self.names[0]!r} has {outs[0].shape[-1]}")
                 outs.append(out.float())
-            yield torch.stack(outs), y[start:start + batch_size].to(self.device)
+            # no members (a rank with none to run): an empty [0, B, 0] keeps the batches in step
+            logits = torch.stack(outs) if outs else torch.empty(0, xb.shape[0], 0, device=self.device)
+            yield logits, y[start:start + batch_size].to(self.device)
 
 
 def evaluate_ensemble(batches: Iterator[tuple[torch.Tensor, torch.Tensor]], members: Sequence[str],
