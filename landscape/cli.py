@@ -11,7 +11,7 @@ import sys
 from importlib.metadata import entry_points
 from typing import Any, Callable, Sequence
 
-from . import api
+from . import api, distributed
 from .checkpoints import ignoring_keys
 from .errors import LandscapeError
 from .store import KINDS, package_versions
@@ -337,9 +337,23 @@ def _join_negative_ranges(argv: Sequence[str]) -> list[str]:
     return out
 
 
+def _launched_rank() -> int:
+    """This process's rank under torchrun (0 for one process, or an environment the command will refuse)."""
+    try:
+        w = distributed.launched()
+    except LandscapeError:
+        return 0
+    return w.rank if w is not None else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(_join_negative_ranges(sys.argv[1:] if argv is None else argv))
+    rank = _launched_rank()  # under torchrun only rank 0 prints results and progress
+    if rank and args.func in (cmd_plot, cmd_export, cmd_info):
+        return 0  # nothing to share out: rank 0 alone does it
+    if rank:
+        args.quiet = True
     try:
         with ignoring_keys(ignore_prefixes(args)) as skipped:
             result, text = args.func(args)
@@ -359,6 +373,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             else (exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__)
         print(f"landscape: error: {' '.join(str(what).split())}", file=sys.stderr)
         return 1
+    if rank:
+        return 0
     try:
         print(json.dumps(result, indent=1) if args.json else text)
     except BrokenPipeError:  # `landscape ... | head`: the result is stored; the reader left
