@@ -49,18 +49,24 @@ BARRIER_KEYS = ("test_loss", "test_error", "train_loss", "train_error")
 
 @dataclass
 class Context:
-    """What every stage needs: the prepared study, its store, its snapshots, the evaluator."""
+    """What every stage needs: the prepared study, its stores, its snapshots, the evaluator.
+
+    `store` receives the results; `records` holds the study's predictions and labels (the same
+    store, except on a rank of a distributed study other than 0, which writes its results to a
+    scratch store of its own and sends them to rank 0: experiments.parallel)."""
 
     prep: Any
     store: Store
     runner: Any
     quiet: bool
     plan: Any = None  # the seed's plan (experiments.samplers.Plan); default: the first seed's
+    records: Store | None = None
     evaluator: Evaluator | None = None
     provenance: dict | None = None
 
     def __post_init__(self) -> None:
         self.plan = self.plan or self.prep.plan
+        self.records = self.records or self.store
 
     @property
     def cfg(self):
@@ -79,10 +85,20 @@ class Context:
         return list(dict.fromkeys(n for names in self.plan.members.values() for n in names))
 
 
-def analyze_study(prep, store: Store, runner, quiet: bool = True, plan=None, extras: bool = True) -> dict[str, Any]:
+def analyze_study(prep, store: Store, runner, quiet: bool = True, plan=None, extras: bool = True,
+                  records: Store | None = None) -> dict[str, Any]:
     """One seed's analysis (`plan`, default the first seed's). `extras`: the plane, the sharpness
     and the curves too (a multi-seed study computes them for its first seed only)."""
-    ctx = Context(prep, store, runner, quiet, plan)
+    out = analyze_core(prep, store, runner, quiet, plan, records)
+    if extras:
+        merge_extras(out, analyze_extras(prep, store, runner, quiet, plan, records))
+    return out
+
+
+def analyze_core(prep, store: Store, runner, quiet: bool = True, plan=None,
+                 records: Store | None = None) -> dict[str, Any]:
+    """Every number of one seed's summary: members, ensembles, soups, lines, pairwise barriers."""
+    ctx = Context(prep, store, runner, quiet, plan, records)
     out: dict[str, Any] = {"methods": {}, "members": {}}
     singles = single_metrics(ctx)
     out["finetuned"] = {"name": ctx.plan.finetuned, **singles[ctx.plan.finetuned]}
@@ -106,14 +122,29 @@ def analyze_study(prep, store: Store, runner, quiet: bool = True, plan=None, ext
         for name, pw in pairwise_barriers(ctx).items():
             out["methods"][name].update(pw)
     store_ensembles(ctx, out["methods"])
-    if ctx.an["plane"] and extras:
+    return out
+
+
+def analyze_extras(prep, store: Store, runner, quiet: bool = True, plan=None,
+                   records: Store | None = None) -> dict[str, Any]:
+    """The plane, the sharpness and the curved paths of one seed (each as the config asks)."""
+    ctx = Context(prep, store, runner, quiet, plan, records)
+    ctx.evaluator, ctx.provenance = landscape_evaluator(ctx)
+    out: dict[str, Any] = {}
+    if ctx.an["plane"]:
         out["plane"] = study_plane(ctx)
-    if ctx.an["sharpness"] and extras:
-        for name, sharp in sharpness(ctx).items():
-            out["methods"][name].update(sharp)
-    if ctx.an["curves"] and extras:
+    if ctx.an["sharpness"]:
+        out["sharpness"] = sharpness(ctx)
+    if ctx.an["curves"]:
         out["curves"] = study_curves(ctx)
     return out
+
+
+def merge_extras(out: dict[str, Any], extras: dict[str, Any]) -> None:
+    """analyze_extras' results into analyze_core's."""
+    for name, sharp in extras.get("sharpness", {}).items():
+        out["methods"][name].update(sharp)
+    out.update({k: v for k, v in extras.items() if k != "sharpness"})
 
 
 def sharpness_methods(cfg) -> list:
@@ -183,10 +214,10 @@ def study_curves(ctx: Context) -> list[dict[str, Any]]:
 def single_metrics(ctx: Context) -> dict[str, dict[str, float]]:
     labels = ctx.prep.target.test_labels()
     scratch = ctx.px + "scratch"
-    names = ctx.member_names() + ([scratch] if ctx.store.has("snapshots", scratch) else [])
+    names = ctx.member_names() + ([scratch] if ctx.records.has("snapshots", scratch) else [])
     out = {}
     for n in names:
-        r = ensemble_metrics(read_logits(ctx.store, n).float().unsqueeze(0), labels, ctx.an["ece_bins"])
+        r = ensemble_metrics(read_logits(ctx.records, n).float().unsqueeze(0), labels, ctx.an["ece_bins"])
         out[n] = {"test_acc": float(r.acc[0]), "test_nll": float(r.nll[0]), "ece": float(r.ece[0])}
     return out
 
@@ -201,7 +232,7 @@ def ensembles_by_size(ctx: Context) -> dict[str, dict[str, Any]]:
         names = ctx.plan.members[m.name]
         res = {"type": m.type, "group": m.group, "members": names, "params": m.params}
         for split in splits:
-            r = ensemble_metrics(torch.stack([read_logits(ctx.store, n, split) for n in names]).float(),
+            r = ensemble_metrics(torch.stack([read_logits(ctx.records, n, split) for n in names]).float(),
                                  target.labels(split), ctx.an["ece_bins"])
             pre = "" if split == "test" else "val_"
             res.update({f"{pre}ensemble_acc": r.acc.tolist(), f"{pre}ensemble_nll": r.nll.tolist(),

@@ -31,6 +31,8 @@ def headline(summary: dict[str, Any], out: str) -> str:
     """
     from .markdown import fmt_num, fmt_pct, pm
 
+    if not summary:  # a rank other than 0 of a distributed study: rank 0 reports
+        return ""
     K = summary["study"]["members"]
     seeds = summary["study"]["seeds"]
     tr = summary["transfer"]

@@ -31,12 +31,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from landscape import distributed
 from landscape.checkpoints import Snapshot, apply_state_dict, read_state_dict
 from landscape.engine import resolve_device
 from landscape.errors import LandscapeError, LandscapeFault
 from landscape.store import Store
 from landscape.validate import check_writable_dir
 
+from . import parallel
 from .analysis import analyze_study
 from .config import StudyConfig, load_config
 from .data import FolderTask, Task, embedded_tasks
@@ -170,6 +172,19 @@ def _cache_paths(cfg: StudyConfig, unit: Unit) -> tuple[str, str]:
 # running
 
 
+@dataclass
+class Finished:
+    """A trained unit, before it is stored: its snapshot, test and validation logits, metrics."""
+
+    name: str
+    snapshot: Snapshot
+    logits: torch.Tensor | None  # None for a pre-training (its metrics are on the source task)
+    val_logits: torch.Tensor | None
+    metrics: dict[str, float] | None
+    seconds: float
+    cached: bool
+
+
 class Runner:
     """Trains the units of a prepared study into an open store."""
 
@@ -181,15 +196,23 @@ class Runner:
         self.ctx = Context(prep.cfg, prep.source, prep.target, prep.device, self.snapshot, self.pretrained,
                            hooks, quiet)
         self._snapshots: dict[str, Snapshot] = {}
+        self._pinned: dict[str, Snapshot] = {}
 
     SNAPSHOT_CACHE = 16  # snapshots kept in memory (a ResNet-50 snapshot is ~100 MB)
 
+    def pin(self, snaps: dict[str, Snapshot]) -> None:
+        """Snapshots this rank is given to start its units from (experiments.parallel), held
+        until the next call whatever the cache holds."""
+        self._pinned = dict(snaps)
+
     def snapshot(self, name: str) -> Snapshot:
+        if name in self._pinned:
+            return self._pinned[name]
         if name not in self._snapshots:
-            self._remember(name, self.store.read_snapshot(name))
+            self.remember(name, self.store.read_snapshot(name))
         return self._snapshots[name]
 
-    def _remember(self, name: str, snap: Snapshot) -> None:
+    def remember(self, name: str, snap: Snapshot) -> None:
         self._snapshots.pop(name, None)
         self._snapshots[name] = snap
         while len(self._snapshots) > self.SNAPSHOT_CACHE:
@@ -227,6 +250,11 @@ class Runner:
                 bar.update(1)
 
     def run_one(self, unit: Unit) -> None:
+        self.record(self.train_unit(unit))
+
+    def train_unit(self, unit: Unit) -> Finished:
+        """Train one unit and predict with it; nothing is written to the store (a rank other than
+        0 sends the result to rank 0, experiments.parallel)."""
         t0 = time.perf_counter()
         cached = False
         if unit.kind == "pretrain" and self.use_cache:
@@ -236,9 +264,9 @@ class Runner:
         else:
             model = run_unit(self.ctx, unit)
         seconds = time.perf_counter() - t0
-        self.timings[unit.name] = seconds
         model = model.cpu().eval()
         snap = Snapshot.from_model(model, unit.name, **unit.meta())
+        logits = val = metrics = None
         if unit.kind == "pretrain":
             acc = logits_metrics(predict(model.to(self.prep.device), self.prep.source, self.prep.device,
                                          self.prep.cfg["study"]["eval_batch_size"]),
@@ -255,14 +283,20 @@ class Runner:
                 vm = logits_metrics(val, self.prep.target.labels("val"))
                 metrics.update(val_acc=vm["test_acc"], val_loss=vm["test_loss"])
             snap.meta.update(metrics)
-            write_predictions(self.store, unit.name, logits, metrics, val)
-        self.store.write_snapshot(snap, unit.name, overwrite=True,
-                                  attrs={"train_seconds": seconds, "from_cache": cached})
-        self._remember(unit.name, snap)
-        if not cached:
-            self.trained.append(unit.name)
+        return Finished(unit.name, snap, logits, val, metrics, seconds, cached)
+
+    def record(self, f: Finished) -> None:
+        """A trained unit into the store: predictions first, then the snapshot (which marks it done)."""
+        self.timings[f.name] = f.seconds
+        if f.logits is not None:
+            write_predictions(self.store, f.name, f.logits, f.metrics, f.val_logits)
+        self.store.write_snapshot(f.snapshot, f.name, overwrite=True,
+                                  attrs={"train_seconds": f.seconds, "from_cache": f.cached})
+        self.remember(f.name, f.snapshot)
+        if not f.cached:
+            self.trained.append(f.name)
         if self.hooks.unit_done:
-            self.hooks.unit_done(unit.name)
+            self.hooks.unit_done(f.name)
 
     def _from_cache(self, unit: Unit) -> nn.Module | None:
         pt, meta = _cache_paths(self.prep.cfg, unit)
@@ -331,6 +365,7 @@ def model_spec(cfg: StudyConfig) -> str:
     return f"{m['name']}:width={m['width']}" if m.get("width") and m["name"] in ("small_cnn", "tiny_cnn") else m["name"]
 
 
+@distributed.collective
 def run_study(config: str | StudyConfig | Mapping[str, Any], out: str, *, device: str | None = None,
               quiet: bool = False, hooks: Hooks | None = None, overrides: list[str] = (),
               use_cache: bool = True, analyze: bool = True) -> dict[str, Any]:
@@ -338,6 +373,8 @@ def run_study(config: str | StudyConfig | Mapping[str, Any], out: str, *, device
 
     `study.threads` (config) sets torch's CPU threads for the run: the shipped demos use 1, which
     is as fast as 2 for these small models and far more robust when other processes share the CPU.
+    Under torchrun the ranks share the units and the analyses (experiments.parallel); rank 0
+    alone writes, and returns the summary ({} on the other ranks).
     """
     cfg = config if isinstance(config, StudyConfig) else load_config(config, overrides)
     path = check_output(out, cfg)  # refuse before anything is loaded or written
@@ -357,6 +394,9 @@ def _run_study(cfg: StudyConfig, path: str, device: str | None, quiet: bool, hoo
     t_prep = time.perf_counter() - t0
     out = os.path.dirname(path)
     summary_path = os.path.join(out, "summary.json")
+    w = distributed.world()
+    if not w.writer:
+        return _run_study_rank(prep, path, hooks or Hooks(), use_cache, analyze)
     try:
         os.makedirs(out, exist_ok=True)
     except OSError as exc:
@@ -364,7 +404,8 @@ def _run_study(cfg: StudyConfig, path: str, device: str | None, quiet: bool, hoo
     export_task_data(prep, out)
     with Store(path, mode="a") as store:
         runner = Runner(prep, store, hooks or Hooks(), quiet, use_cache)
-        if runner.todo():
+        todo = runner.todo()
+        if todo:
             store.lock()  # one writer per study, refused before any training starts
         _init_store(store, cfg)
         write_labels(store, prep.target.test_labels())
@@ -373,22 +414,27 @@ def _run_study(cfg: StudyConfig, path: str, device: str | None, quiet: bool, hoo
         t1 = time.perf_counter()
         rt = apply_runtime(cfg["runtime"], prep.device, *(t for t in (prep.source, prep.target) if t is not None))
         try:
-            todo = runner.todo()
             if todo and not quiet:
                 print(training_estimate(prep, runner, todo, rt), file=sys.stderr, flush=True)
-                for path, keys in prep.ignored.items():
-                    print(f"{path}: skipped {len(keys)} keys (pretrain.ignore_keys): {', '.join(keys[:6])}"
+                for ck, keys in prep.ignored.items():
+                    print(f"{ck}: skipped {len(keys)} keys (pretrain.ignore_keys): {', '.join(keys[:6])}"
                           + (" ..." if len(keys) > 6 else ""), file=sys.stderr, flush=True)
-            runner.run()
+            if w.distributed:
+                parallel.train(prep, runner, todo)
+            else:
+                runner.run()
         finally:
             rt.restore()  # cudnn.benchmark back: the analyses must match across processes
         t_train = time.perf_counter() - t1
         if not analyze:
             return {"trained": runner.trained, "out": out}
         t2 = time.perf_counter()
-        # One analysis per seed; the plane, sharpness and curves for the first seed only.
-        per_seed = [(plan, analyze_study(prep, store, runner, quiet, plan, extras=i == 0))
-                    for i, plan in enumerate(prep.plans)]
+        if w.distributed:
+            per_seed = parallel.analyze(prep, store, runner, quiet)
+        else:
+            # One analysis per seed; the plane, sharpness and curves for the first seed only.
+            per_seed = [(plan, analyze_study(prep, store, runner, quiet, plan, extras=i == 0))
+                        for i, plan in enumerate(prep.plans)]
         t_analysis = time.perf_counter() - t2
         wrote = store.wrote
     if not wrote and os.path.isfile(summary_path):
@@ -401,10 +447,26 @@ def _run_study(cfg: StudyConfig, path: str, device: str | None, quiet: bool, hoo
                               "nothing_to_do": True}
         return summary
     timings = {"prepare_s": t_prep, "train_s": t_train, "analysis_s": t_analysis,
-               "trained_units": runner.trained, "unit_seconds": runner.timings}
+               "trained_units": runner.trained, "unit_seconds": runner.timings, "ranks": w.size}
     t3 = time.perf_counter()
     summary = write_report(prep, per_seed, out, timings)
     summary["timings"]["report_s"] = time.perf_counter() - t3
     summary["timings"]["total_s"] = time.perf_counter() - t0
     write_json_atomically(summary_path, summary)
     return summary
+
+
+def _run_study_rank(prep: Prepared, path: str, hooks: Hooks, use_cache: bool, analyze: bool) -> dict[str, Any]:
+    """A rank other than 0: trains the units and runs the analyses rank 0 deals it; never writes
+    to the study's folder (it reads the store for the analyses)."""
+    runner = Runner(prep, None, hooks, True, use_cache)
+    rt = apply_runtime(prep.cfg["runtime"], prep.device, *(t for t in (prep.source, prep.target) if t is not None))
+    try:
+        parallel.train(prep, runner, [])
+    finally:
+        rt.restore()
+    if analyze:
+        with Store(path, mode="r") as store:
+            runner.store = store
+            parallel.analyze(prep, store, runner, True)
+    return {}

@@ -497,6 +497,17 @@ class Store:
         root = {"schema_version": SCHEMA_VERSION, "object": kind[:-1], "name": name, **provenance(), **attrs}
         self._write_h5(kind, f"{check_name(name)}.h5", arrays, root, self._what(kind, name))
 
+    def object_image(self, kind: str, name: str) -> bytes:
+        """A finished object's file as bytes (to move it to another store unchanged)."""
+        with open(self._file(kind, name), "rb") as f:
+            return f.read()
+
+    def write_image(self, kind: str, name: str, image: bytes) -> None:
+        """A finished object from another store's `object_image`, renamed into place whole
+        (replacing one of that name: rank 0 of a distributed study files its ranks' results)."""
+        self._replace(os.path.join(self.path, kind), f"{check_name(name)}.h5", lambda out: out.write(image),
+                      self._what(kind, name))
+
     @contextmanager
     def new_object(self, kind: str, name: str, attrs: Mapping[str, Any], overwrite: bool = False
                    ) -> Iterator[ObjectWriter]:

@@ -1,0 +1,202 @@
+"""A study on many ranks: `torchrun --nproc-per-node=N -m landscape run CONFIG --out DIR` (or `demo`).
+
+Nothing changes for one process. Under torchrun (landscape.distributed joins the ranks):
+
+Training. A unit is an independent training run (one member per rank, never data-parallel
+training of one member). The study goes in rounds: rank 0 takes every unit whose starting
+snapshot is finished, deals them out so that the ranks get about the same work (the longest
+first, each to the least loaded rank), and sends with the deal the starting snapshots the units
+need; every rank trains its units; rank 0 receives the results and stores each (predictions,
+then the snapshot that marks it done) in plan order. A unit is the same pure function of its
+start and its seed on any rank, so the store ends as in one process, bit for bit (with the same
+threads per process). Only rank 0 writes; the other ranks need no shared file system to train.
+
+Analysis. Each seed's analysis and the first seed's extras (plane, sharpness, curves) are dealt
+out the same way. Rank 0 analyses into the store. Another rank reads the study's records from the
+store and writes its results to a scratch store of its own (a temporary folder that sees the
+store's finished results, so a rerun recomputes nothing), then sends the new objects, which rank
+0 files into the store unchanged. The analyses read the store on every rank: a study across
+machines needs its output folder on a file system every machine sees.
+
+Failure: as in landscape.distributed. A lost rank ends every rank within a bounded time with one
+line; what rank 0 stored stays; the rerun trains and analyses only what is missing (a rank's
+analysis share is kept when it is sent, at the end of the analysis).
+"""
+from __future__ import annotations
+
+import contextlib
+import heapq
+import os
+import shutil
+import tempfile
+from typing import Any, Callable, Hashable, Iterator, Sequence
+
+from landscape import distributed
+from landscape.store import KINDS, Store
+
+from .analysis import analyze_core, analyze_extras, merge_extras
+from .samplers import Unit
+
+
+@contextlib.contextmanager
+def alone() -> Iterator[None]:
+    """This rank computes without its peers (no collectives): the analysis layer sees one process."""
+    saved = distributed._State.world
+    distributed._State.world = distributed.World(0, 1, saved.local_rank)
+    try:
+        yield
+    finally:
+        distributed._State.world = saved
+
+
+def deal(costs: Sequence[tuple[Hashable, float]], size: int) -> list[list[Hashable]]:
+    """Items to `size` ranks, the costliest first, each to the rank with the least work so far
+    (ties to the lower rank); each rank's items keep the order they were given in."""
+    order = {key: i for i, (key, _) in enumerate(costs)}
+    heap = [(0.0, r) for r in range(size)]
+    out: list[list[Hashable]] = [[] for _ in range(size)]
+    for key, cost in sorted(costs, key=lambda kc: (-kc[1], order[kc[0]])):
+        load, r = heapq.heappop(heap)
+        out[r].append(key)
+        heapq.heappush(heap, (load + float(cost), r))
+    return [sorted(keys, key=order.__getitem__) for keys in out]
+
+
+def unit_cost(prep: Any, u: Unit) -> float:
+    """Samples a unit trains on: its epochs times its task's training set."""
+    task = prep.source if u.kind == "pretrain" else prep.target
+    return float(u.epochs) * task.train_size()
+
+
+# ----------------------------------------------------------------------------------------------
+# training
+
+
+def train(prep: Any, runner: Any, todo: list[Unit]) -> None:
+    """Every unit of `todo` (rank 0's list; the others' is ignored), trained across the ranks."""
+    w = distributed.world()
+    by_name = {u.name: u for u in prep.units}
+    remaining = [u.name for u in todo]  # rank 0's bookkeeping
+
+    def next_round(_: list) -> dict[str, Any] | None:
+        if not remaining:
+            return None
+        pending = set(remaining)
+        ready = [n for n in remaining if by_name[n].parent not in pending]
+        work = deal([(n, unit_cost(prep, by_name[n])) for n in ready], w.size)
+        parents = {by_name[n].parent for n in ready} - {None}
+        # embedded fine-tunings start from a pre-training of the study; real data from files
+        ship = {p: runner.snapshot(p) for p in sorted(parents) if p in by_name}
+        return {"work": work, "ship": ship}
+
+    while True:
+        _, job = distributed.exchange(None, next_round)
+        if job is None:
+            return
+        runner.pin(job["ship"])
+        mine = [runner.train_unit(by_name[n]) for n in job["work"][w.rank]]
+
+        def store_round(results: list[list[Any]]) -> None:
+            finished = {f.name: f for fs in results for f in fs}
+            for name in [n for n in remaining if n in finished]:  # plan order
+                with distributed.shielded():
+                    runner.record(finished[name])
+                remaining.remove(name)
+
+        distributed.exchange(lambda: mine, store_round)
+        runner.pin({})
+
+
+# ----------------------------------------------------------------------------------------------
+# analysis
+
+
+class ScratchStore(Store):
+    """A rank's own store for its analysis results that also sees the study store's finished
+    objects (read only), so what is finished there is read, not recomputed."""
+
+    def __init__(self, path: str, base: Store) -> None:
+        super().__init__(path, mode="a")
+        self.base = base
+
+    def has(self, kind: str, name: str) -> bool:
+        return super().has(kind, name) or self.base.has(kind, name)
+
+    def _from(self, kind: str, name: str) -> Store:
+        return self if Store.has(self, kind, name) else self.base
+
+    def read(self, kind: str, name: str, skip: Sequence[str] = ()):
+        src = self._from(kind, name)
+        return Store.read(src, kind, name, skip) if src is self else src.read(kind, name, skip)
+
+    def read_attrs(self, kind: str, name: str) -> dict[str, Any]:
+        src = self._from(kind, name)
+        return Store.read_attrs(src, kind, name) if src is self else src.read_attrs(kind, name)
+
+    def datasets(self, kind: str, name: str) -> dict[str, list[int]]:
+        src = self._from(kind, name)
+        return Store.datasets(src, kind, name) if src is self else src.datasets(kind, name)
+
+    def new_objects(self) -> list[tuple[str, str, bytes]]:
+        """(kind, name, file bytes) of every object this rank finished here."""
+        return [(k, n, self.object_image(k, n)) for k in KINDS for n in Store.names(self, k)]
+
+
+def _analysis_items(prep: Any) -> list[tuple[tuple[str, int], float]]:
+    """(("core", seed index) or ("extras", 0), rough cost in evaluated points)."""
+    an = prep.cfg["analysis"]
+    items = []
+    for i, plan in enumerate(prep.plans):
+        members = {n for names in plan.members.values() for n in names}
+        pairs = sum(m.members * (m.members - 1) // 2 for m in prep.cfg.methods if an["pairwise"] and m.pairwise)
+        items.append((("core", i), len(members) * an["line_points"] + pairs * an["pairwise_points"]))
+    extras = (an["plane_points"] ** 2 if an["plane"] else 0) \
+        + (2 * len(prep.cfg.methods) * (an["hessian_iters"] + an["hessian_probes"]) if an["sharpness"] else 0) \
+        + (2 * an["curve_epochs"] * 10 if an["curves"] else 0)
+    if extras:
+        items.append((("extras", 0), float(extras)))
+    return items
+
+
+def analyze(prep: Any, store: Store, runner: Any, quiet: bool,
+            scratch_root: str | None = None) -> list[tuple[Any, dict[str, Any]]]:
+    """Every seed's analysis across the ranks; [(plan, results)] per seed on every rank."""
+    w = distributed.world()
+    items = _analysis_items(prep)
+    mine = deal(items, w.size)[w.rank]
+
+    def run(out_store: Store) -> dict:
+        done: dict[tuple[str, int], dict] = {}
+        with alone():
+            for kind, i in mine:
+                fn: Callable[..., dict] = analyze_core if kind == "core" else analyze_extras
+                done[(kind, i)] = fn(prep, out_store, runner, quiet or not w.writer, prep.plans[i], records=store)
+        return done
+
+    if w.writer:
+        local: tuple[dict, list] = (run(store), [])
+    else:
+        folder = tempfile.mkdtemp(prefix=f"landscape-rank{w.rank}-", dir=scratch_root)
+        try:
+            with ScratchStore(os.path.join(folder, "results"), store) as scratch:
+                local = (run(scratch), scratch.new_objects())
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def file_and_merge(values: list[tuple[dict, list]]) -> dict:
+        results: dict = {}
+        for done, objects in values:
+            for kind, name, image in objects:
+                with distributed.shielded():
+                    store.write_image(kind, name, image)
+            results.update(done)
+        return results
+
+    _, results = distributed.exchange(lambda: local, file_and_merge)
+    out = []
+    for i, plan in enumerate(prep.plans):
+        res = results[("core", i)]
+        if ("extras", i) in results:
+            merge_extras(res, results[("extras", i)])
+        out.append((plan, res))
+    return out
