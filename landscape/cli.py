@@ -350,8 +350,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(_join_negative_ranges(sys.argv[1:] if argv is None else argv))
     rank = _launched_rank()  # under torchrun only rank 0 prints results and progress
-    if rank and args.func in (cmd_plot, cmd_export, cmd_info):
-        return 0  # nothing to share out: rank 0 alone does it
+    if rank and (args.func in (cmd_plot, cmd_export, cmd_info)
+                 or getattr(args.func, "__module__", "") == "landscape.curvature_cli"):
+        return 0  # nothing to share out (hessian, connect: not split across ranks yet): rank 0 alone does it
     if rank:
         args.quiet = True
     try:

@@ -401,6 +401,10 @@ class _Heartbeat:
         except Exception:  # noqa: BLE001 - no store to reach: the collectives' own errors still end a run
             return None
         hb = cls(w, store, limit)
+        try:  # the first beat before any work: a rank frozen from its first round on is judged too
+            hb._ops([])
+        except Exception:  # noqa: BLE001
+            return None
         hb.thread.start()
         return hb
 
