@@ -98,6 +98,7 @@ class _State:
     owns_group = False  # we initialised the process group (so we destroy it at exit)
     waiting = 0  # >0 while the main thread waits in an exchange (the heartbeat's watch)
     shielded = 0  # >0 while rank 0 saves: a SIGTERM then waits for the save to end
+    running = 0  # >0 while a command runs (a SIGTERM ends it with a one-line error)
     pending_signal: int | None = None
     heartbeat: "_Heartbeat | None" = None
     on_abort: list[Callable[[], None]] = []
@@ -314,11 +315,14 @@ def collective(fn: Callable[..., R]) -> Callable[..., R]:
         if launched() is None:
             return fn(*args, **kwargs)
         init_from_env(kwargs.get("device", "auto"))
+        _State.running += 1
         try:
             return fn(*args, **kwargs)
         except Exception as exc:
             join(exc)
             raise
+        finally:
+            _State.running -= 1
     return wrapper
 
 
@@ -346,6 +350,8 @@ def shielded() -> Iterator[None]:
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
+    if not _State.running:  # the command has ended (its message printed or being printed): let it exit
+        return
     if _State.shielded:
         _State.pending_signal = signum
         return
