@@ -82,6 +82,15 @@ def work(tmp_path_factory):
     (path / "other").mkdir()
     for name in ("models.py", "train.pt", "test.pt", "m0.pt", "m1.pt"):
         (path / "other" / name).write_bytes((path / name).read_bytes())
+    # a rank whose m1.pt is not rank 0's
+    (path / "differs").mkdir()
+    for name in ("models.py", "train.pt", "test.pt", "m0.pt"):
+        (path / "differs" / name).write_bytes((path / name).read_bytes())
+    (path / "differs" / "m1.pt").write_bytes((path / "m2.pt").read_bytes())
+    # a second machine: the same inputs at the same (relative) paths, and no store folder
+    (path / "node1").mkdir()
+    for name in ("models.py", "train.pt", "test.pt", "m0.pt", "m1.pt", "m2.pt", "m3.pt"):
+        (path / "node1" / name).write_bytes((path / name).read_bytes())
     yield path
     sys.path.remove(str(path))
 
@@ -201,22 +210,56 @@ def test_two_ranks_give_the_one_process_numbers(work, argv):
     name = argv[0]
     rc, out, err = single(work, *argv, "--out", f"one-{name}")
     assert rc == 0, err
-    (rc0, out0, err0), (rc1, out1, err1) = ranks(work, *argv, "--out", f"two-{name}")
+    # rank 1 in another folder holding the inputs: it never creates or needs the store
+    (rc0, out0, err0), (rc1, out1, err1) = ranks(work, *argv, "--out", f"two-{name}", cwd={1: work / "node1"})
     assert rc0 == rc1 == 0, err0 + err1
     assert out0 == out and out1 == "" and err1 == ""
     assert_same_store(work / f"one-{name}", work / f"two-{name}")
+    assert not (work / "node1" / f"two-{name}").exists()
+
+
+@pytest.mark.parametrize("rendezvous", ["static", "c10d"])
+def test_two_torchrun_agents_stand_in_for_two_machines(work, rendezvous):
+    """The README's multi-node commands, with two torchrun agents on this machine standing in for
+    two machines (one rank each, each in its own folder): node 1 needs the inputs at the same
+    paths and no store folder; the numbers are the one-process run's."""
+    port = str(free_port())
+    nodes = {"static": lambda r: ["--nnodes=2", f"--node-rank={r}", "--nproc-per-node=1", "--master-addr=127.0.0.1",
+                                  f"--master-port={port}"],
+             "c10d": lambda r: ["--nnodes=2", "--nproc-per-node=1", "--rdzv-backend=c10d",
+                                f"--rdzv-endpoint=127.0.0.1:{port}", f"--rdzv-id=test-{port}"]}[rendezvous]
+    store = f"nodes-{rendezvous}"
+    procs = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", *nodes(r), "-m", "landscape", *PLANE,
+                               "--out", store], cwd=work / ("node1" if r else ""), env=env_of(work),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    (rc0, out0, err0), (rc1, out1, err1) = finish(procs, timeout=180)
+    assert rc0 == rc1 == 0, err0[-2000:] + err1[-2000:]
+    assert "plane plane: 5 x 4 points" in out0 and out1 == ""
+    if not (work / "one").exists():
+        assert single(work, *PLANE, "--out", "one")[0] == 0
+    assert_same_store(work / "one", work / store)
+    assert not (work / "node1" / store).exists()
 
 
 def test_a_bad_input_ends_every_rank_with_one_line(work):
-    """A checkpoint that only rank 1 cannot read, and a store that another writer holds (only rank
-    0 opens it): every rank exits with the error in one line and its exit status, nothing hangs,
-    nothing is written."""
+    """A checkpoint that only rank 1 cannot read, a checkpoint that differs on rank 1, and a store
+    that another writer holds (only rank 0 opens it): every rank exits with the error in one line
+    and its exit status, nothing hangs, nothing is written."""
     argv = ["barriers", "m0.pt", "m1.pt", "m2.pt", "--num", "3", *COMMON, "--out", "refused"]
     t0 = time.monotonic()
     (rc0, _, err0), (rc1, _, err1) = ranks(work, *argv, cwd={1: work / "other"})
     assert rc0 == rc1 == 2
     assert one_line(err1) == "landscape: error: checkpoint 'm2.pt' does not exist"
     assert one_line(err0) == "landscape: error: rank 1: checkpoint 'm2.pt' does not exist"
+    assert not (work / "refused").exists()
+
+    # rank 1's m1.pt is another file: rank 0 refuses, naming the argument whose fingerprint differs
+    (rc0, _, err0), (rc1, _, err1) = ranks(work, "interpolate", "m0.pt", "m1.pt", "--num", "3", *COMMON,
+                                           "--out", "refused", cwd={1: work / "differs"})
+    assert rc0 == rc1 == 2
+    assert one_line(err0) == one_line(err1) == (
+        "landscape: error: rank 1 does not see the inputs rank 0 sees (differs in b): every rank must read the "
+        "same checkpoints and data at the same paths")
     assert not (work / "refused").exists()
 
     (work / "held").mkdir()
@@ -282,8 +325,12 @@ def test_a_killed_rank_ends_every_rank_and_the_rerun_completes(work, slow_refere
     assert left >= saved and left % 3 == 0  # nothing saved is lost; only whole chunks are saved
     if victim == 1:  # rounds of two chunks, and rank 0's own chunk of the round that failed
         assert left % 6 == 3 and not (work / store / ".lock").exists()
-    (rc0, out0, err0), (rc1, _, err1) = ranks(work, *SLOW_PLANE, "--out", store, "--json")
-    assert rc0 == rc1 == 0, err0 + err1
+    if victim == 1:  # the rerun on 2 ranks
+        (rc0, out0, err0), (rc1, _, err1) = ranks(work, *SLOW_PLANE, "--out", store, "--json")
+        assert rc0 == rc1 == 0, err0 + err1
+    else:  # the rerun in one process
+        rc0, out0, err0 = single(work, *SLOW_PLANE, "--out", store, "--json")
+        assert rc0 == 0, err0
     res = json.loads(out0)
     assert res["computed_now"] == 36 - left
     for m in ("train_loss", "test_loss", "train_acc", "test_acc"):
