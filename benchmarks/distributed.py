@@ -106,7 +106,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="cpu, or cuda (ranks = GPUs)")
     ap.add_argument("--ranks", type=int, default=None, help="ranks of the many-rank run (default 2; GPUs on cuda)")
     ap.add_argument("--threads", type=int, default=1, help="threads per rank (OMP_NUM_THREADS)")
-    ap.add_argument("--grid", type=int, default=12, help="plane: points per axis")
+    ap.add_argument("--grid", type=int, default=16, help="plane: points per axis")
     ap.add_argument("--samples", type=int, default=1000, help="plane: evaluation images")
     ap.add_argument("--chunk", type=int, default=None, help="plane: --chunk (default: the engine's on the CPU)")
     ap.add_argument("--target", type=float, default=1.7, help="plane: speed-up the CPU run should reach")
