@@ -11,7 +11,11 @@ whole processes (start-up included), as a user runs them:
   N ranks x THREADS threads    `OMP_NUM_THREADS=THREADS torchrun --standalone --nproc-per-node=N -m landscape plane ...`
   1 rank x N*THREADS threads   (for comparison: what the same cores give one process)
 and checks that the stored surfaces are identical. On the CPU the target is N ranks x 1 thread at
-least 1.7x faster than 1 rank x 1 thread on a 2-core machine. On CUDA each rank takes one GPU
+least 1.7x faster than 1 rank x 1 thread on a 2-core machine.
+
+demo: `landscape demo --quick` (2 seeds, K = 3) on N ranks against one rank, each from a cold
+pre-training cache, and checks that both stores hold the same numbers; target on a 2-core CPU:
+2 ranks at least 1.5x faster. On CUDA each rank takes one GPU
 (N = the GPUs), the baseline one GPU, and the chunk is set so that every rank gets several.
 
 Each measurement is a function taking the parsed arguments and returning a dict (printed, and
@@ -96,8 +100,43 @@ def plane(args: argparse.Namespace) -> dict[str, Any]:
             "identical_surfaces": identical}
 
 
-# --what NAME -> measurement; "demo" (the quick study on N ranks against 1) is to be added here.
-MEASUREMENTS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {"plane": plane}
+def same_store(a: str, b: str) -> bool:
+    """Every array of every object of two stores equal (the numbers of a study)."""
+    from landscape.store import KINDS, Store
+
+    with Store(a, "r") as sa, Store(b, "r") as sb:
+        for kind in KINDS:
+            if sa.names(kind) != sb.names(kind):
+                return False
+            for name in sa.names(kind):
+                x, y = sa.read(kind, name).arrays, sb.read(kind, name).arrays
+                if x.keys() != y.keys() or not all(np.array_equal(x[k], y[k], equal_nan=x[k].dtype.kind == "f")
+                                                   for k in x):
+                    return False
+    return True
+
+
+def demo(args: argparse.Namespace) -> dict[str, Any]:
+    """`landscape demo --quick` (2 seeds) on N ranks against one, each from a cold pre-training
+    cache, as whole processes; checks that the two stores hold the same numbers."""
+    ranks = args.ranks or 2
+    with tempfile.TemporaryDirectory() as work:
+        times = {}
+        for label, cmd in (("1 rank", [sys.executable, "-m", "landscape"]),
+                           (f"{ranks} ranks", [*torchrun(ranks), "-m", "landscape"])):
+            out = "one" if label == "1 rank" else "many"
+            os.environ["LANDSCAPE_CACHE"] = os.path.join(work, f"cache-{out}")
+            times[label] = run_timed([*cmd, "demo", "--quick", "--out", out, "--quiet"], work, args.threads)
+            print(f"  {label:<22} x {args.threads} thread(s): {times[label]:7.2f} s", flush=True)
+        identical = same_store(os.path.join(work, "one", "results"), os.path.join(work, "many", "results"))
+    one, many = times["1 rank"], times[f"{ranks} ranks"]
+    return {"what": "demo --quick", "ranks": ranks, "threads_per_rank": args.threads,
+            "seconds": {k: round(v, 2) for k, v in times.items()}, "speedup": round(one / many, 3),
+            "target": args.demo_target, "meets_target": one / many >= args.demo_target,
+            "identical_stores": identical}
+
+
+MEASUREMENTS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {"plane": plane, "demo": demo}
 
 
 def main() -> None:
@@ -111,6 +150,7 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=None, help="plane: --chunk (default: the engine's on the CPU)")
     ap.add_argument("--target", type=float, default=1.7, help="plane: speed-up the CPU run should reach")
     ap.add_argument("--no-threads-run", action="store_true", help="plane: skip the 1 rank x N threads run")
+    ap.add_argument("--demo-target", type=float, default=1.5, help="demo: speed-up the CPU run should reach")
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args()
     import torch

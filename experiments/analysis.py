@@ -125,19 +125,16 @@ def analyze_core(prep, store: Store, runner, quiet: bool = True, plan=None,
     return out
 
 
+EXTRAS = ("plane", "sharpness", "curves")
+
+
 def analyze_extras(prep, store: Store, runner, quiet: bool = True, plan=None,
-                   records: Store | None = None) -> dict[str, Any]:
-    """The plane, the sharpness and the curved paths of one seed (each as the config asks)."""
+                   records: Store | None = None, parts: tuple[str, ...] = EXTRAS) -> dict[str, Any]:
+    """The plane, the sharpness and the curved paths of one seed (those of `parts` the config asks for)."""
     ctx = Context(prep, store, runner, quiet, plan, records)
     ctx.evaluator, ctx.provenance = landscape_evaluator(ctx)
-    out: dict[str, Any] = {}
-    if ctx.an["plane"]:
-        out["plane"] = study_plane(ctx)
-    if ctx.an["sharpness"]:
-        out["sharpness"] = sharpness(ctx)
-    if ctx.an["curves"]:
-        out["curves"] = study_curves(ctx)
-    return out
+    stage = {"plane": study_plane, "sharpness": sharpness, "curves": study_curves}
+    return {part: stage[part](ctx) for part in parts if ctx.an[part]}
 
 
 def merge_extras(out: dict[str, Any], extras: dict[str, Any]) -> None:

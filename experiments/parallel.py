@@ -11,8 +11,8 @@ then the snapshot that marks it done) in plan order. A unit is the same pure fun
 start and its seed on any rank, so the store ends as in one process, bit for bit (with the same
 threads per process). Only rank 0 writes; the other ranks need no shared file system to train.
 
-Analysis. Each seed's analysis and the first seed's extras (plane, sharpness, curves) are dealt
-out the same way. Rank 0 analyses into the store. Another rank reads the study's records from the
+Analysis. Each seed's analysis and the first seed's extras (the plane, the sharpness, the
+curves: one item each) are dealt out the same way. Rank 0 analyses into the store. Another rank reads the study's records from the
 store and writes its results to a scratch store of its own (a temporary folder that sees the
 store's finished results, so a rerun recomputes nothing), then sends the new objects, which rank
 0 files into the store unchanged. The analyses read the store on every rank: a study across
@@ -29,12 +29,12 @@ import heapq
 import os
 import shutil
 import tempfile
-from typing import Any, Callable, Hashable, Iterator, Sequence
+from typing import Any, Hashable, Iterator, Sequence
 
 from landscape import distributed
 from landscape.store import KINDS, Store
 
-from .analysis import analyze_core, analyze_extras, merge_extras
+from .analysis import EXTRAS, analyze_core, analyze_extras, merge_extras, sharpness_methods
 from .samplers import Unit
 
 
@@ -143,18 +143,19 @@ class ScratchStore(Store):
 
 
 def _analysis_items(prep: Any) -> list[tuple[tuple[str, int], float]]:
-    """(("core", seed index) or ("extras", 0), rough cost in evaluated points)."""
+    """(("core", seed index) or (extra, 0), its rough cost in line points: one point is a BN
+    recompute and two evaluations, a Hessian-vector product about one and a half)."""
     an = prep.cfg["analysis"]
     items = []
     for i, plan in enumerate(prep.plans):
         members = {n for names in plan.members.values() for n in names}
         pairs = sum(m.members * (m.members - 1) // 2 for m in prep.cfg.methods if an["pairwise"] and m.pairwise)
-        items.append((("core", i), len(members) * an["line_points"] + pairs * an["pairwise_points"]))
-    extras = (an["plane_points"] ** 2 if an["plane"] else 0) \
-        + (2 * len(prep.cfg.methods) * (an["hessian_iters"] + an["hessian_probes"]) if an["sharpness"] else 0) \
-        + (2 * an["curve_epochs"] * 10 if an["curves"] else 0)
-    if extras:
-        items.append((("extras", 0), float(extras)))
+        items.append((("core", i), len(members) * (an["line_points"] - 1) + pairs * (an["pairwise_points"] - 2)))
+    cost = {"plane": an["plane_points"] ** 2,
+            "sharpness": 1.5 * len(sharpness_methods(prep.cfg)) * an["sharpness_members"]
+            * (an["hessian_iters"] + an["hessian_probes"]),
+            "curves": 2 * an["curve_epochs"] * an["curve_points"]}
+    items += [((part, 0), float(cost[part])) for part in EXTRAS if an[part]]
     return items
 
 
@@ -169,8 +170,11 @@ def analyze(prep: Any, store: Store, runner: Any, quiet: bool,
         done: dict[tuple[str, int], dict] = {}
         with alone():
             for kind, i in mine:
-                fn: Callable[..., dict] = analyze_core if kind == "core" else analyze_extras
-                done[(kind, i)] = fn(prep, out_store, runner, quiet or not w.writer, prep.plans[i], records=store)
+                q = quiet or not w.writer
+                done[(kind, i)] = (analyze_core(prep, out_store, runner, q, prep.plans[i], records=store)
+                                   if kind == "core" else
+                                   analyze_extras(prep, out_store, runner, q, prep.plans[i], records=store,
+                                                  parts=(kind,)))
         return done
 
     if w.writer:
@@ -196,7 +200,8 @@ def analyze(prep: Any, store: Store, runner: Any, quiet: bool,
     out = []
     for i, plan in enumerate(prep.plans):
         res = results[("core", i)]
-        if ("extras", i) in results:
-            merge_extras(res, results[("extras", i)])
+        for part in EXTRAS:
+            if (part, i) in results:
+                merge_extras(res, results[(part, i)])
         out.append((plan, res))
     return out
