@@ -96,8 +96,11 @@ def _fill(evaluator: Evaluator, grid: Grid, segments: Sequence[Segment], chunk: 
             own = None
             if start + w.rank < len(units):
                 s, idx = units[start + w.rank]
-                if family is None or family[0] != s:
-                    family = (s, segments[s][0]())
+                if family is None or family[0] != s:  # on the device once, not at every chunk
+                    f, dev = segments[s][0](), evaluator.device
+                    family = (s, AffineFamily(f.origin.to(dev), f.directions.to(dev),
+                                              {k: v.to(dev) for k, v in f.buffer_origin.items()},
+                                              {k: v.to(dev) for k, v in f.buffer_directions.items()}))
                 _, coeffs, offset = segments[s]
                 values = evaluator.run(family[1], coeffs, idx, len(idx), quiet=True)
                 own = (idx + offset, values)
