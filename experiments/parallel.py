@@ -24,29 +24,17 @@ analysis share is kept when it is sent, at the end of the analysis).
 """
 from __future__ import annotations
 
-import contextlib
 import heapq
 import os
 import shutil
 import tempfile
-from typing import Any, Hashable, Iterator, Sequence
+from typing import Any, Hashable, Sequence
 
 from landscape import distributed
 from landscape.store import KINDS, Store
 
 from .analysis import EXTRAS, analyze_core, analyze_extras, merge_extras, sharpness_methods
 from .samplers import Unit
-
-
-@contextlib.contextmanager
-def alone() -> Iterator[None]:
-    """This rank computes without its peers (no collectives): the analysis layer sees one process."""
-    saved = distributed._State.world
-    distributed._State.world = distributed.World(0, 1, saved.local_rank)
-    try:
-        yield
-    finally:
-        distributed._State.world = saved
 
 
 def deal(costs: Sequence[tuple[Hashable, float]], size: int) -> list[list[Hashable]]:
@@ -168,7 +156,7 @@ def analyze(prep: Any, store: Store, runner: Any, quiet: bool,
 
     def run(out_store: Store) -> dict:
         done: dict[tuple[str, int], dict] = {}
-        with alone():
+        with distributed.alone():
             for kind, i in mine:
                 q = quiet or not w.writer
                 done[(kind, i)] = (analyze_core(prep, out_store, runner, q, prep.plans[i], records=store)

@@ -326,6 +326,18 @@ def collective(fn: Callable[..., R]) -> Callable[..., R]:
     return wrapper
 
 
+@contextmanager
+def alone() -> Iterator[None]:
+    """This rank computes without its peers (no collectives): inside, everything sees one process
+    (a distributed study's rank analysing the items dealt to it, experiments.parallel)."""
+    saved = _State.world
+    _State.world = World(0, 1, saved.local_rank)
+    try:
+        yield
+    finally:
+        _State.world = saved
+
+
 def share(n: int) -> list[int]:
     """The indices of n units that this rank takes: k, k + N, k + 2N, ..."""
     w = _State.world

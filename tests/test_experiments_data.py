@@ -144,7 +144,7 @@ def test_folder_validation_split_is_held_out_of_training(image_folder):
 def _folder_config(root, ckpts) -> dict:
     return {"study": {"name": "folder", "members": 2, "threads": 1, "eval_batch_size": 4},
             "data": {"kind": "imagefolder", "root": str(root), "image_size": 32, "num_workers": 0,
-                     "val_fraction": 0.25},
+                     "val_fraction": 0.5},  # 4 training images: one batch (a batch of 2 through BN diverges)
             "model": {"name": "resnet18"}, "pretrain": {"checkpoints": ckpts},
             "finetune": {"epochs": 1, "lr": 0.01, "batch_size": 4}, "scratch": {"enabled": False},
             "methods": {"local_de": {}, "global_de": {}, "starsse": {"lr_scale": 2.0, "cycle_epochs": 1}},
