@@ -91,7 +91,14 @@ def train(prep: Any, runner: Any, todo: list[Unit]) -> None:
                     runner.record(finished[name])
                 remaining.remove(name)
 
-        distributed.exchange(lambda: mine, store_round)
+        try:
+            distributed.exchange(lambda: mine, store_round)
+        except distributed.PeerLost:
+            if w.writer:  # what rank 0 trained in the failed round is kept
+                with distributed.shielded():
+                    for f in mine:
+                        runner.record(f)
+            raise
         runner.pin({})
 
 
@@ -107,23 +114,20 @@ class ScratchStore(Store):
         super().__init__(path, mode="a")
         self.base = base
 
-    def has(self, kind: str, name: str) -> bool:
-        return super().has(kind, name) or self.base.has(kind, name)
+    def _own(self, kind: str, name: str) -> bool:
+        return super().has(kind, name)
 
-    def _from(self, kind: str, name: str) -> Store:
-        return self if Store.has(self, kind, name) else self.base
+    def has(self, kind: str, name: str) -> bool:
+        return self._own(kind, name) or self.base.has(kind, name)
 
     def read(self, kind: str, name: str, skip: Sequence[str] = ()):
-        src = self._from(kind, name)
-        return Store.read(src, kind, name, skip) if src is self else src.read(kind, name, skip)
+        return super().read(kind, name, skip) if self._own(kind, name) else self.base.read(kind, name, skip)
 
     def read_attrs(self, kind: str, name: str) -> dict[str, Any]:
-        src = self._from(kind, name)
-        return Store.read_attrs(src, kind, name) if src is self else src.read_attrs(kind, name)
+        return super().read_attrs(kind, name) if self._own(kind, name) else self.base.read_attrs(kind, name)
 
     def datasets(self, kind: str, name: str) -> dict[str, list[int]]:
-        src = self._from(kind, name)
-        return Store.datasets(src, kind, name) if src is self else src.datasets(kind, name)
+        return super().datasets(kind, name) if self._own(kind, name) else self.base.datasets(kind, name)
 
     def new_objects(self) -> list[tuple[str, str, bytes]]:
         """(kind, name, file bytes) of every object this rank finished here."""
