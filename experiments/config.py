@@ -2,15 +2,19 @@
 
 A config has these tables (see experiments/configs/demo.toml for a commented example):
 
-    [study]     name, seed, members (K), device, eval_batch_size
+    [study]     name, seed or seeds (a list: one independent replicate each), members (K), device,
+                eval_batch_size, threads
     [data]      kind = "embedded" | "cifar10" | "cifar100" | "imagefolder", and either the embedded
-                problem's parameters or root (a local folder), image_size, num_workers
+                problem's parameters (target_val: a validation split) or root (a local folder),
+                image_size, num_workers, val_fraction (a validation hold-out of the training set)
     [model]     name (small_cnn | tiny_cnn | resnet18 | resnet50 | torchvision:NAME | module:factory), width
     [pretrain]  embedded: checkpoints (how many to train), epochs, lr, momentum, weight_decay,
                 batch_size, cache; real data: checkpoints = [local .pt files]
     [finetune]  epochs, lr, momentum, weight_decay, batch_size (the recipe every method builds on)
     [scratch]   enabled, epochs, lr (the from-scratch baseline that measures the benefit of transfer)
-    [methods.NAME]  type = local_de | global_de | sse | starsse | fge | swa, and its hyperparameters
+    [methods.NAME]  type = local_de | global_de | sse | starsse | fge | swa, and its hyperparameters;
+                a list in lr_scale, cycle_scale or cycle_epochs makes the table a grid (one method
+                per cell, TABLE-lrX-cY); fge takes schedule = "garipov" | "cyclic"
     [analysis]  line_points, pairwise_points, plane, plane_through, plane_points, train_samples,
                 test_samples, bn_samples
     [runtime]   how training runs on the device (experiments/accel.py): amp = "auto" | "bf16" | "off",
