@@ -1,13 +1,16 @@
 """Running a study: every stage writes into the store DIR/results as it finishes; a restart redoes nothing finished.
 
 Stages: pre-training (embedded data; checkpoints cached across studies), the from-scratch
-baseline, fine-tuning, the samplers' units, then the analysis and the report.
+baseline, fine-tuning, the samplers' units, then the analysis and the report. A study with
+several seeds runs one replicate per seed (unit names sSEED-...), analysed seed by seed and
+reported as mean ± std (experiments.aggregate). Under torchrun the ranks share the units and the
+analyses and rank 0 alone writes (experiments.parallel).
 
-DIR/results (a store folder, see landscape.store)
+DIR/results (a store folder, see landscape.store; names below without the sSEED- prefix)
     store.json            attrs: study_fingerprint, study_name, study_source, study_config
     snapshots/UNIT.h5     the unit's weights, buffers and metadata (method, member, cycle, lr, seed, parent, ...)
-    predictions/UNIT.h5   logits [N_test, C] with test_acc / test_loss attributes
-    labels/test.h5        the test labels the predictions refer to
+    predictions/UNIT.h5   test logits [N_test, C] (and val_logits with a validation split), fp32, with metrics
+    labels/test.h5        the test (labels/val.h5: validation) labels the predictions refer to
     ensembles/METHOD.h5   ensemble metrics by size, member names, soup metrics
     curves/line-ft-0-0-UNIT.h5, barriers/METHOD.h5, surfaces/plane.h5, directions/plane.h5   (analysis)
 
