@@ -242,10 +242,11 @@ def plane(evaluator: Evaluator, center: Snapshot, directions: torch.Tensor, xs: 
 
     def finish() -> dict[str, Any]:
         names, coords, dists = projections or ([], np.zeros((0, 2)), np.zeros(0))
-        if store is not None and not grid.finished:
-            # Directions first: if the surface's own write then fails, rerunning the command rewrites both.
-            store.write_directions(name, directions, {**dir_attrs, "center": center.name, "surface": name},
-                                   overwrite=True)
+        attrs = {**dir_attrs, "center": center.name, "surface": name}
+        if store is not None and not grid.finished and not _same_directions(store, name, directions, attrs):
+            # Directions first: if the surface's own write then fails, rerunning the command rewrites both
+            # (unless they are already there, identical: a finished object is never rewritten).
+            store.write_directions(name, directions, attrs, overwrite=True)
         grid.finish(derived={"projection_names": np.array(names, dtype="S"), "projection_coords": coords,
                              "projection_distances": dists})
         return {"kind": "surface", "name": name, "center": center.name, "bn_mode": evaluator.bn_mode, **dir_attrs,
@@ -253,6 +254,16 @@ def plane(evaluator: Evaluator, center: Snapshot, directions: torch.Tensor, xs: 
                 "projections": [{"name": nm, "x": float(c[0]), "y": float(c[1]), "distance": float(d)}
                                 for nm, c, d in zip(names, coords, dists)], **_summary(grid, todo)}
     return distributed.on_rank0(finish)
+
+
+def _same_directions(store: Store, name: str, directions: torch.Tensor, attrs: Mapping[str, Any]) -> bool:
+    """Whether the store holds these very directions under `name` (a run killed between writing
+    them and finishing its surface)."""
+    if not store.has("directions", name):
+        return False
+    stored, stored_attrs = store.read_directions(name)
+    return bool(np.array_equal(stored.numpy(), directions.detach().cpu().numpy())) and all(
+        to_jsonable(stored_attrs.get(k)) == to_jsonable(v) for k, v in attrs.items())
 
 
 def finished_ensemble(store: Store | None, name: str, config: Mapping[str, Any],

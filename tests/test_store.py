@@ -230,6 +230,20 @@ def test_kill_at_every_write_step(work, when):
     assert steps >= 6  # store.json, lock, four chunks' progress, directions, surface
 
 
+def test_directions_written_before_a_kill_are_not_rewritten(work):
+    """Killed after the directions were stored and before the surface was: the rerun finishes the
+    surface and leaves the finished directions byte for byte (their provenance time included)."""
+    rc, _, err = cli(*PLANE, "--out", "st")
+    assert rc == 0, err
+    os.remove("st/surfaces/plane.h5")  # the state a kill right after the directions' rename leaves
+    before = finished("st")
+    time.sleep(1.1)  # a rewrite would carry another creation time
+    rc, out, err = cli(*PLANE, "--out", "st", "--json")
+    assert rc == 0, err
+    assert finished("st")["directions/plane.h5"] == before["directions/plane.h5"]
+    assert json.loads(out)["computed_now"] == 12
+
+
 def test_kills_at_random_moments(work):
     rc, ref, err = cli(*PLANE, "--out", "ref", "--json")
     ref = json.loads(ref)
