@@ -31,7 +31,6 @@ import argparse
 import copy
 import inspect
 import json
-import math
 import os
 import platform
 import subprocess

@@ -131,7 +131,7 @@ class ScratchStore(Store):
 
     def new_objects(self) -> list[tuple[str, str, bytes]]:
         """(kind, name, file bytes) of every object this rank finished here."""
-        return [(k, n, self.object_image(k, n)) for k in KINDS for n in Store.names(self, k)]
+        return [(k, n, self.object_image(k, n)) for k in KINDS for n in self.names(k)]
 
 
 def _analysis_items(prep: Any) -> list[tuple[tuple[str, int], float]]:

@@ -241,8 +241,9 @@ class Runner:
     def todo(self) -> list[Unit]:
         return [u for u in self.prep.units if not unit_done(self.store, u)]
 
-    def run(self) -> None:
-        self._run(self.prep.units, self.todo())
+    def run(self, todo: list[Unit] | None = None) -> None:
+        """Train `todo` (default: every unit not yet finished) one after the other."""
+        self._run(self.prep.units, self.todo() if todo is None else todo)
 
     def _run(self, units: list[Unit], todo: list[Unit]) -> None:
         with tqdm(total=len(units), initial=len(units) - len(todo), desc="study", unit="run", disable=self.quiet,
@@ -415,7 +416,7 @@ def _run_study(cfg: StudyConfig, path: str, device: str | None, quiet: bool, hoo
         if prep.target.has_val:
             write_labels(store, prep.target.labels("val"), "val")
         t1 = time.perf_counter()
-        rt = apply_runtime(cfg["runtime"], prep.device, *(t for t in (prep.source, prep.target) if t is not None))
+        rt = _apply_runtime(prep)
         try:
             if todo and not quiet:
                 print(training_estimate(prep, runner, todo, rt), file=sys.stderr, flush=True)
@@ -425,7 +426,7 @@ def _run_study(cfg: StudyConfig, path: str, device: str | None, quiet: bool, hoo
             if w.distributed:
                 parallel.train(prep, runner, todo)
             else:
-                runner.run()
+                runner.run(todo)
         finally:
             rt.restore()  # cudnn.benchmark back: the analyses must match across processes
         t_train = time.perf_counter() - t1
@@ -459,11 +460,16 @@ def _run_study(cfg: StudyConfig, path: str, device: str | None, quiet: bool, hoo
     return summary
 
 
+def _apply_runtime(prep: Prepared) -> Any:
+    """The study's [runtime] table on its device and tasks (experiments.accel); restore() undoes it."""
+    return apply_runtime(prep.cfg["runtime"], prep.device, *(t for t in (prep.source, prep.target) if t is not None))
+
+
 def _run_study_rank(prep: Prepared, path: str, hooks: Hooks, use_cache: bool, analyze: bool) -> dict[str, Any]:
     """A rank other than 0: trains the units and runs the analyses rank 0 deals it; never writes
     to the study's folder (it reads the store for the analyses)."""
     runner = Runner(prep, None, hooks, True, use_cache)
-    rt = apply_runtime(prep.cfg["runtime"], prep.device, *(t for t in (prep.source, prep.target) if t is not None))
+    rt = _apply_runtime(prep)
     try:
         parallel.train(prep, runner, [])
     finally:

@@ -28,7 +28,7 @@ from typing import Any
 from scipy import stats as sps
 
 from .aggregate import SEMI_LOCAL
-from .markdown import TYPE_LABEL, fmt_num, fmt_pct
+from .markdown import TYPE_LABEL, fmt_num, fmt_pct, pm
 
 VERDICTS = ("holds", "does not hold", "mixed", "inconclusive", "undecided")
 
@@ -90,11 +90,8 @@ def _mean(m: dict | None, key: str) -> Any:
 
 
 def _pm(m: dict, key: str, fmt=fmt_pct) -> str:
-    """mean ± std of a method's statistic."""
-    s = m["stats"].get(key)
-    if s is None:
-        return "n/a"
-    return fmt(s["mean"]) + (f" ± {fmt(s['std']).rstrip('%')}" if s.get("std") is not None else "")
+    """mean ± std of a method's statistic (markdown.pm)."""
+    return pm(m["stats"].get(key), fmt)
 
 
 def _cmp_text(c: dict, pct: bool) -> str:
@@ -146,7 +143,6 @@ def findings(summary: dict[str, Any]) -> list[dict[str, Any]]:
     K = summary["study"]["members"]
     n_seeds = len(summary["study"]["seeds"])
     tr = summary["transfer"]
-    methods = summary["methods"]
     on = "validation" if summary.get("selection_split") == "val" else "test (no validation split)"
 
     if tr["scratch_acc"]["n"]:
@@ -227,7 +223,7 @@ def findings(summary: dict[str, Any]) -> list[dict[str, Any]]:
 
     sse_sel, star_sel = _selected(summary, "sse"), _selected(summary, "starsse")
     if sse_sel and star_sel:
-        (sn, sm), (tn, tm) = _best_on_selection(summary, sse_sel), _best_on_selection(summary, star_sel)
+        (_, sm), (_, tm) = _best_on_selection(summary, sse_sel), _best_on_selection(summary, star_sel)
         v, cs = _acc_nll(tm, sm, "at_least")
         out.append(_finding(
             "starsse_vs_sse", "StarSSE at its best cell is at least as good as SSE at its best.",

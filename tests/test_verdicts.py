@@ -13,7 +13,7 @@ import pytest
 from scipy import stats as sps
 
 from experiments.aggregate import basin_reference, classify, select_cells, stat
-from experiments.verdicts import FLOORS, at_least, beats, combine, compare, findings
+from experiments.verdicts import at_least, beats, combine, compare, findings
 
 SEEDS = [0, 1, 2]
 
