@@ -39,11 +39,8 @@ SEMI_LOCAL = ("sse", "starsse", "fge")  # SWA is a local method: reported apart
 
 def _num(x: Any) -> float | None:
     """A finite or non-finite float; None for 'not computed'."""
-    if x is None or isinstance(x, bool):
-        return None
-    if isinstance(x, str):  # summary.json's "nan" / "inf"
-        return float(x)
-    return float(x)
+    # float() also reads summary.json's "nan" / "inf"
+    return None if x is None or isinstance(x, bool) else float(x)
 
 
 def stat(values: Iterable[Any]) -> dict[str, Any]:
