@@ -126,11 +126,18 @@ def test_use_triton_rules(monkeypatch: pytest.MonkeyPatch) -> None:
         dispatch.use_triton(t)
 
 
-def test_precision_api(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
-    assert kernels.precision_from_torch_flags() == "tf32"
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
-    assert kernels.precision_from_torch_flags() == "exact"
+def test_precision_api() -> None:
+    # torch's backend flags are properties of a module object: monkeypatch cannot undo a setattr
+    # there under current pytest, so the flag is set and restored by hand
+    matmul = torch.backends.cuda.matmul
+    old = matmul.allow_tf32
+    try:
+        matmul.allow_tf32 = True
+        assert kernels.precision_from_torch_flags() == "tf32"
+        matmul.allow_tf32 = False
+        assert kernels.precision_from_torch_flags() == "exact"
+    finally:
+        matmul.allow_tf32 = old
     assert kernels.PRECISIONS == ("exact", "tf32", "bf16")
     f32, f16, bf16 = torch.float32, torch.float16, torch.bfloat16
     assert [launch.dot_mode(p, f32, False) for p in kernels.PRECISIONS] == ["ieee", "tf32", "bf16"]
