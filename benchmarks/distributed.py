@@ -54,7 +54,7 @@ def torchrun(ranks: int) -> list[str]:
 
 
 def same_surface(a: str, b: str) -> bool:
-    from landscape.store import Store
+    from landscape.store.store import Store
 
     with Store(a, "r") as sa, Store(b, "r") as sb:
         x, y = sa.read("surfaces", "plane").arrays, sb.read("surfaces", "plane").arrays
@@ -65,8 +65,8 @@ def plane(args: argparse.Namespace) -> dict[str, Any]:
     """`landscape plane` on N ranks against one rank (see the module docstring)."""
     import torch
 
-    from landscape.data import load_data
-    from landscape.models import build_model
+    from landscape.core.data import load_data
+    from landscape.core.models import build_model
 
     cuda = args.device.startswith("cuda")
     ranks = args.ranks or (torch.cuda.device_count() if cuda else 2)
@@ -102,7 +102,7 @@ def plane(args: argparse.Namespace) -> dict[str, Any]:
 
 def same_store(a: str, b: str) -> bool:
     """Every array of every object of two stores equal (the numbers of a study)."""
-    from landscape.store import KINDS, Store
+    from landscape.store.store import KINDS, Store
 
     with Store(a, "r") as sa, Store(b, "r") as sb:
         for kind in KINDS:

@@ -32,7 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import kernels.ensemble as kens  # noqa: E402
-import landscape.ensembles as lens  # noqa: E402
+import landscape.evaluate.ensembles as lens  # noqa: E402
 from kernels.ensemble import ensemble_metrics, ensemble_metrics_orders  # noqa: E402
 
 
@@ -122,7 +122,7 @@ class OpTimer:
 
 def pipeline_benchmark(args: argparse.Namespace, device: torch.device) -> None:
     from landscape import api
-    from landscape.store import Store
+    from landscape.store.store import Store
 
     M, N, C = args.M, args.N, args.C
     g = torch.Generator().manual_seed(0)

@@ -13,7 +13,7 @@ then printed as a table):
            (cuBLAS / cuDNN), over a few shapes, in exact (fp32/ieee), tf32 and bf16 precision;
            every Triton result is checked against an fp64 reference.
 3. ensemble the fused ensemble op against a plain device copy of its input (share of achievable
-           bandwidth) and the whole ensemble pipeline (landscape.ensembles.evaluate_ensemble,
+           bandwidth) and the whole ensemble pipeline (landscape.evaluate.ensembles.evaluate_ensemble,
            4 random member orders) against the time of the fused-op calls it makes.
 4. planes  a 33x33 plane of the built-in small_cnn (10,000 synthetic samples) and of torchvision
            ResNet-18 at 32x32 (2,000 samples): the toolkit's batched CUDA path (K points per
@@ -342,7 +342,7 @@ def section_ensemble(rep: Report, args) -> None:
 
     # The whole pipeline on stored-style predictions: batches already on the device, 4 random
     # member orders; the fused-op calls it makes are timed by wrapping the op.
-    from landscape import ensembles as le
+    from landscape.evaluate import ensembles as le
 
     batch = 500 if rep.dry else 5000
     names = [f"m{i}" for i in range(M)]
@@ -432,13 +432,13 @@ def _timed_points(run, n_total: int, first: int, cap_s: float) -> tuple[float, i
 
 
 def section_planes(rep: Report, args) -> None:
-    from landscape.checkpoints import Snapshot
-    from landscape.data import load_data
-    from landscape.directions import random_direction
-    from landscape.engine import Evaluator
-    from landscape.models import build_model
-    from landscape.params import ParamLayout
-    from landscape.planes import plane_coefficients, plane_family
+    from landscape.core.checkpoints import Snapshot
+    from landscape.core.data import load_data
+    from landscape.geometry.directions import random_direction
+    from landscape.evaluate.engine import Evaluator
+    from landscape.core.models import build_model
+    from landscape.core.params import ParamLayout
+    from landscape.geometry.planes import plane_coefficients, plane_family
 
     from common import forward_flops
 

@@ -1,4 +1,4 @@
-"""Hessian spectra: landscape.hessian against PyHessian on the same model, data and work.
+"""Hessian spectra: landscape.evaluate.hessian against PyHessian on the same model, data and work.
 
     python benchmarks/hessian.py [--n 512] [--size 16] [--width 32] [--batch-size 128]
                                  [--probes 100] [--repeats 3] [--threads N]
@@ -35,10 +35,10 @@ from torch import nn
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from landscape.checkpoints import Snapshot  # noqa: E402
-from landscape.data import make_synthetic_images  # noqa: E402
-from landscape.hessian import HessianOperator, hutchinson_trace, top_eigenpairs  # noqa: E402
-from landscape.models import SmallCNN  # noqa: E402
+from landscape.core.checkpoints import Snapshot  # noqa: E402
+from landscape.core.data import make_synthetic_images  # noqa: E402
+from landscape.evaluate.hessian import HessianOperator, hutchinson_trace, top_eigenpairs  # noqa: E402
+from landscape.core.models import SmallCNN  # noqa: E402
 
 
 def trained_model(n: int, size: int, width: int, seed: int = 0) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:

@@ -6,7 +6,7 @@
 Modules: data (the embedded transfer problem, CIFAR/ImageFolder tasks), models, training
 (loop and schedules), samplers (Local/Global DE, SSE, StarSSE, FGE, SWA), config (TOML),
 study (the resumable pipeline), records (a unit's predictions and labels in the store),
-analysis (by stage, on landscape.analyses), report (summary, verdicts, figures, markdown),
+analysis (by stage, on landscape.analyses.grids), report (summary, verdicts, figures, markdown),
 files (atomic output files), cli (`landscape run`, `landscape demo`).
 """
 from __future__ import annotations

@@ -44,7 +44,7 @@ from typing import Any, Iterator, Mapping
 import torch
 from torch import nn
 
-from landscape.errors import LandscapeError
+from landscape.core.errors import LandscapeError
 
 AMP_CHOICES = ("auto", "bf16", "off")
 AUTO = "auto"

@@ -6,13 +6,13 @@
 - `soups`: each method's uniform weight average with BN recomputed;
 - `member_lines`: each member's distances to the fine-tuned model and (backbone only, the head is
   new) to its pre-trained checkpoint, and the barriers on the line to the fine-tuned model
-  (landscape.analyses.line, BN recomputed at every point);
-- `pairwise_barriers`: each method's barrier matrix (landscape.analyses.barrier_matrix);
+  (landscape.analyses.grids.line, BN recomputed at every point);
+- `pairwise_barriers`: each method's barrier matrix (landscape.analyses.grids.barrier_matrix);
 - `study_plane`: a plane through the fine-tuned model and two members, every member projected
-  onto it (landscape.analyses.plane);
-- `sharpness`: top Hessian eigenvalue and trace of each method's first members (landscape.hessian);
+  onto it (landscape.analyses.grids.plane);
+- `sharpness`: top Hessian eigenvalue and trace of each method's first members (landscape.evaluate.hessian);
 - `study_curves`: trained Bezier curves against straight lines between two Global DE members and
-  between the fine-tuned model and a large-cycle-lr member (landscape.curves).
+  between the fine-tuned model and a large-cycle-lr member (landscape.geometry.curves).
 
 Lines, matrices and the plane are the analysis layer's resumable results in the store: a
 restarted analysis computes only missing points, and a finished one is read, not rewritten.
@@ -28,17 +28,17 @@ import torch
 from tqdm.auto import tqdm
 
 from kernels import ensemble_metrics
-from landscape import analyses
-from landscape.bn import recompute_bn
-from landscape.checkpoints import Snapshot
-from landscape.curves import connect as connect_curve
-from landscape.directions import plane_through
-from landscape.engine import Evaluator
-from landscape.grid import line_alphas
-from landscape.hessian import hessian as landscape_hessian
-from landscape.params import set_buffers, vector_to_model
-from landscape.planes import project_snapshots
-from landscape.store import Store
+from landscape.analyses import grids as analyses
+from landscape.core.bn import recompute_bn
+from landscape.core.checkpoints import Snapshot
+from landscape.geometry.curves import connect as connect_curve
+from landscape.geometry.directions import plane_through
+from landscape.evaluate.engine import Evaluator
+from landscape.store.grid import line_alphas
+from landscape.evaluate.hessian import hessian as landscape_hessian
+from landscape.core.params import set_buffers, vector_to_model
+from landscape.geometry.planes import project_snapshots
+from landscape.store.store import Store
 
 from .models import backbone_vector, load_backbone, seeded_build
 from .records import read_logits

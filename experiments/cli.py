@@ -9,7 +9,7 @@ import argparse
 from typing import Any
 
 from landscape.cli import command
-from landscape.errors import LandscapeError
+from landscape.core.errors import LandscapeError
 
 
 def _common(p: argparse.ArgumentParser) -> None:

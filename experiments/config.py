@@ -44,8 +44,8 @@ from dataclasses import asdict, dataclass, field
 from importlib import resources
 from typing import Any, Mapping
 
-from landscape.errors import LandscapeError
-from landscape.validate import check_grid_size, finite_positive, positive_int
+from landscape.core.errors import LandscapeError
+from landscape.core.validate import check_grid_size, finite_positive, positive_int
 
 from .data import EmbeddedSpec
 

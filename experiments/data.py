@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F
 import torch.utils.data
 
-from landscape.data import IMAGENET_MEAN, IMAGENET_STD, TensorData
-from landscape.errors import LandscapeError
+from landscape.core.data import IMAGENET_MEAN, IMAGENET_STD, TensorData
+from landscape.core.errors import LandscapeError
 
 
 # ----------------------------------------------------------------------------------------------

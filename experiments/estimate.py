@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from landscape.errors import LandscapeError
+from landscape.core.errors import LandscapeError
 
 
 def iterations_for(epochs: float, iters_per_epoch: int) -> int:

@@ -35,7 +35,7 @@ import matplotlib.ticker
 import numpy as np
 from matplotlib import colors as mcolors
 
-from landscape.errors import LandscapeFault
+from landscape.core.errors import LandscapeFault
 from landscape.plots import plt, save_figure  # the toolkit's matplotlib, already on the Agg backend
 
 from .markdown import TYPE_LABEL

@@ -11,9 +11,9 @@ import json
 import os
 from typing import Any, BinaryIO, Callable
 
-from landscape import atomic
-from landscape.errors import LandscapeFault
-from landscape.jsonable import to_jsonable
+from landscape.store import atomic
+from landscape.core.errors import LandscapeFault
+from landscape.core.jsonable import to_jsonable
 
 
 def write_atomically(path: str, write: Callable[[BinaryIO], None]) -> str:
@@ -39,7 +39,7 @@ def write_text_atomically(path: str, text: str) -> str:
 def write_json_atomically(path: str, obj: Any) -> str:
     """`obj` as JSON into `path`, atomically.
 
-    Encoded by landscape.jsonable.to_jsonable: a computed nan/inf becomes the string "nan"/"inf",
+    Encoded by landscape.core.jsonable.to_jsonable: a computed nan/inf becomes the string "nan"/"inf",
     None stays null ("not available"), so the file is always strict JSON.
     """
     text = json.dumps(to_jsonable(obj), indent=1, allow_nan=False)

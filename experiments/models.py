@@ -12,9 +12,9 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
-from landscape.checkpoints import check_state_fits, read_state_dict, split_ignored
-from landscape.errors import LandscapeError
-from landscape.models import build_model
+from landscape.core.checkpoints import check_state_fits, read_state_dict, split_ignored
+from landscape.core.errors import LandscapeError
+from landscape.core.models import build_model
 
 MODEL_NAMES = ("small_cnn", "tiny_cnn", "resnet18", "resnet50")
 

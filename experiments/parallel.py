@@ -1,6 +1,6 @@
 """A study on many ranks: `torchrun --nproc-per-node=N -m landscape run CONFIG --out DIR` (or `demo`).
 
-Nothing changes for one process. Under torchrun (landscape.distributed joins the ranks):
+Nothing changes for one process. Under torchrun (landscape.core.distributed joins the ranks):
 
 Training. A unit is an independent training run (one member per rank, never data-parallel
 training of one member). The study goes in rounds: rank 0 takes every unit whose starting
@@ -18,7 +18,7 @@ store's finished results, so a rerun recomputes nothing), then sends the new obj
 0 files into the store unchanged. The analyses read the store on every rank: a study across
 machines needs its output folder on a file system every machine sees.
 
-Failure: as in landscape.distributed. A lost rank ends every rank within a bounded time with one
+Failure: as in landscape.core.distributed. A lost rank ends every rank within a bounded time with one
 line; what rank 0 stored stays; the rerun trains and analyses only what is missing (a rank's
 analysis share is kept when it is sent, at the end of the analysis).
 """
@@ -30,8 +30,8 @@ import shutil
 import tempfile
 from typing import Any, Hashable, Sequence
 
-from landscape import distributed
-from landscape.store import KINDS, Store
+from landscape.core import distributed
+from landscape.store.store import KINDS, Store
 
 from .analysis import EXTRAS, analyze_core, analyze_extras, merge_extras, sharpness_methods
 from .samplers import Unit

@@ -10,8 +10,8 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from landscape.errors import LandscapeError
-from landscape.store import Store
+from landscape.core.errors import LandscapeError
+from landscape.store.store import Store
 
 from .samplers import Unit
 

@@ -6,7 +6,7 @@ The stages, one module each:
     verdicts.findings       the paper's claims, each with a verdict and its tolerance
     figures.write_figures   the matplotlib figures
     markdown.render_markdown  report.md (and the shared number formats fmt_pct, fmt_num)
-The summary is returned encoded by landscape.jsonable.to_jsonable (a computed nan as "nan",
+The summary is returned encoded by landscape.core.jsonable.to_jsonable (a computed nan as "nan",
 "not available" as null); the caller writes it to DIR/summary.json with write_json_atomically.
 Every file is written under a temporary name and renamed into place (experiments.files), so a
 failed write leaves the previous file whole and raises LandscapeFault.
@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from landscape.jsonable import to_jsonable
+from landscape.core.jsonable import to_jsonable
 
 from .figures import write_figures
 from .files import write_json_atomically, write_text_atomically

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from landscape.checkpoints import Snapshot
+from landscape.core.checkpoints import Snapshot
 
 from .config import StudyConfig
 from .data import Task

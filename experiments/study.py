@@ -6,7 +6,7 @@ several seeds runs one replicate per seed (unit names sSEED-...), analysed seed 
 reported as mean ± std (experiments.aggregate). Under torchrun the ranks share the units and the
 analyses and rank 0 alone writes (experiments.parallel).
 
-DIR/results (a store folder, see landscape.store; names below without the sSEED- prefix)
+DIR/results (a store folder, see landscape.store.store; names below without the sSEED- prefix)
     store.json            attrs: study_fingerprint, study_name, study_source, study_config
     snapshots/UNIT.h5     the unit's weights, buffers and metadata (method, member, cycle, lr, seed, parent, ...)
     predictions/UNIT.h5   test logits [N_test, C] (and val_logits with a validation split), fp32, with metrics
@@ -34,12 +34,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from landscape import distributed
-from landscape.checkpoints import Snapshot, apply_state_dict, read_state_dict
-from landscape.engine import resolve_device
-from landscape.errors import LandscapeError, LandscapeFault
-from landscape.store import Store
-from landscape.validate import check_writable_dir
+from landscape.core import distributed
+from landscape.core.checkpoints import Snapshot, apply_state_dict, read_state_dict
+from landscape.evaluate.engine import resolve_device
+from landscape.core.errors import LandscapeError, LandscapeFault
+from landscape.store.store import Store
+from landscape.core.validate import check_writable_dir
 
 from . import parallel
 from .analysis import analyze_study

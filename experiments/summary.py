@@ -3,7 +3,7 @@ the numbers the verdicts, figures, report.md and summary.json use.
 
 Values stay as computed: a diverged metric is a float nan. A value that was not computed in this
 run (no from-scratch baseline, pairwise barriers switched off, a mean over no members) is None.
-landscape.jsonable.to_jsonable keeps that difference in summary.json ("nan" against null).
+landscape.core.jsonable.to_jsonable keeps that difference in summary.json ("nan" against null).
 """
 from __future__ import annotations
 

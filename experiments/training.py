@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from landscape.errors import LandscapeError
+from landscape.core.errors import LandscapeError
 
 from .data import Task
 

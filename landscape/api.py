@@ -18,22 +18,23 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import analyses, distributed
-from .checkpoints import Snapshot, check_same_architecture
-from .data import StreamData, TensorData, load_data
-from .directions import pca_directions, plane_through, project, random_direction, relative_frame
-from .engine import Evaluator, LossFn, resolve_device
-from .export import export  # noqa: F401 - `landscape export` as a function
-from .ensembles import MemberForward, evaluate_ensemble, fit_temperatures, member_orders, table_rows
-from .errors import LandscapeError
-from .grid import alpha_range, line_alphas, parse_range
-from .hessian import hessian_directions as top_eigen_directions
-from .jsonable import to_jsonable
-from .models import BUILTIN_MODELS, build_model
-from .planes import project_snapshots, through_buffer_directions
-from .refs import head_classes, load_snapshot, stored_predictions
-from .store import Store
-from .validate import check_writable_dir, positive_int
+from landscape.analyses import grids as analyses
+from landscape.core import distributed
+from landscape.core.checkpoints import Snapshot, check_same_architecture
+from landscape.core.data import StreamData, TensorData, load_data
+from landscape.geometry.directions import pca_directions, plane_through, project, random_direction, relative_frame
+from landscape.evaluate.engine import Evaluator, LossFn, resolve_device
+from .exports import export  # noqa: F401 - `landscape export` as a function
+from landscape.evaluate.ensembles import MemberForward, evaluate_ensemble, fit_temperatures, member_orders, table_rows
+from landscape.core.errors import LandscapeError
+from landscape.store.grid import alpha_range, line_alphas, parse_range
+from landscape.evaluate.hessian import hessian_directions as top_eigen_directions
+from landscape.core.jsonable import to_jsonable
+from landscape.core.models import BUILTIN_MODELS, build_model
+from landscape.geometry.planes import project_snapshots, through_buffer_directions
+from landscape.store.refs import head_classes, load_snapshot, stored_predictions
+from landscape.store.store import Store
+from landscape.core.validate import check_writable_dir, positive_int
 
 @dataclass
 class Setup:

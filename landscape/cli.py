@@ -11,10 +11,11 @@ import sys
 from importlib.metadata import entry_points
 from typing import Any, Callable, Sequence
 
-from . import api, distributed
-from .checkpoints import ignoring_keys
-from .errors import LandscapeError
-from .store import KINDS, package_versions
+from . import api
+from landscape.core import distributed
+from landscape.core.checkpoints import ignoring_keys
+from landscape.core.errors import LandscapeError
+from landscape.store.store import KINDS, package_versions
 
 
 def _prefixes(text: str) -> list[str]:

@@ -16,19 +16,19 @@ from typing import Any, Sequence
 from torch import nn
 
 from . import api
-from .analyses import to_json
-from .checkpoints import Snapshot, check_same_architecture
+from landscape.analyses.grids import to_json
+from landscape.core.checkpoints import Snapshot, check_same_architecture
 from .cli import add_common, command
-from .curves import CURVES, OPTIMIZERS, check_training_args
-from .curves import connect as connect_analysis
-from .engine import LossFn
-from .errors import LandscapeError
-from .grid import line_alphas
-from .hessian import check_spectrum_args, hessian_directions, hessian_line  # noqa: F401 - re-exported
-from .hessian import hessian as hessian_analysis
-from .jsonable import to_jsonable
-from .refs import load_snapshot
-from .validate import positive_int
+from landscape.geometry.curves import CURVES, OPTIMIZERS, check_training_args
+from landscape.geometry.curves import connect as connect_analysis
+from landscape.evaluate.engine import LossFn
+from landscape.core.errors import LandscapeError
+from landscape.store.grid import line_alphas
+from landscape.evaluate.hessian import check_spectrum_args, hessian_directions, hessian_line  # noqa: F401 - re-exported
+from landscape.evaluate.hessian import hessian as hessian_analysis
+from landscape.core.jsonable import to_jsonable
+from landscape.store.refs import load_snapshot
+from landscape.core.validate import positive_int
 
 __all__ = ["register", "hessian", "connect", "hessian_directions"]
 

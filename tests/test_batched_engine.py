@@ -6,15 +6,15 @@ import pytest
 import torch
 from torch import nn
 
-from landscape.checkpoints import Snapshot
-from landscape.data import TensorData, make_synthetic_images
-from landscape.directions import random_direction
-from landscape.engine import Evaluator
-from landscape.grid import MemoryGrid, line_alphas
-from landscape.lines import compute_barrier_matrix, compute_line
-from landscape.models import MLP, SmallCNN
-from landscape.params import ParamLayout
-from landscape.planes import compute_plane
+from landscape.core.checkpoints import Snapshot
+from landscape.core.data import TensorData, make_synthetic_images
+from landscape.geometry.directions import random_direction
+from landscape.evaluate.engine import Evaluator
+from landscape.store.grid import MemoryGrid, line_alphas
+from landscape.geometry.lines import compute_barrier_matrix, compute_line
+from landscape.core.models import MLP, SmallCNN
+from landscape.core.params import ParamLayout
+from landscape.geometry.planes import compute_plane
 
 
 class ResidualNet(nn.Module):

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from landscape.cli import build_parser, main
-from landscape.models import build_model
+from landscape.core.models import build_model
 
 
 @pytest.fixture()
@@ -111,7 +111,7 @@ def test_classes_come_from_the_model_not_the_labels(work, capsys):
 
 def test_temperature_at_its_bound_is_reported(work, capsys):
     # a validation set the members get all right: the temperature runs into its bound
-    from landscape.models import build_model
+    from landscape.core.models import build_model
 
     m = build_model("tiny_cnn", 4, (3, 8, 8))
     m.load_state_dict(torch.load("m0.pt"))
@@ -135,7 +135,7 @@ def test_precision_is_recorded_and_bounded(work, capsys):
     assert tf32["train_loss"] == exact["train_loss"]  # no TF32 on a CPU: exact
     np.testing.assert_allclose(bf16["train_loss"], exact["train_loss"], rtol=3e-2)
     assert bf16["train_loss"] != exact["train_loss"]
-    from landscape.store import Store
+    from landscape.store.store import Store
 
     with Store("st") as st:
         assert st.read_attrs("curves", "bf16")["config"]["precision"] == "bf16"

@@ -12,11 +12,11 @@ import pytest
 import torch
 from torch import nn
 
-from landscape.checkpoints import Snapshot
-from landscape.data import TensorData
-from landscape.engine import Evaluator
-from landscape.errors import LandscapeError
-from landscape.curves import connect, curve_point, curve_weights, lr_factor, train_curve
+from landscape.core.checkpoints import Snapshot
+from landscape.core.data import TensorData
+from landscape.evaluate.engine import Evaluator
+from landscape.core.errors import LandscapeError
+from landscape.geometry.curves import connect, curve_point, curve_weights, lr_factor, train_curve
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -120,8 +120,8 @@ def test_training_is_deterministic_and_moves_the_control_point(two_solutions):
 
 
 def test_connect_stores_resumes_and_reruns_as_a_no_op(two_solutions, tmp_path, monkeypatch):
-    from landscape import curves
-    from landscape.store import Store
+    from landscape.geometry import curves
+    from landscape.store.store import Store
 
     x, y, xt, yt, a, b = two_solutions
     ev = _evaluator(x, y, xt, yt)
@@ -175,7 +175,7 @@ def test_batchnorm_model_recomputes_statistics_along_the_curve(two_solutions, tm
     from torch.optim.swa_utils import update_bn
     from torch.utils.data import DataLoader, TensorDataset
 
-    from landscape.store import Store
+    from landscape.store.store import Store
 
     x, y, xt, yt, *_ = two_solutions
     snaps = []

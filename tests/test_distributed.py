@@ -29,7 +29,7 @@ import pytest
 import torch
 
 from landscape.cli import main
-from landscape.store import Store
+from landscape.store.store import Store
 
 MODELS = textwrap.dedent("""
     import os, time, torch

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from experiments.parallel import deal
-from landscape.store import KINDS, Store
+from landscape.store.store import KINDS, Store
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="Gloo ranks as local processes")
 

@@ -10,8 +10,8 @@ import pytest
 from experiments.config import SHIPPED, load_config, parse_override, shipped_path
 from experiments.study import RESULTS
 from landscape.cli import main
-from landscape.errors import LandscapeError
-from landscape.store import Store
+from landscape.core.errors import LandscapeError
+from landscape.store.store import Store
 
 
 def _tiny_text() -> str:

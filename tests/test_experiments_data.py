@@ -12,7 +12,7 @@ from experiments.models import (backbone_vector, build, check_fits, head_name, l
                                 seeded_build)
 from experiments.study import run_study
 from landscape.cli import main
-from landscape.errors import LandscapeError
+from landscape.core.errors import LandscapeError
 
 SMALL = EmbeddedSpec(image_size=8, parts=6, part_size=3, parts_per_image=2, source_classes=8, source_train=64,
                      source_test=16, target_classes=4, target_train_per_class=3, target_test=20)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import experiments.cli
-from landscape import atomic
+from landscape.store import atomic
 from experiments.cli import headline
 from experiments.config import load_config
 from experiments.files import write_json_atomically, write_text_atomically
@@ -23,7 +23,7 @@ from experiments.report import write_report
 from experiments.samplers import plan_study
 from experiments.summary import build_summary
 from experiments.verdicts import VERDICTS
-from landscape.errors import LandscapeError, LandscapeFault
+from landscape.core.errors import LandscapeError, LandscapeFault
 from landscape.plots import plt
 
 METRICS = ("test_loss", "test_error", "train_loss", "train_error")

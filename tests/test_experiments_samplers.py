@@ -16,8 +16,8 @@ from experiments.samplers import Context, plan_study, run_unit, start_model
 from experiments.study import RESULTS, prepare, run_study
 from experiments.training import (Hooks, cosine_factor, cosine_lr, fge_cycle_iterations, fge_lr,
                                   iterations_per_epoch)
-from landscape.params import get_buffers, parameters_to_vector
-from landscape.store import Store
+from landscape.core.params import get_buffers, parameters_to_vector
+from landscape.store.store import Store
 
 
 @pytest.fixture(scope="module")

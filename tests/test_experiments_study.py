@@ -12,7 +12,7 @@ import pytest
 from experiments.config import load_config
 from experiments.samplers import plan_study
 from experiments.study import RESULTS, run_study
-from landscape.store import Store
+from landscape.store.store import Store
 from experiments.training import Hooks
 from landscape.cli import main
 
@@ -206,7 +206,7 @@ def test_rerun_of_a_finished_study_on_a_full_disk_changes_nothing(e2e):
 
 
 def test_output_folder_removed_during_a_study_is_a_failure(tmp_path):
-    from landscape.errors import LandscapeFault
+    from landscape.core.errors import LandscapeFault
 
     out = tmp_path / "removed"
 

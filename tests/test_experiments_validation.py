@@ -14,9 +14,9 @@ from experiments.data import TensorTask
 from experiments.study import run_study
 from experiments.training import CHECK_EVERY, Hooks, TrainingDiverged, train
 from landscape.cli import main
-from landscape.data import TensorData
-from landscape.errors import LandscapeError
-from landscape.models import SmallCNN
+from landscape.core.data import TensorData
+from landscape.core.errors import LandscapeError
+from landscape.core.models import SmallCNN
 
 
 def _refused(ref: str, overrides: list[str], *fragments: str, check_paths: bool = True) -> str:

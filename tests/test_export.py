@@ -12,7 +12,7 @@ from torch import nn
 
 import landscape
 from landscape.cli import main
-from landscape.data import TensorData
+from landscape.core.data import TensorData
 
 
 # --- Goldstein et al., loss-landscape (MIT licence): how plot_2D.py, plot_1D.py, scheduler.py
@@ -69,7 +69,7 @@ def store(tmp_path_factory):
 def test_goldstein_surface_reads_with_his_code(store, capsys):
     d, out = store
     assert main(["export", out, "plane", "--format", "goldstein", "-o", str(d / "plane_g.h5")]) == 0
-    ours = landscape.store.Store(out).read("surfaces", "plane")
+    ours = landscape.store.store.Store(out).read("surfaces", "plane")
     X, Y, Z = goldstein_plot_2d_read(str(d / "plane_g.h5"), "train_loss")
     assert X.shape == Z.shape == (3, 5)  # contour(X, Y, Z) needs equal shapes
     for j in range(3):
@@ -87,7 +87,7 @@ def test_goldstein_surface_reads_with_his_code(store, capsys):
 def test_goldstein_curve_reads_with_his_code(store):
     d, out = store
     landscape.export(out, "line", "goldstein", str(d / "line_g.h5"))
-    ours = landscape.store.Store(out).read("curves", "line")
+    ours = landscape.store.store.Store(out).read("curves", "line")
     x, tr_loss, tr_acc, te_loss, te_acc = goldstein_plot_1d_read(str(d / "line_g.h5"))
     np.testing.assert_array_equal(x, ours["alphas"])
     np.testing.assert_array_equal(tr_loss, ours["train_loss"])
@@ -98,7 +98,7 @@ def test_vtp_is_valid_polydata(store):
     d, out = store
     path = str(d / "plane.vtp")
     landscape.export(out, "plane", "vtp", path, metric="test_loss")
-    ours = landscape.store.Store(out).read("surfaces", "plane")
+    ours = landscape.store.store.Store(out).read("surfaces", "plane")
     root = ET.parse(path).getroot()
     piece = root.find("PolyData/Piece")
     assert int(piece.get("NumberOfPoints")) == 15 and int(piece.get("NumberOfPolys")) == 4 * 2
@@ -121,7 +121,7 @@ def test_csv_and_bad_requests(store, capsys):
     d, out = store
     landscape.export(out, "plane", "csv", str(d / "plane.csv"))
     table = np.genfromtxt(d / "plane.csv", delimiter=",", names=True)
-    ours = landscape.store.Store(out).read("surfaces", "plane")
+    ours = landscape.store.store.Store(out).read("surfaces", "plane")
     assert len(table) == 15
     row = table[(table["x"] == ours["xcoordinates"][4]) & (table["y"] == ours["ycoordinates"][0])]
     assert row["test_acc"][0] == ours["test_acc"][4, 0]

@@ -23,9 +23,9 @@ from experiments.estimate import (TrainingEstimate, estimate_training, format_mi
 from experiments.models import backbone_vector, build, head_name, load_backbone
 from experiments.training import is_channels_last, to_fast_layout, train
 from landscape.cli import main
-from landscape.data import TensorData
-from landscape.errors import LandscapeError
-from landscape.models import build_model
+from landscape.core.data import TensorData
+from landscape.core.errors import LandscapeError
+from landscape.core.models import build_model
 
 CPU = torch.device("cpu")
 

@@ -21,11 +21,11 @@ from torch.func import functional_call
 from torch.optim.swa_utils import update_bn
 from torch.utils.data import DataLoader, TensorDataset
 
-from landscape.checkpoints import Snapshot
-from landscape.data import TensorData
-from landscape.engine import Evaluator
-from landscape.errors import LandscapeError
-from landscape.hessian import (HessianOperator, _rademacher, hessian, hessian_at_line, hessian_directions,
+from landscape.core.checkpoints import Snapshot
+from landscape.core.data import TensorData
+from landscape.evaluate.engine import Evaluator
+from landscape.core.errors import LandscapeError
+from landscape.evaluate.hessian import (HessianOperator, _rademacher, hessian, hessian_at_line, hessian_directions,
                                hessian_line, hessian_spectrum, line_snapshot)
 
 
@@ -118,7 +118,7 @@ def test_products_are_the_same_cached_partly_cached_and_recomputed(problem):
 def test_streamed_data_gives_the_same_products(problem):
     from torch.utils.data import TensorDataset
 
-    from landscape.data import StreamData
+    from landscape.core.data import StreamData
 
     m, snap, x, y, h, *_ = problem
     stream = StreamData(TensorDataset(x, y), "stream", num_classes=3)
@@ -220,7 +220,7 @@ def _evaluator(m, x, y, bn_mode="keep"):
 
 
 def test_analysis_stores_once_and_refuses_other_arguments(problem, tmp_path):
-    from landscape.store import Store
+    from landscape.store.store import Store
 
     m, snap, x, y, *_ = problem
     ev = _evaluator(m, x, y)
@@ -247,8 +247,8 @@ def test_analysis_stores_once_and_refuses_other_arguments(problem, tmp_path):
 
 
 def test_line_analysis_resumes_by_point(problem, tmp_path, monkeypatch):
-    from landscape import hessian as hmod
-    from landscape.store import Store
+    from landscape.evaluate import hessian as hmod
+    from landscape.store.store import Store
 
     m, a, x, y, *_ = problem
     b = _other()
@@ -292,7 +292,7 @@ def test_bn_recompute_mode_uses_update_bn_statistics(problem):
 
 
 def test_hessian_directions_normalised_like_random_planes(problem):
-    from landscape.directions import random_direction
+    from landscape.geometry.directions import random_direction
 
     m, snap, x, y, h, evals, evecs = problem
     ev = _evaluator(m, x, y)

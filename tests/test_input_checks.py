@@ -12,13 +12,13 @@ import pytest
 import torch
 from PIL import Image
 
-import landscape.data as data_mod
+import landscape.core.data as data_mod
 from landscape import plots
 from landscape.cli import main
-from landscape.data import TensorData, load_data
-from landscape.engine import resolve_device
-from landscape.errors import LandscapeError, LandscapeFault
-from landscape.models import build_model
+from landscape.core.data import TensorData, load_data
+from landscape.evaluate.engine import resolve_device
+from landscape.core.errors import LandscapeError, LandscapeFault
+from landscape.core.models import build_model
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 NONFINITE = [(math.nan, "NaN"), (math.inf, "inf"), (-math.inf, "-inf")]

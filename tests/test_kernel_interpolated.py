@@ -439,14 +439,14 @@ def test_naive_is_the_torch_path() -> None:
 
 @pytest.mark.parametrize("precision", ["exact", "bf16"])
 def test_batched_forward_through_the_kernels(monkeypatch: pytest.MonkeyPatch, precision: str) -> None:
-    """The engine's K-points path (landscape.batched) with every layer on the Triton kernels
+    """The engine's K-points path (landscape.evaluate.batched) with every layer on the Triton kernels
     (KERNELS_IMPL=triton: the path CUDA takes) against per-point forwards of materialised models."""
     from torch import nn
     from torch.func import functional_call
 
-    from landscape.batched import BatchedForward
-    from landscape.family import AffineFamily
-    from landscape.params import ParamLayout, get_buffers
+    from landscape.evaluate.batched import BatchedForward
+    from landscape.core.family import AffineFamily
+    from landscape.core.params import ParamLayout, get_buffers
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.Conv2d(6, 5, 3, stride=2),

@@ -165,7 +165,7 @@ def test_barriers_plane_plot_info(work, capsys):
 KILL_SCRIPT = textwrap.dedent("""
     import os, signal, sys
     sys.path.insert(0, os.getcwd())
-    from landscape import store
+    from landscape.store import store
     from landscape.cli import main
     calls = {"n": 0}
     original = store.Store._write_grid
@@ -198,7 +198,7 @@ def test_resume_after_kill_gives_identical_numbers(work, capsys, monkeypatch):
     with h5py.File("killed/surfaces/plane.h5", "r") as f:
         assert f["done"][()].all()
     # a finished result is not recomputed
-    from landscape.engine import Evaluator
+    from landscape.evaluate.engine import Evaluator
 
     def no_evaluation(*a, **k):
         raise AssertionError("a finished point was evaluated again")
@@ -285,8 +285,8 @@ def test_bad_inputs(work, capsys):
 
     # snapshots of different architectures on one line (store snapshots carry their layout)
     import user_model
-    from landscape.checkpoints import Snapshot
-    from landscape.store import Store
+    from landscape.core.checkpoints import Snapshot
+    from landscape.store.store import Store
 
     with Store("snaps", "a") as st:
         st.write_snapshot(Snapshot.from_model(user_model.make(), "narrow"))
@@ -295,7 +295,7 @@ def test_bad_inputs(work, capsys):
     e(["interpolate", "snaps:narrow", "nostore:x", *COMMON], "neither a checkpoint file nor STORE:NAME")
 
     # a store another process is writing (HDF5's own locking plays no part: the store's lock file does)
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from landscape.store import Store; "
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from landscape.store.store import Store; "
                                "s = Store('keep', 'a'); s.lock(); print('locked', flush=True); time.sleep(60)"],
                               stdout=subprocess.PIPE, text=True)
     try:
@@ -313,8 +313,8 @@ def test_bad_inputs(work, capsys):
 
 def test_store_snapshot_roundtrip_and_overwrite_flag(work, capsys):
     import user_model
-    from landscape.checkpoints import Snapshot
-    from landscape.store import Store
+    from landscape.core.checkpoints import Snapshot
+    from landscape.store.store import Store
 
     m = user_model.make()
     with Store("st", "a") as st:

@@ -11,16 +11,16 @@ from torch import nn
 from torch.optim.swa_utils import update_bn
 from torch.utils.data import DataLoader, TensorDataset
 
-from landscape.bn import FoldedEval
-from landscape.checkpoints import Snapshot
-from landscape.data import TensorData, make_synthetic_images
-from landscape.directions import pca_directions, plane_through, project, random_direction
-from landscape.engine import AffineFamily, Evaluator
-from landscape.grid import MemoryGrid, line_alphas, parse_range
-from landscape.lines import barrier, compute_line, curve_barriers
-from landscape.models import SmallCNN
-from landscape.params import ParamLayout, parameters_to_vector, vector_to_model
-from landscape.planes import compute_plane
+from landscape.core.bn import FoldedEval
+from landscape.core.checkpoints import Snapshot
+from landscape.core.data import TensorData, make_synthetic_images
+from landscape.geometry.directions import pca_directions, plane_through, project, random_direction
+from landscape.evaluate.engine import AffineFamily, Evaluator
+from landscape.store.grid import MemoryGrid, line_alphas, parse_range
+from landscape.geometry.lines import barrier, compute_line, curve_barriers
+from landscape.core.models import SmallCNN
+from landscape.core.params import ParamLayout, parameters_to_vector, vector_to_model
+from landscape.geometry.planes import compute_plane
 
 
 class BiasOnly(nn.Module):

@@ -13,7 +13,7 @@ import torch
 from scipy.special import log_softmax
 
 from landscape.cli import main
-from landscape.errors import LandscapeError
+from landscape.core.errors import LandscapeError
 
 USER_MODULE = textwrap.dedent("""
     from torch import nn
@@ -140,8 +140,8 @@ def test_calibrated_nll_uses_the_best_temperature(work, capsys):
 
 def test_random_orders_and_store_snapshots(work, capsys):
     import ens_model
-    from landscape.checkpoints import Snapshot
-    from landscape.store import Store
+    from landscape.core.checkpoints import Snapshot
+    from landscape.store.store import Store
 
     with Store("snaps.h5", "a") as st:
         for i in range(3):
@@ -181,7 +181,7 @@ def test_ensemble_bad_inputs(work, capsys):
 
 
 # --------------------------------------------------------------------------------------------
-# every member order, temperatures per order, one fused call per batch (landscape.ensembles)
+# every member order, temperatures per order, one fused call per batch (landscape.evaluate.ensembles)
 
 
 def numpy_metrics(probs, y, order, temps=None, n_bins=15):
@@ -214,7 +214,7 @@ def batches_of(logits, labels, size):
 
 
 def test_temperatures_fitted_for_every_order():
-    from landscape.ensembles import evaluate_ensemble, fit_temperatures, member_orders
+    from landscape.evaluate.ensembles import evaluate_ensemble, fit_temperatures, member_orders
 
     M, orders, seed = 4, 3, 5
     val, yv = synthetic(M, 160, seed=1)
@@ -259,7 +259,7 @@ def test_temperatures_fitted_for_every_order():
 
 
 def test_temperature_bounds_are_reported():
-    from landscape.ensembles import LOG_T_BOUNDS, evaluate_ensemble, fit_temperatures
+    from landscape.evaluate.ensembles import LOG_T_BOUNDS, evaluate_ensemble, fit_temperatures
 
     M, C = 3, 5
     y = torch.arange(60) % C
@@ -281,7 +281,7 @@ def test_temperature_bounds_are_reported():
 
 
 def test_one_fused_call_per_batch(monkeypatch):
-    import landscape.ensembles as ens
+    import landscape.evaluate.ensembles as ens
 
     calls = []
     real = ens.ensemble_metrics_orders
@@ -299,7 +299,7 @@ def test_one_fused_call_per_batch(monkeypatch):
 
 def test_stored_predictions_every_order_matches_numpy(work, capsys):
     from landscape import ensemble
-    from landscape.ensembles import member_orders
+    from landscape.evaluate.ensembles import member_orders
 
     members = [f"m{i}.pt" for i in range(4)]
     ensemble(members, model="ens_model:make", data="tensors:test.pt", out="kept.h5", keep_predictions=True)

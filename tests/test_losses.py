@@ -71,7 +71,7 @@ def test_mse_regression_against_fp64(work, capsys):
 def test_user_loss(work, capsys):
     g = torch.Generator().manual_seed(1)
     torch.save({"x": torch.randn(40, 3, 8, 8, generator=g), "y": torch.randint(0, 4, (40,), generator=g)}, "c.pt")
-    from landscape.models import build_model
+    from landscape.core.models import build_model
 
     for i in range(2):
         torch.manual_seed(i)

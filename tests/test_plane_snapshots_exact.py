@@ -12,7 +12,7 @@ from torch import nn
 from torch.optim.swa_utils import update_bn
 
 import landscape
-from landscape.data import TensorData
+from landscape.core.data import TensorData
 
 
 def make_model() -> nn.Module:

@@ -9,7 +9,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from landscape.store import Store
+from landscape.store.store import Store
 
 README = os.path.join(os.path.dirname(__file__), "..", "README.md")
 

@@ -10,9 +10,9 @@ import pytest
 
 CHECK = """
 import torch
-from landscape import runtime
-from landscape.data import TensorData
-from landscape.engine import Evaluator
+from landscape.core import runtime
+from landscape.core.data import TensorData
+from landscape.evaluate.engine import Evaluator
 assert not runtime._done
 Evaluator(torch.nn.Linear(3, 2), TensorData(torch.randn(4, 3), torch.tensor([0, 1, 0, 1])))
 print(runtime._done)
@@ -32,8 +32,8 @@ def test_first_layer_share_matches_torchs_flop_counter():
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from landscape.engine import first_layer_flop_share
-    from landscape.models import build_model
+    from landscape.evaluate.engine import first_layer_flop_share
+    from landscape.core.models import build_model
 
     for spec, shape in (("small_cnn", (3, 32, 32)), ("mlp", (3, 16, 16)), ("tiny_cnn", (3, 8, 8))):
         model = build_model(spec, 10, shape).eval()

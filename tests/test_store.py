@@ -22,8 +22,8 @@ import pytest
 import torch
 
 from landscape.cli import main
-from landscape.jsonable import masked
-from landscape.store import Store
+from landscape.core.jsonable import masked
+from landscape.store.store import Store
 
 USER_MODULE = textwrap.dedent("""
     from torch import nn
@@ -57,7 +57,7 @@ KILL_AT = textwrap.dedent("""
 # Slows every saved chunk down, and can remove the store after the second one.
 SLOW = textwrap.dedent("""
     import os, shutil, sys, time
-    from landscape import store
+    from landscape.store import store
     original = store.Store._write_grid
     calls = {"n": 0}
     def slow(self, grid, final):

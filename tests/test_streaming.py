@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from landscape.cli import main
-from landscape.data import StreamData, load_data
-from landscape.engine import Evaluator
-from landscape.models import build_model
+from landscape.core.data import StreamData, load_data
+from landscape.evaluate.engine import Evaluator
+from landscape.core.models import build_model
 
 USER_DATA = textwrap.dedent("""
     import torch

@@ -13,7 +13,7 @@ import pytest
 from matplotlib.collections import PathCollection
 
 import experiments.figures as F
-from landscape.jsonable import to_jsonable
+from landscape.core.jsonable import to_jsonable
 from landscape.plots import plt
 
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -5,9 +5,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .checkpoints import Snapshot, check_same_architecture
-from .engine import Evaluator
-from .family import AffineFamily
+from landscape.core.checkpoints import Snapshot, check_same_architecture
+from landscape.evaluate.engine import Evaluator
+from landscape.core.family import AffineFamily
 
 
 def barrier(alphas: Sequence[float], values: Sequence[float]) -> tuple[float, float]:

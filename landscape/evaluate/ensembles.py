@@ -21,9 +21,9 @@ from torch import nn
 
 from kernels.ensemble import EnsembleMetrics, ensemble_metrics_orders
 
-from .bn import FoldedEval
-from .checkpoints import Snapshot
-from .errors import LandscapeError
+from landscape.core.bn import FoldedEval
+from landscape.core.checkpoints import Snapshot
+from landscape.core.errors import LandscapeError
 
 ROW_KEYS = ("size", "acc", "nll", "ece", "brier", "conf", "member_acc", "disagreement", "kl", "cal_nll",
             "temperature")

@@ -10,9 +10,9 @@ import os
 import torch
 from torch import nn
 
-from .checkpoints import Snapshot, apply_state_dict, read_state_dict
-from .errors import LandscapeError
-from .params import ParamLayout
+from landscape.core.checkpoints import Snapshot, apply_state_dict, read_state_dict
+from landscape.core.errors import LandscapeError
+from landscape.core.params import ParamLayout
 from .store import Store
 
 

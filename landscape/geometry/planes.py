@@ -6,10 +6,10 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from .checkpoints import Snapshot
+from landscape.core.checkpoints import Snapshot
 from .directions import project
-from .engine import Evaluator
-from .family import AffineFamily
+from landscape.evaluate.engine import Evaluator
+from landscape.core.family import AffineFamily
 
 
 def plane_coefficients(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:

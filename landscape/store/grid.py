@@ -6,8 +6,8 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
-from .errors import LandscapeError
-from .validate import check_grid_size
+from landscape.core.errors import LandscapeError
+from landscape.core.validate import check_grid_size
 
 if TYPE_CHECKING:  # the store saves grids; grids only hold a reference to it
     from .store import Store

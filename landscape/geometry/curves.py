@@ -32,14 +32,14 @@ from torch import nn
 from torch.func import functional_call
 from tqdm.auto import tqdm
 
-from .bn import recompute_bn
-from .checkpoints import Snapshot, check_same_architecture
-from .errors import LandscapeError
-from .grid import MemoryGrid, line_alphas
-from .hessian import bn_inputs, evaluator_data, line_snapshot
+from landscape.core.bn import recompute_bn
+from landscape.core.checkpoints import Snapshot, check_same_architecture
+from landscape.core.errors import LandscapeError
+from landscape.store.grid import MemoryGrid, line_alphas
+from landscape.evaluate.hessian import bn_inputs, evaluator_data, line_snapshot
 from .lines import curve_barriers
-from .params import ParamLayout
-from .validate import finite_positive, positive_int
+from landscape.core.params import ParamLayout
+from landscape.core.validate import finite_positive, positive_int
 
 CURVES = ("bezier", "polychain")
 OPTIMIZERS = ("sgd", "adam")
@@ -199,7 +199,7 @@ def connect(evaluator, a: Snapshot, b: Snapshot, *, curve: str = "bezier", alpha
     the snapshot `NAME-bend` (kept even if the evaluation is cut short, so a rerun skips the
     training and evaluates only the missing points). A finished connection with the same
     arguments is returned without computing or writing."""
-    from .store import config_differences, same_config
+    from landscape.store.store import config_differences, same_config
 
     check_same_architecture([a, b])
     check_training_args(curve, epochs, lr, momentum, weight_decay, optimizer, train_batch_size)
@@ -283,6 +283,6 @@ def connect(evaluator, a: Snapshot, b: Snapshot, *, curve: str = "bezier", alpha
 
 
 def _flag_nonfinite(values: Mapping[str, list[float]]) -> dict[str, np.ndarray]:
-    from .engine import flag_nonfinite
+    from landscape.evaluate.engine import flag_nonfinite
 
     return flag_nonfinite({k: np.asarray(v, dtype=np.float64) for k, v in values.items()})

@@ -46,12 +46,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .bn import recompute_bn
-from .checkpoints import Snapshot, check_same_architecture
-from .directions import normalize_direction
-from .errors import LandscapeError
-from .params import ParamLayout
-from .validate import finite_positive, positive_int
+from landscape.core.bn import recompute_bn
+from landscape.core.checkpoints import Snapshot, check_same_architecture
+from landscape.geometry.directions import normalize_direction
+from landscape.core.errors import LandscapeError
+from landscape.core.params import ParamLayout
+from landscape.core.validate import finite_positive, positive_int
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 KIND = "hessians"
@@ -521,7 +521,7 @@ def hessian_at_line(a: Snapshot, b: Snapshot, num: int = 5, *, model: nn.Module,
     Returns alphas, eigenvalues [num, k], trace / trace_stderr [num] (with `trace`), loss and
     grad_norm [num], and with `density` the densities [num, G] on one common grid; `points` holds
     each point's full result (eigenvectors included)."""
-    from .grid import line_alphas
+    from landscape.store.grid import line_alphas
 
     check_same_architecture([a, b])
     alphas = line_alphas(positive_int(num, "--num")) if alphas is None else np.asarray(alphas, dtype=np.float64)
@@ -634,7 +634,7 @@ _ARRAYS = ("eigenvalues", "eigenvectors", "residuals", "trace_samples", "density
 def _finished(store, name: str, config: Mapping[str, Any], overwrite: bool, what: str) -> dict[str, Any] | None:
     """The stored result `name` when it was computed with `config`; None when it must be computed;
     a one-line refusal when it exists with other arguments and not `overwrite`."""
-    from .store import config_differences, same_config
+    from landscape.store.store import config_differences, same_config
 
     if store is None or not store.has(KIND, name):
         return None

@@ -11,7 +11,7 @@ import os
 import secrets
 from typing import BinaryIO, Callable
 
-from .errors import LandscapeFault
+from landscape.core.errors import LandscapeFault
 
 TMP_SUFFIX = ".tmp"
 

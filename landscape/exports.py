@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import write_atomically
-from .errors import LandscapeError
-from .store import Store, write_hdf5_file
+from landscape.store.atomic import write_atomically
+from landscape.core.errors import LandscapeError
+from landscape.store.store import Store, write_hdf5_file
 
 FORMATS = ("goldstein", "vtp", "csv")
 METRICS = ("train_loss", "train_acc", "test_loss", "test_acc")

@@ -16,17 +16,17 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import distributed
-from .checkpoints import Snapshot, check_same_architecture
-from .engine import Evaluator
-from .errors import LandscapeError
-from .family import AffineFamily
-from .grid import Grid, MemoryGrid
-from .jsonable import masked, to_jsonable
-from .lines import barrier_matrices, compute_barrier_matrix, compute_line, curve_barriers, line_family
-from .planes import compute_plane, plane_coefficients, plane_family
-from .store import Store, config_differences, same_config
-from .validate import check_grid_size, positive_int
+from landscape.core import distributed
+from landscape.core.checkpoints import Snapshot, check_same_architecture
+from landscape.evaluate.engine import Evaluator
+from landscape.core.errors import LandscapeError
+from landscape.core.family import AffineFamily
+from landscape.store.grid import Grid, MemoryGrid
+from landscape.core.jsonable import masked, to_jsonable
+from landscape.geometry.lines import barrier_matrices, compute_barrier_matrix, compute_line, curve_barriers, line_family
+from landscape.geometry.planes import compute_plane, plane_coefficients, plane_family
+from landscape.store.store import Store, config_differences, same_config
+from landscape.core.validate import check_grid_size, positive_int
 
 # Part of a grid: its points [offset, offset + len(coeffs)) lie on one affine family.
 Segment = tuple[Callable[[], AffineFamily], np.ndarray, int]

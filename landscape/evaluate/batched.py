@@ -25,8 +25,8 @@ from torch import nn
 from kernels import interpolated_conv2d, interpolated_linear
 from kernels.launch import check_precision
 
-from .family import AffineFamily
-from .params import ParamLayout
+from landscape.core.family import AffineFamily
+from landscape.core.params import ParamLayout
 
 _BN = nn.modules.batchnorm._BatchNorm
 _SUPPORTED = (nn.Conv2d, nn.Linear, _BN)

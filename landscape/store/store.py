@@ -60,10 +60,10 @@ import numpy as np
 import torch
 
 from .atomic import fsync_dir, is_temp_name, temp_path, write_atomically
-from .checkpoints import Snapshot
-from .errors import LandscapeError, LandscapeFault
+from landscape.core.checkpoints import Snapshot
+from landscape.core.errors import LandscapeError, LandscapeFault
 from .grid import Grid
-from .params import ParamLayout
+from landscape.core.params import ParamLayout
 
 SCHEMA_VERSION = 2
 KINDS = ("snapshots", "directions", "curves", "surfaces", "barriers", "ensembles", "predictions", "labels",

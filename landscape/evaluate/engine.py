@@ -25,13 +25,13 @@ from tqdm.auto import tqdm
 from kernels import PRECISIONS, precision_from_torch_flags
 
 from .batched import BatchedForward, batched_metrics
-from .bn import BN_MODES, FoldedEval, bn_modules, recompute_bn
-from .data import StreamData, TensorData, check_labels
-from .errors import LandscapeError
-from .family import AffineFamily
-from .validate import positive_int
-from .params import ParamLayout, set_buffers, vector_to_model
-from .runtime import tune_allocator
+from landscape.core.bn import BN_MODES, FoldedEval, bn_modules, recompute_bn
+from landscape.core.data import StreamData, TensorData, check_labels
+from landscape.core.errors import LandscapeError
+from landscape.core.family import AffineFamily
+from landscape.core.validate import positive_int
+from landscape.core.params import ParamLayout, set_buffers, vector_to_model
+from landscape.core.runtime import tune_allocator
 
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

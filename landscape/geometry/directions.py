@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import LandscapeError
-from .params import ParamLayout
+from landscape.core.errors import LandscapeError
+from landscape.core.params import ParamLayout
 
 NORMALIZATIONS = ("filter", "layer", "none")
 
