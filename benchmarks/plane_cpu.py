@@ -26,10 +26,10 @@ from landscape.core.checkpoints import Snapshot  # noqa: E402
 from landscape.core.data import load_data  # noqa: E402
 from landscape.geometry.directions import random_direction  # noqa: E402
 from landscape.evaluate.engine import Evaluator  # noqa: E402
-from landscape.store.grid import MemoryGrid  # noqa: E402
 from landscape.core.models import build_model  # noqa: E402
 from landscape.core.params import ParamLayout  # noqa: E402
-from landscape.geometry.planes import compute_plane, plane_coefficients  # noqa: E402
+from landscape.analyses.grids import plane  # noqa: E402
+from landscape.geometry.planes import plane_coefficients  # noqa: E402
 
 
 def main() -> None:
@@ -60,8 +60,7 @@ def main() -> None:
     result = {}
 
     def toolkit() -> None:
-        grid = MemoryGrid((len(xs), len(ys)), evaluator.metric_names, {})
-        result["toolkit"] = compute_plane(evaluator, center, dirs, xs, ys, grid)["test_loss"]
+        result["toolkit"] = plane(evaluator, center, dirs, xs, ys)["test_loss"]
 
     plain_model = build_model(args.model, 10, data.input_shape)
     plain_model.load_state_dict(model.state_dict())

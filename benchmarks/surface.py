@@ -30,10 +30,10 @@ from landscape.core.checkpoints import Snapshot  # noqa: E402
 from landscape.core.data import load_data  # noqa: E402
 from landscape.geometry.directions import random_direction  # noqa: E402
 from landscape.evaluate.engine import Evaluator  # noqa: E402
-from landscape.store.grid import MemoryGrid  # noqa: E402
 from landscape.core.models import build_model  # noqa: E402
 from landscape.core.params import ParamLayout  # noqa: E402
-from landscape.geometry.planes import compute_plane, plane_coefficients  # noqa: E402
+from landscape.analyses.grids import plane  # noqa: E402
+from landscape.geometry.planes import plane_coefficients  # noqa: E402
 
 
 def workload(name: str, samples: int, device: str):
@@ -67,9 +67,7 @@ def bench(name: str, args, rate: float) -> None:
         ev = Evaluator(model, test=data, batch_size=250, device=dev, batched=batched)
 
         def run():
-            grid = MemoryGrid((len(xs), len(ys)), ev.metric_names, {})
-            results[f"toolkit-{batched}"] = compute_plane(ev, center, dirs, xs, ys, grid,
-                                                          chunk_size=args.chunk)["test_loss"]
+            results[f"toolkit-{batched}"] = plane(ev, center, dirs, xs, ys, chunk=args.chunk)["test_loss"]
         return run
 
     plain = copy.deepcopy(model).eval()

@@ -34,8 +34,8 @@ from landscape.core.checkpoints import Snapshot
 from landscape.geometry.curves import connect as connect_curve
 from landscape.geometry.directions import plane_through
 from landscape.evaluate.engine import Evaluator
-from landscape.store.grid import line_alphas
-from landscape.evaluate.hessian import hessian as landscape_hessian
+from landscape.geometry.ranges import line_alphas
+from landscape.analyses.hessian import hessian as landscape_hessian
 from landscape.core.params import set_buffers, vector_to_model
 from landscape.geometry.planes import project_snapshots
 from landscape.store.store import Store

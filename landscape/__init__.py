@@ -1,5 +1,5 @@
 """Loss-landscape analysis for PyTorch: parameter vectors, directions, lines, barriers, planes, store."""
-from .api import barriers, ensemble, export, info, interpolate, plane, plot, setup
+from .api import barriers, connect, ensemble, export, hessian, info, interpolate, plane, plot, setup
 from landscape.core.checkpoints import Snapshot
 from landscape.core.data import TensorData, load_data
 from landscape.geometry.directions import pca_directions, plane_through, project, random_direction
@@ -13,6 +13,6 @@ from landscape.store.refs import load_snapshot
 from landscape.store.store import Store
 
 __all__ = ["AffineFamily", "Evaluator", "LandscapeError", "ParamLayout", "Snapshot", "Store", "TensorData",
-           "barrier", "barriers", "build_model", "ensemble", "export", "curve_barriers", "info", "interpolate", "load_data",
+           "barrier", "barriers", "build_model", "connect", "ensemble", "hessian", "export", "curve_barriers", "info", "interpolate", "load_data",
            "load_snapshot", "parameters_to_vector", "pca_directions", "plane", "plane_through", "plot", "project",
            "random_direction", "setup", "vector_to_model"]

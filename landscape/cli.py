@@ -1,11 +1,13 @@
 """The `landscape` command: argparse subcommands over the functions in landscape.api.
 
-Other packages add subcommands through the `landscape.commands` entry-point group (a callable
-taking the subparsers object), so `landscape` never imports them directly.
+Every subcommand of the toolkit is registered here explicitly; other packages (`experiments`)
+add theirs through one documented hook, the `landscape.commands` entry-point group (`_plugins`).
 """
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import json
 import sys
 from importlib.metadata import entry_points
@@ -86,6 +88,10 @@ def _eval_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 def _fmt_number(v: Any, fmt: str = "+.4f") -> str:
     return format(v, fmt) if isinstance(v, (int, float)) else str(v)
+
+
+def _fmt_g(v: Any, fmt: str = ".4g") -> str:
+    return str(v) if isinstance(v, bool) else _fmt_number(v, fmt)
 
 
 def _fmt_barriers(barriers: dict) -> str:
@@ -312,13 +318,124 @@ def build_parser() -> argparse.ArgumentParser:
     add_common(p, evaluation=False)
     p.set_defaults(func=cmd_info)
 
-    for ep in entry_points(group="landscape.commands"):
+    _add_curvature(sub)
+    for name, register in _plugins():
         try:
-            register: Callable[[Any], None] = ep.load()
-        except ImportError:
-            continue
-        register(sub)
+            register(sub)
+        except Exception as exc:  # a broken plugin costs its own commands, never the others
+            _plugin_warning(name, exc)
     return parser
+
+
+# The one optional hook: other packages (the toolkit's own `experiments`: `landscape run`,
+# `landscape demo`) add subcommands through the `landscape.commands` entry-point group, a callable
+# taking the subparsers object, so landscape never imports them by name. From a checkout that is
+# not pip-installed the group is empty: `experiments.cli:register` is then used when importable.
+PLUGIN_GROUP = "landscape.commands"
+CHECKOUT_PLUGIN = ("experiments", "experiments.cli:register")
+
+
+def _plugin_warning(name: str, exc: BaseException) -> None:
+    print(f"landscape: warning: the commands of plugin {name!r} are unavailable: {type(exc).__name__}: {exc}",
+          file=sys.stderr)
+
+
+def _plugins() -> list[tuple[str, Callable[[Any], None]]]:
+    """The plugins' register functions; one that fails to import is reported in one line and skipped."""
+    eps = list(entry_points(group=PLUGIN_GROUP))
+    specs = [(ep.name, ep.value) for ep in eps]
+    if not specs and importlib.util.find_spec(CHECKOUT_PLUGIN[0]) is not None:
+        specs = [CHECKOUT_PLUGIN]
+    out = []
+    for name, spec in specs:
+        module, _, attr = spec.partition(":")
+        try:
+            out.append((name, getattr(importlib.import_module(module), attr)))
+        except Exception as exc:
+            _plugin_warning(name, exc)
+    return out
+
+
+def cmd_hessian(args: argparse.Namespace) -> tuple[dict, str]:
+    res = api.hessian(args.snapshots, along=args.along, num=args.num, top_k=args.top_k, trace=args.trace,
+                  density=args.density, probes=args.probes, iters=args.iters, tol=args.tol,
+                  density_runs=args.density_runs, seed=args.seed, name=args.name or "hessian", **_eval_kwargs(args))
+    lines = []
+    if res["kind"] == "hessian_line":
+        lines.append(f"Hessian along {res['a']} -> {res['b']} ({len(res['alphas'])} points, BN {res['bn_mode']})")
+        for i, al in enumerate(res["alphas"]):
+            tr = "" if res["trace"] is None else f"  trace {_fmt_g(res['trace'][i])} ± {_fmt_g(res['trace_stderr'][i], '.2g')}"
+            lines.append(f"  α={al:.3f}  λ {', '.join(_fmt_g(v) for v in res['eigenvalues'][i])}{tr}"
+                         f"  loss {_fmt_g(res['loss'][i])}")
+        return res, "\n".join(lines)
+    points = [res] if res["kind"] == "hessian" else res["results"]
+    for p in points:
+        conv = f"Lanczos {p['iterations']} steps" + ("" if p["converged"] else ", NOT converged (raise --iters)")
+        lines.append(f"{p['snapshot']} (BN {res['bn_mode']}): λ {', '.join(_fmt_g(v) for v in p['eigenvalues'])} "
+                     f"({conv})")
+        if p["trace"] is not None:
+            lines.append(f"  trace {_fmt_g(p['trace'])} ± {_fmt_g(p['trace_stderr'], '.2g')} ({args.probes} probes)")
+        lines.append(f"  loss {_fmt_g(p['loss'])}, gradient norm {_fmt_g(p['grad_norm'])}, {p['hvps']} Hessian-vector "
+                     f"products in {_fmt_g(p['seconds'], '.1f')} s")
+    return res, "\n".join(lines)
+
+
+def cmd_connect(args: argparse.Namespace) -> tuple[dict, str]:
+    res = api.connect(args.a, args.b, curve=args.curve, epochs=args.epochs, lr=args.lr, momentum=args.momentum,
+                  weight_decay=args.wd, optimizer=args.optimizer, train_batch_size=args.train_batch_size,
+                  num=args.num, seed=args.seed, name=args.name or "connect", **_eval_kwargs(args))
+    lines = [f"{res['curve']} curve {res['a']} -> {res['b']} ({len(res['alphas'])} points, BN {res['bn_mode']})"]
+    for key in res["barriers"]:
+        c, ln = res["barriers"][key], res["line_barriers"][key]
+        lines.append(f"  {key:<12} barrier: curve {_fmt_g(c['barrier'], '+.4f')} at t={_fmt_g(c['alpha'], '.3f')}, "
+                     f"line {_fmt_g(ln['barrier'], '+.4f')} at t={_fmt_g(ln['alpha'], '.3f')}")
+    if res.get("bend"):
+        lines.append(f"  control point stored as {res['bend']}")
+    return res, "\n".join(lines)
+
+
+
+def _add_curvature(subparsers: Any) -> None:
+    """`hessian` and `connect`."""
+    p = command(subparsers, "hessian", "Hessian spectrum: top-k eigenvalues, trace, spectral density",
+                "landscape hessian ft.pt --model M --data tensors:train.pt --top-k 2 --trace --out study")
+    p.add_argument("snapshots", nargs="*", metavar="CKPT", help=".pt checkpoints or STORE:NAME snapshots")
+    p.add_argument("--top-k", type=int, default=1, help="largest eigenvalues to compute (Lanczos)")
+    p.add_argument("--trace", action="store_true", help="Hutchinson trace with its standard error")
+    p.add_argument("--density", action="store_true", help="spectral density by stochastic Lanczos quadrature")
+    p.add_argument("--along", nargs=2, metavar=("A", "B"), help="at points of the line from A to B instead")
+    p.add_argument("--num", type=int, default=5, help="points on the line (with --along)")
+    p.add_argument("--probes", type=int, default=100, help="Rademacher probes for the trace")
+    p.add_argument("--iters", type=int, default=100, help="Lanczos steps (most, for top-k; each, for the density)")
+    p.add_argument("--tol", type=float, default=1e-4, help="relative Ritz residual at which top-k stops")
+    p.add_argument("--density-runs", type=int, default=1, help="SLQ runs averaged into the density")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random draws")
+    p.add_argument("--name", default=None, help="name of the result in the store")
+    add_common(p)
+    p.set_defaults(func=cmd_hessian)
+
+    p = command(subparsers, "connect", "train a low-loss curve between two snapshots (Bezier / polychain)",
+                "landscape connect m1.pt m2.pt --curve bezier --model M --data tensors:train.pt --epochs 20 "
+                "--out study")
+    p.add_argument("a", help="the snapshot at t = 0: a .pt checkpoint or STORE:NAME")
+    p.add_argument("b", help="the snapshot at t = 1")
+    p.add_argument("--curve", choices=api.CURVES, default="bezier", help="a quadratic Bezier curve or a two-segment "
+                   "polygonal chain, with one trained control point")
+    p.add_argument("--epochs", type=int, default=20, help="training epochs of the control point")
+    p.add_argument("--lr", type=float, default=0.05, help="base learning rate (Garipov et al.'s schedule)")
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    p.add_argument("--wd", type=float, default=0.0, help="L2 penalty on the curve's points")
+    p.add_argument("--optimizer", choices=api.OPTIMIZERS, default="sgd", help="optimizer of the control point")
+    p.add_argument("--train-batch-size", type=int, default=128, help="samples per training step")
+    p.add_argument("--num", type=int, default=21, help="values of t on [0, 1] evaluated")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random draws")
+    p.add_argument("--name", default=None, help="name of the result in the store")
+    add_common(p)
+    p.set_defaults(func=cmd_connect)
+
+
+# commands rank 0 runs alone under torchrun (the others exit at once)
+RANK0_ALONE = (cmd_plot, cmd_export, cmd_info, cmd_hessian, cmd_connect)
 
 
 def _version() -> str:
@@ -351,8 +468,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(_join_negative_ranges(sys.argv[1:] if argv is None else argv))
     rank = _launched_rank()  # under torchrun only rank 0 prints results and progress
-    if rank and (args.func in (cmd_plot, cmd_export, cmd_info)
-                 or getattr(args.func, "__module__", "") == "landscape.curvature_cli"):
+    if rank and args.func in RANK0_ALONE:
         return 0  # nothing to share out (hessian, connect: not split across ranks yet): rank 0 alone does it
     if rank:
         args.quiet = True

@@ -10,11 +10,10 @@ from landscape.core.checkpoints import Snapshot
 from landscape.core.data import TensorData, make_synthetic_images
 from landscape.geometry.directions import random_direction
 from landscape.evaluate.engine import Evaluator
-from landscape.store.grid import MemoryGrid, line_alphas
-from landscape.geometry.lines import compute_barrier_matrix, compute_line
+from landscape.geometry.ranges import line_alphas
+from landscape.analyses import grids
 from landscape.core.models import MLP, SmallCNN
 from landscape.core.params import ParamLayout
-from landscape.geometry.planes import compute_plane
 
 
 class ResidualNet(nn.Module):
@@ -69,15 +68,13 @@ def test_line_and_plane_agree(bn, factory):
     model, (a, b) = _models(factory, 2)
     per_point, batched = _pair(model, bn)
     alphas = line_alphas(5, -0.25, 1.25)
-    g = lambda: MemoryGrid((len(alphas),), per_point.metric_names, {})  # noqa: E731
-    _close(compute_line(per_point, a, b, alphas, g(), chunk_size=3),
-           compute_line(batched, a, b, alphas, g(), chunk_size=3))
+    _close(grids.line(per_point, a, b, alphas, chunk=3),
+           grids.line(batched, a, b, alphas, chunk=3))
     layout = ParamLayout.of(model)
     dirs = torch.stack([random_direction(layout, a.params, "filter", s, ignore_bias_bn=False) for s in (0, 1)])
     xs, ys = np.linspace(-1, 1, 4), np.linspace(-0.5, 0.5, 3)
-    g2 = lambda: MemoryGrid((4, 3), per_point.metric_names, {})  # noqa: E731
-    _close(compute_plane(per_point, a, dirs, xs, ys, g2(), chunk_size=5),
-           compute_plane(batched, a, dirs, xs, ys, g2(), chunk_size=5))
+    _close(grids.plane(per_point, a, dirs, xs, ys, chunk=5),
+           grids.plane(batched, a, dirs, xs, ys, chunk=5))
 
 
 @pytest.mark.parametrize("bn", ["keep", "recompute"])
@@ -85,11 +82,10 @@ def test_barrier_matrix_agrees(bn):
     model, snaps = _models(lambda: SmallCNN(4, 3, 4), 3, seed=7)
     per_point, batched = _pair(model, bn)
     alphas = line_alphas(4)
-    g = lambda: MemoryGrid((3, len(alphas)), per_point.metric_names, {})  # noqa: E731
-    r1 = compute_barrier_matrix(per_point, snaps, alphas, g(), chunk_size=4)
-    r2 = compute_barrier_matrix(batched, snaps, alphas, g(), chunk_size=4)
-    _close(r1, r2)
-    np.testing.assert_allclose(r1["test_loss_barrier"], r2["test_loss_barrier"], rtol=1e-4, atol=1e-6)
+    r1 = grids.barrier_matrix(per_point, snaps, alphas, chunk=4)
+    r2 = grids.barrier_matrix(batched, snaps, alphas, chunk=4)
+    for key in [k for k in r1 if k.endswith("_barrier")]:
+        np.testing.assert_allclose(r1[key], r2[key], rtol=1e-4, atol=1e-6)
 
 
 def test_unsupported_model_falls_back():
@@ -118,5 +114,4 @@ def test_cpu_default_path_and_passes_within_a_chunk():
     per_point, batched = _pair(model, "keep")
     batched.points_per_pass = 2
     alphas = line_alphas(7)
-    g = lambda: MemoryGrid((len(alphas),), per_point.metric_names, {})  # noqa: E731
-    _close(compute_line(per_point, a, b, alphas, g(), chunk_size=5), compute_line(batched, a, b, alphas, g(), chunk_size=5))
+    _close(grids.line(per_point, a, b, alphas, chunk=5), grids.line(batched, a, b, alphas, chunk=5))

@@ -16,7 +16,8 @@ from landscape.core.checkpoints import Snapshot
 from landscape.core.data import TensorData
 from landscape.evaluate.engine import Evaluator
 from landscape.core.errors import LandscapeError
-from landscape.geometry.curves import connect, curve_point, curve_weights, lr_factor, train_curve
+from landscape.analyses.connect import connect
+from landscape.geometry.curves import curve_point, curve_weights, lr_factor, train_curve
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -222,7 +223,7 @@ USER_MODULE = textwrap.dedent("""
 
 @pytest.fixture()
 def cli_main():
-    """The `landscape` command (hessian and connect come through the landscape.commands entry point)."""
+    """The `landscape` command (hessian and connect are registered by the CLI itself)."""
     from landscape.cli import main
 
     return main

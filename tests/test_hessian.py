@@ -25,8 +25,9 @@ from landscape.core.checkpoints import Snapshot
 from landscape.core.data import TensorData
 from landscape.evaluate.engine import Evaluator
 from landscape.core.errors import LandscapeError
-from landscape.evaluate.hessian import (HessianOperator, _rademacher, hessian, hessian_at_line, hessian_directions,
-                               hessian_line, hessian_spectrum, line_snapshot)
+from landscape.analyses.hessian import hessian, hessian_line
+from landscape.evaluate.hessian import HessianOperator, _rademacher, hessian_directions, hessian_spectrum
+from landscape.geometry.lines import line_snapshot
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -180,11 +181,11 @@ def _other(seed: int = 1) -> Snapshot:
     return Snapshot.from_model(_model(seed).double(), f"m{seed}")
 
 
-def test_hessian_at_line_points(problem):
+def test_hessian_line_points(problem):
     m, a, x, y, *_ = problem
     b = _other()
-    res = hessian_at_line(a, b, 3, model=m, x=x, y=y, top_k=2, trace=True, density=True, probes=20,
-                          iters=40, batch_size=35)
+    res = hessian_line(_evaluator(m, x, y), a, b, np.array([0.0, 0.5, 1.0]), top_k=2, trace=True, density=True,
+                       probes=20, iters=40)
     assert res["eigenvalues"].shape == (3, 2) and res["trace"].shape == (3,) and res["density"].shape == (3, 1000)
     for i, snap in enumerate((a, line_snapshot(a, b, 0.5), b)):
         one = hessian_spectrum(m, snap, x, y, top_k=2, trace=True, density=True, probes=20, iters=40, batch_size=35)
@@ -247,7 +248,7 @@ def test_analysis_stores_once_and_refuses_other_arguments(problem, tmp_path):
 
 
 def test_line_analysis_resumes_by_point(problem, tmp_path, monkeypatch):
-    from landscape.evaluate import hessian as hmod
+    from landscape.analyses import hessian as hmod
     from landscape.store.store import Store
 
     m, a, x, y, *_ = problem

@@ -16,11 +16,11 @@ from landscape.core.checkpoints import Snapshot
 from landscape.core.data import TensorData, make_synthetic_images
 from landscape.geometry.directions import pca_directions, plane_through, project, random_direction
 from landscape.evaluate.engine import AffineFamily, Evaluator
-from landscape.store.grid import MemoryGrid, line_alphas, parse_range
-from landscape.geometry.lines import barrier, compute_line, curve_barriers
+from landscape.geometry.ranges import line_alphas, parse_range
+from landscape.analyses import grids
+from landscape.geometry.lines import barrier, curve_barriers
 from landscape.core.models import SmallCNN
 from landscape.core.params import ParamLayout, parameters_to_vector, vector_to_model
-from landscape.geometry.planes import compute_plane
 
 
 class BiasOnly(nn.Module):
@@ -70,7 +70,7 @@ def test_analytic_line_loss_and_barrier():
     b = Snapshot("b", bb.clone(), ParamLayout.of(model), {})
     alphas = line_alphas(41)
     ev = Evaluator(model, train=data)
-    curve = compute_line(ev, a, b, alphas, MemoryGrid((len(alphas),), ev.metric_names, {}))
+    curve = grids.line(ev, a, b, alphas)
 
     counts = np.bincount(y.numpy(), minlength=3) / len(y)
     expected_loss, expected_acc = [], []
@@ -210,7 +210,7 @@ def test_plane_non_square_grid_matches_direct_forward():
     dirs = torch.stack([random_direction(layout, center.params, "filter", s) for s in (0, 1)])
     xs, ys = np.linspace(-1, 1, 5), np.array([-0.5, 0.25, 1.0])
     ev = Evaluator(model, test=test, batch_size=17)
-    surf = compute_plane(ev, center, dirs, xs, ys, MemoryGrid((5, 3), ev.metric_names, {}))
+    surf = grids.plane(ev, center, dirs, xs, ys)
     assert surf["test_loss"].shape == (5, 3) and surf["done"].all()
     for i, j in [(0, 0), (4, 2), (2, 1), (3, 0)]:
         ref = copy.deepcopy(model)

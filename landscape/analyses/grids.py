@@ -23,8 +23,8 @@ from landscape.core.errors import LandscapeError
 from landscape.core.family import AffineFamily
 from landscape.store.grid import Grid, MemoryGrid
 from landscape.core.jsonable import masked, to_jsonable
-from landscape.geometry.lines import barrier_matrices, compute_barrier_matrix, compute_line, curve_barriers, line_family
-from landscape.geometry.planes import compute_plane, plane_coefficients, plane_family
+from landscape.geometry.lines import barrier_matrices, curve_barriers, line_family
+from landscape.geometry.planes import plane_coefficients, plane_family
 from landscape.store.store import Store, config_differences, same_config
 from landscape.core.validate import check_grid_size, positive_int
 
@@ -81,8 +81,10 @@ def _check_same_inputs(configs: Sequence[str], config: Mapping[str, Any]) -> Non
 
 def _fill(evaluator: Evaluator, grid: Grid, segments: Sequence[Segment], chunk: int | None, quiet: bool,
           desc: str) -> None:
-    """The missing points of `grid`, computed by every rank: the chunks one process would form
-    (per segment, in order), dealt round-robin; rank 0 saves each round's chunks at once."""
+    """The missing points of `grid`: the one compute path of lines, barrier matrices and planes.
+    Chunks of `chunk` points are formed per segment, in order, and dealt round-robin to the ranks;
+    rank 0 saves each round's chunks at once. One process is the one-rank case: a round is one
+    chunk, saved as soon as it is computed."""
     size = chunk if chunk is not None else evaluator.default_chunk()
     todo = grid.missing()
     units: list[tuple[int, np.ndarray]] = []
@@ -158,10 +160,7 @@ def line(evaluator: Evaluator, a: Snapshot, b: Snapshot, alphas: np.ndarray, *, 
     grid = _open_grid(store, "curves", name, (len(alphas),), evaluator.metric_names, {"alphas": alphas}, config,
                       {**prov, "bn_mode": evaluator.bn_mode, "a": a.name, "b": b.name}, overwrite, 1, evaluator)
     todo = len(grid.missing())
-    if distributed.active():
-        _fill(evaluator, grid, [(lambda: line_family(a, b), alphas.reshape(-1, 1), 0)], chunk, quiet, "line")
-    else:
-        compute_line(evaluator, a, b, alphas, grid, chunk, quiet=quiet)
+    _fill(evaluator, grid, [(lambda: line_family(a, b), alphas.reshape(-1, 1), 0)], chunk, quiet, "line")
 
     def finish() -> dict[str, Any]:
         barriers = curve_barriers(alphas, grid.data)
@@ -190,12 +189,9 @@ def barrier_matrix(evaluator: Evaluator, snapshots: Sequence[Snapshot], alphas: 
                       {"alphas": alphas, "pairs": pairs, "names": np.array(names, dtype="S")}, config,
                       {**prov, "bn_mode": evaluator.bn_mode}, overwrite, 1, evaluator)
     todo = len(grid.missing())
-    if distributed.active():
-        segments = [(lambda i=i, j=j: line_family(snaps[i], snaps[j]), alphas.reshape(-1, 1), p * len(alphas))
-                    for p, (i, j) in enumerate(pairs.tolist())]
-        _fill(evaluator, grid, segments, chunk, quiet, "barriers")
-    else:
-        compute_barrier_matrix(evaluator, snaps, alphas, grid, chunk, quiet=quiet)
+    segments = [(lambda i=i, j=j: line_family(snaps[i], snaps[j]), alphas.reshape(-1, 1), p * len(alphas))
+                for p, (i, j) in enumerate(pairs.tolist())]
+    _fill(evaluator, grid, segments, chunk, quiet, "barriers")
 
     def finish() -> dict[str, Any]:
         matrices = barrier_matrices(alphas, grid.data, [tuple(p) for p in pairs], n)
@@ -232,13 +228,8 @@ def plane(evaluator: Evaluator, center: Snapshot, directions: torch.Tensor, xs: 
                       {**prov, **dir_attrs, "bn_mode": evaluator.bn_mode, "center": center.name, "directions": name},
                       overwrite, 2, evaluator)
     todo = len(grid.missing())
-    if distributed.active():
-        segment = (lambda: plane_family(center, directions, dict(buffer_directions or {})),
-                   plane_coefficients(xs, ys), 0)
-        _fill(evaluator, grid, [segment], chunk, quiet, "plane")
-    else:
-        compute_plane(evaluator, center, directions, xs, ys, grid, chunk, quiet=quiet,
-                      buffer_directions=dict(buffer_directions or {}))
+    segment = (lambda: plane_family(center, directions, dict(buffer_directions or {})), plane_coefficients(xs, ys), 0)
+    _fill(evaluator, grid, [segment], chunk, quiet, "plane")
 
     def finish() -> dict[str, Any]:
         names, coords, dists = projections or ([], np.zeros((0, 2)), np.zeros(0))

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from typing import Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -26,6 +26,7 @@ from kernels import PRECISIONS, precision_from_torch_flags
 
 from .batched import BatchedForward, batched_metrics
 from landscape.core.bn import BN_MODES, FoldedEval, bn_modules, recompute_bn
+from landscape.core.checkpoints import Snapshot
 from landscape.core.data import StreamData, TensorData, check_labels
 from landscape.core.errors import LandscapeError
 from landscape.core.family import AffineFamily
@@ -236,6 +237,37 @@ class Evaluator:
         return {"bn_mode": self.bn_mode, "batch_size": self.batch_size,
                 "bn_samples": self.bn_samples if self.bn_mode == "recompute" else None,
                 "loss": getattr(self.loss_fn, "__name__", type(self.loss_fn).__name__), "precision": self.precision}
+
+    # -- what gradient-based analyses (Hessian, curves) take from the evaluator ----------
+    def loss_data(self) -> dict[str, Any]:
+        """The data a loss is taken over: the training split if given, else the test split, in
+        memory (x, y) or streamed; with its split name and size."""
+        split = "train" if "train" in self.splits else "test"
+        if split in self.streams:
+            return {"x": None, "y": None, "stream": self.streams[split], "split": split,
+                    "samples": len(self.streams[split])}
+        x, y = self.datasets[split]
+        return {"x": x, "y": y, "stream": None, "split": split, "samples": int(x.shape[0])}
+
+    def bn_inputs(self) -> torch.Tensor | None:
+        """The samples BN statistics are recomputed on (None: BN mode keep, or no BN)."""
+        return self._bn_x
+
+    def with_point_buffers(self, snap: Snapshot) -> Snapshot:
+        """`snap` with its BN statistics recomputed on the evaluator's BN inputs when its BN mode is
+        `recompute` (as update_bn, on the first bn_samples samples); otherwise `snap` itself."""
+        if self._bn_x is None:
+            return snap
+        model = copy.deepcopy(self.model)
+        snap.load_into(model)
+        recompute_bn(model, self._bn_x, self.batch_size)
+        return Snapshot(snap.name, snap.params, snap.layout,
+                        {k: v.detach().cpu().clone() for k, v in model.named_buffers()}, dict(snap.meta))
+
+    def precision_scope(self):
+        """The matmul precision of the evaluator's own passes (exact fp32, TF32 on CUDA, bf16
+        autocast), as a context for other computations on its model (Hessian-vector products)."""
+        return self._precision()
 
     # -- one point ---------------------------------------------------------------------
     @torch.no_grad()

@@ -46,15 +46,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from landscape.core.bn import recompute_bn
-from landscape.core.checkpoints import Snapshot, check_same_architecture
+from landscape.core.checkpoints import Snapshot
 from landscape.geometry.directions import normalize_direction
 from landscape.core.errors import LandscapeError
 from landscape.core.params import ParamLayout
 from landscape.core.validate import finite_positive, positive_int
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-KIND = "hessians"
 
 
 def _default_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -499,37 +497,6 @@ def check_spectrum_args(top_k: Any, probes: Any, iters: Any, tol: Any, density_r
         raise LandscapeError(f"--iters {it} must be at least --top-k {k}")
 
 
-def line_snapshot(a: Snapshot, b: Snapshot, alpha: float) -> Snapshot:
-    """The point (1−α)·a + α·b with floating buffers interpolated alike (as lines do with BN keep);
-    α = 0 and α = 1 give the endpoints' own vectors exactly."""
-    if alpha == 0.0:
-        params, buffers = a.params.clone(), {k: v.clone() for k, v in a.buffers.items()}
-    elif alpha == 1.0:
-        params, buffers = b.params.clone(), {k: v.clone() for k, v in b.buffers.items()}
-    else:
-        params = a.params + alpha * (b.params - a.params)
-        buffers = {k: (v + alpha * (b.buffers[k] - v)).to(v.dtype) if v.is_floating_point() else v.clone()
-                   for k, v in a.buffers.items()}
-    return Snapshot(f"{a.name}->{b.name}@{alpha:g}", params, a.layout, buffers, {"alpha": float(alpha)})
-
-
-def hessian_at_line(a: Snapshot, b: Snapshot, num: int = 5, *, model: nn.Module, x: torch.Tensor | None = None,
-                    y: torch.Tensor | None = None, alphas: Sequence[float] | None = None, quiet: bool = True,
-                    **kwargs: Any) -> dict[str, Any]:
-    """`hessian_spectrum` at each point of the line from a to b (`num` points on [0, 1], or `alphas`).
-
-    Returns alphas, eigenvalues [num, k], trace / trace_stderr [num] (with `trace`), loss and
-    grad_norm [num], and with `density` the densities [num, G] on one common grid; `points` holds
-    each point's full result (eigenvectors included)."""
-    from landscape.store.grid import line_alphas
-
-    check_same_architecture([a, b])
-    alphas = line_alphas(positive_int(num, "--num")) if alphas is None else np.asarray(alphas, dtype=np.float64)
-    points = [hessian_spectrum(model, line_snapshot(a, b, float(al)), x, y, quiet=quiet, **kwargs)
-              for al in tqdm(alphas, desc="line", disable=quiet, leave=False)]
-    return stack_points(alphas, points, kwargs.get("density_points", 1000), kwargs.get("sigma", 0.01))
-
-
 def stack_points(alphas: np.ndarray, points: Sequence[Mapping[str, Any]], density_points: int = 1000,
                  sigma: float = 0.01) -> dict[str, Any]:
     out: dict[str, Any] = {"alphas": np.asarray(alphas, dtype=np.float64),
@@ -563,9 +530,9 @@ def hessian_directions(evaluator, center: Snapshot, *, normalization: str = "fil
 
     The Hessian is that of the evaluator's data (training split if present) and loss, computed
     on its device; BN as in `hessian` (the snapshot's buffers, or recomputed with bn_mode recompute)."""
-    d = evaluator_data(evaluator)
+    d = evaluator.loss_data()
     split = d["split"]
-    snap = _point_buffers(evaluator, center)
+    snap = evaluator.with_point_buffers(center)
     res = hessian_spectrum(evaluator.model, snap, d["x"], d["y"], stream=d["stream"], top_k=2, iters=iters, tol=tol,
                            seed=seed,
                            batch_size=evaluator.batch_size, device=evaluator.device, loss_fn=evaluator.loss_fn,
@@ -579,157 +546,3 @@ def hessian_directions(evaluator, center: Snapshot, *, normalization: str = "fil
              "eigenvalues": [float(v) for v in res["eigenvalues"]], "seed": seed, "iters": iters, "tol": tol,
              "converged": res["converged"], "split": split}
     return dirs.to(center.params.dtype), attrs
-
-
-# -- the analysis layer -------------------------------------------------------------------
-def evaluator_data(evaluator) -> dict[str, Any]:
-    """The data the Hessian is taken over: the training split if given, else the test split, in
-    memory (x, y) or streamed; with its split name and size."""
-    splits = getattr(evaluator, "splits", None) or list(evaluator.datasets)
-    split = "train" if "train" in splits else "test"
-    streams = getattr(evaluator, "streams", {})
-    if split in streams:
-        return {"x": None, "y": None, "stream": streams[split], "split": split, "samples": len(streams[split])}
-    x, y = evaluator.datasets[split]
-    return {"x": x, "y": y, "stream": None, "split": split, "samples": int(x.shape[0])}
-
-
-def bn_inputs(evaluator) -> torch.Tensor | None:
-    """The samples the evaluator recomputes BN statistics on (None: BN mode keep, or no BN)."""
-    if evaluator.bn_mode != "recompute" or not evaluator.has_bn:
-        return None
-    x = getattr(evaluator, "_bn_x", None)
-    return x if x is not None else evaluator.datasets["train"][0][: evaluator.bn_samples]
-
-
-def _point_buffers(evaluator, snap: Snapshot) -> Snapshot:
-    """`snap` with its BN statistics recomputed on the training data when the evaluator's BN mode
-    is `recompute` (as update_bn, on the first bn_samples samples); otherwise `snap` itself."""
-    x = bn_inputs(evaluator)
-    if x is None:
-        return snap
-    model = copy.deepcopy(evaluator.model)
-    snap.load_into(model)
-    recompute_bn(model, x, evaluator.batch_size)
-    return Snapshot(snap.name, snap.params, snap.layout,
-                    {k: v.detach().cpu().clone() for k, v in model.named_buffers()}, dict(snap.meta))
-
-
-def _spectrum_config(evaluator, top_k, trace, density, probes, iters, tol, density_runs, density_points, sigma,
-                     seed, dtype) -> dict[str, Any]:
-    d = evaluator_data(evaluator)
-    return {**evaluator.config, "split": d["split"], "samples": d["samples"], "top_k": int(top_k),
-            "trace": bool(trace), "density": bool(density), "probes": int(probes) if trace else None,
-            "iters": int(iters), "tol": float(tol), "density_runs": int(density_runs) if density else None,
-            "density_points": int(density_points) if density else None, "sigma": float(sigma) if density else None,
-            "seed": int(seed), "dtype": None if dtype is None else str(dtype)}
-
-
-_SCALARS = ("loss", "grad_norm", "trace", "trace_stderr", "iterations", "converged", "hvps", "seconds",
-            "density_sigma", "parameters", "diverged", "cached_batches", "batches")
-_ARRAYS = ("eigenvalues", "eigenvectors", "residuals", "trace_samples", "density_grid", "density", "slq_nodes",
-           "slq_weights")
-
-
-def _finished(store, name: str, config: Mapping[str, Any], overwrite: bool, what: str) -> dict[str, Any] | None:
-    """The stored result `name` when it was computed with `config`; None when it must be computed;
-    a one-line refusal when it exists with other arguments and not `overwrite`."""
-    from landscape.store.store import config_differences, same_config
-
-    if store is None or not store.has(KIND, name):
-        return None
-    attrs = store.read_attrs(KIND, name)
-    if same_config(attrs.get("config"), config):
-        obj = store.read(KIND, name)
-        return {"trace": None, "trace_stderr": None, **{k: attrs[k] for k in _SCALARS if k in attrs},
-                **{k: np.asarray(v) for k, v in obj.arrays.items()}}
-    if not overwrite:
-        raise LandscapeError(f"{what} {name!r} in store {store.path!r} was computed with different arguments "
-                             f"({config_differences(attrs.get('config'), config)}); use --overwrite to replace it "
-                             "or choose another --name")
-    return None
-
-
-def hessian(evaluator, snapshot: Snapshot, *, top_k: int = 1, trace: bool = False, density: bool = False,
-            probes: int = 100, iters: int = 100, tol: float = 1e-4, density_runs: int = 1,
-            density_points: int = 1000, sigma: float = 0.01, seed: int = 0, dtype: str | None = None,
-            keep_eigenvectors: bool = True, store=None, name: str = "hessian",
-            provenance: Mapping[str, Any] | None = None, overwrite: bool = False, quiet: bool = True
-            ) -> dict[str, Any]:
-    """The Hessian spectrum at `snapshot` on the evaluator's data (training split if present), loss,
-    batch size and device, stored as object `name` of kind "hessians".
-
-    BN: eval mode with the snapshot's buffers (evaluator BN mode keep), or with statistics
-    recomputed at the point (mode recompute). A finished result with the same arguments is returned
-    without computing or writing; other arguments on an existing name are refused unless `overwrite`.
-    """
-    check_spectrum_args(top_k, probes, iters, tol, density_runs, density_points, sigma)
-    prov = dict(provenance or {})
-    config = {**prov, **_spectrum_config(evaluator, top_k, trace, density, probes, iters, tol, density_runs,
-                                         density_points, sigma, seed, dtype),
-              "snapshot": snapshot.fingerprint(), "keep_eigenvectors": bool(keep_eigenvectors)}
-    head = {"kind": "hessian", "name": name, "snapshot": snapshot.name, "bn_mode": evaluator.bn_mode}
-    done = _finished(store, name, config, overwrite, "Hessian")
-    if done is not None:
-        return {**head, **done, "computed_now": 0}
-    if store is not None:
-        store.lock()  # the one writer before any work (as grids do): a second writer is refused now
-    d = evaluator_data(evaluator)
-    split = d["split"]
-    res = hessian_spectrum(evaluator.model, _point_buffers(evaluator, snapshot), d["x"], d["y"], stream=d["stream"],
-                           top_k=top_k, trace=trace,
-                           density=density, probes=probes, iters=iters, tol=tol, density_runs=density_runs,
-                           density_points=density_points, sigma=sigma, seed=seed, batch_size=evaluator.batch_size,
-                           device=evaluator.device, loss_fn=evaluator.loss_fn, dtype=dtype, quiet=quiet)
-    if not keep_eigenvectors:
-        res.pop("eigenvectors")
-    if store is not None:
-        arrays = {k: (v.numpy() if isinstance(v, torch.Tensor) else np.asarray(v)) for k, v in res.items()
-                  if k in _ARRAYS}
-        attrs = {**prov, "bn_mode": evaluator.bn_mode, "split": split, "snapshot": snapshot.name,
-                 "config": config, **{k: res[k] for k in _SCALARS if k in res and res[k] is not None}}
-        store.write(KIND, name, arrays, attrs, overwrite=overwrite or store.has(KIND, name))
-    return {**head, **res, "computed_now": 1}
-
-
-def hessian_line(evaluator, a: Snapshot, b: Snapshot, alphas: np.ndarray, *, store=None, name: str = "hessian-line",
-                 provenance: Mapping[str, Any] | None = None, overwrite: bool = False, quiet: bool = True,
-                 top_k: int = 1, trace: bool = False, density: bool = False, probes: int = 100, iters: int = 100,
-                 tol: float = 1e-4, density_runs: int = 1, density_points: int = 1000, sigma: float = 0.01,
-                 seed: int = 0, dtype: str | None = None) -> dict[str, Any]:
-    """`hessian` at each point (1−α)·a + α·b (buffers interpolated; BN per the evaluator's mode).
-
-    Each point is its own stored object `NAME-i` (without eigenvectors), so a rerun after a crash
-    computes only the missing points; the line's summary (alphas, eigenvalues [n, k], trace,
-    trace_stderr, loss, grad_norm, densities on a common grid) is the object `NAME`."""
-    check_same_architecture([a, b])
-    check_spectrum_args(top_k, probes, iters, tol, density_runs, density_points, sigma)
-    alphas = np.asarray(alphas, dtype=np.float64)
-    prov = dict(provenance or {})
-    settings = dict(top_k=top_k, trace=trace, density=density, probes=probes, iters=iters, tol=tol,
-                    density_runs=density_runs, density_points=density_points, sigma=sigma, seed=seed, dtype=dtype)
-    config = {**prov, **_spectrum_config(evaluator, top_k, trace, density, probes, iters, tol, density_runs,
-                                         density_points, sigma, seed, dtype),
-              "a": a.fingerprint(), "b": b.fingerprint(), "alphas": alphas.tolist()}
-    head = {"kind": "hessian_line", "name": name, "a": a.name, "b": b.name, "bn_mode": evaluator.bn_mode}
-    done = _finished(store, name, config, overwrite, "Hessian line")
-    if done is not None:
-        return {**head, **done, "computed_now": 0}
-    if store is not None:
-        store.lock()
-    points, computed = [], 0
-    for i, al in enumerate(tqdm(alphas, desc="line", disable=quiet, leave=False)):
-        res = hessian(evaluator, line_snapshot(a, b, float(al)), store=store, name=f"{name}-{i}", provenance=prov,
-                      overwrite=overwrite, quiet=quiet, keep_eigenvectors=False, **settings)
-        computed += res["computed_now"]
-        points.append(res)
-    out = stack_points(alphas, points, density_points, sigma)
-    out.pop("points")
-    if store is not None:
-        arrays = {k: np.asarray(v) for k, v in out.items() if v is not None}
-        attrs = {**prov, "bn_mode": evaluator.bn_mode, "a": a.name, "b": b.name, "config": config,
-                 "points": [f"{name}-{i}" for i in range(len(alphas))],
-                 **({"density_sigma": out["density_sigma"]} if "density_sigma" in out else {})}
-        arrays.pop("density_sigma", None)
-        store.write(KIND, name, arrays, attrs, overwrite=overwrite or store.has(KIND, name))
-    return {**head, **out, "computed_now": computed}

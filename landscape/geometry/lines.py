@@ -6,7 +6,6 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from landscape.core.checkpoints import Snapshot, check_same_architecture
-from landscape.evaluate.engine import Evaluator
 from landscape.core.family import AffineFamily
 
 
@@ -44,37 +43,6 @@ def line_family(a: Snapshot, b: Snapshot) -> AffineFamily:
     return AffineFamily.line(a.params, b.params, a.buffers, b.buffers)
 
 
-def compute_line(evaluator: Evaluator, a: Snapshot, b: Snapshot, alphas: np.ndarray, grid,
-                 chunk_size: int | None = None, quiet: bool = True) -> dict[str, np.ndarray]:
-    """Fill the missing points of a curve grid (shape [len(alphas)]) and return all its arrays."""
-    family = line_family(a, b)
-    todo = grid.missing()
-    if len(todo):
-        evaluator.run(family, alphas.reshape(-1, 1), todo, chunk_size,
-                      on_chunk=lambda idx, vals: grid.write(idx, vals), quiet=quiet, desc="line")
-    return grid.read()
-
-
-def compute_barrier_matrix(evaluator: Evaluator, snaps: Sequence[Snapshot], alphas: np.ndarray, grid,
-                           chunk_size: int | None = None, quiet: bool = True) -> dict[str, np.ndarray]:
-    """Curves for every pair i<j (grid shape [n_pairs, len(alphas)]) and the barrier matrices."""
-    check_same_architecture(list(snaps))
-    n, na = len(snaps), len(alphas)
-    pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
-    todo = grid.missing()
-    for p, (i, j) in enumerate(pairs):
-        mine = todo[(todo >= p * na) & (todo < (p + 1) * na)]
-        if not len(mine):
-            continue
-        family = line_family(snaps[i], snaps[j])
-        evaluator.run(family, alphas.reshape(-1, 1), mine - p * na, chunk_size,
-                      on_chunk=lambda idx, vals, off=p * na: grid.write(idx + off, vals), quiet=quiet,
-                      desc=f"pair {i}-{j}")
-    data = grid.read()
-    data.update(barrier_matrices(alphas, data, pairs, n))
-    return data
-
-
 def barrier_matrices(alphas: np.ndarray, data: Mapping[str, np.ndarray], pairs: Sequence[tuple[int, int]],
                      n: int) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
@@ -85,3 +53,17 @@ def barrier_matrices(alphas: np.ndarray, data: Mapping[str, np.ndarray], pairs: 
             mat = out.setdefault(f"{key}_barrier", np.zeros((n, n)))
             mat[i, j] = mat[j, i] = res["barrier"]
     return out
+
+
+def line_snapshot(a: Snapshot, b: Snapshot, alpha: float) -> Snapshot:
+    """The point (1−α)·a + α·b with floating buffers interpolated alike (as lines do with BN keep);
+    α = 0 and α = 1 give the endpoints' own vectors exactly."""
+    if alpha == 0.0:
+        params, buffers = a.params.clone(), {k: v.clone() for k, v in a.buffers.items()}
+    elif alpha == 1.0:
+        params, buffers = b.params.clone(), {k: v.clone() for k, v in b.buffers.items()}
+    else:
+        params = a.params + alpha * (b.params - a.params)
+        buffers = {k: (v + alpha * (b.buffers[k] - v)).to(v.dtype) if v.is_floating_point() else v.clone()
+                   for k, v in a.buffers.items()}
+    return Snapshot(f"{a.name}->{b.name}@{alpha:g}", params, a.layout, buffers, {"alpha": float(alpha)})

@@ -8,7 +8,6 @@ import torch
 
 from landscape.core.checkpoints import Snapshot
 from .directions import project
-from landscape.evaluate.engine import Evaluator
 from landscape.core.family import AffineFamily
 
 
@@ -42,17 +41,6 @@ def through_buffer_directions(center: Snapshot, b: Snapshot, c: Snapshot,
         db, dc = (b.buffers[name].double() - b0.double()), (c.buffers[name].double() - b0.double())
         out[name] = torch.stack([m_inv[0, k] * db + m_inv[1, k] * dc for k in range(2)]).to(b0.dtype)
     return out
-
-
-def compute_plane(evaluator: Evaluator, center: Snapshot, directions: torch.Tensor, xs: np.ndarray,
-                  ys: np.ndarray, grid, chunk_size: int | None = None, quiet: bool = True,
-                  buffer_directions: dict[str, torch.Tensor] | None = None) -> dict[str, np.ndarray]:
-    """Fill the missing points of a surface grid [len(xs), len(ys)] and return its arrays."""
-    todo = grid.missing()
-    if len(todo):
-        evaluator.run(plane_family(center, directions, buffer_directions), plane_coefficients(xs, ys), todo,
-                      chunk_size, on_chunk=lambda idx, vals: grid.write(idx, vals), quiet=quiet, desc="plane")
-    return grid.read()
 
 
 def project_snapshots(snaps: Iterable[Snapshot], origin: torch.Tensor,

@@ -577,6 +577,22 @@ class Store:
         obj = self.read("directions", name)
         return torch.from_numpy(obj["directions"]), obj.attrs
 
+    # -- resume, or refuse -----------------------------------------------------------------
+    def resume_or_refuse(self, kind: str, name: str, config: Mapping[str, Any], overwrite: bool) -> bool:
+        """True when `name` of `kind` is stored, finished, with `config` (nothing to compute); False
+        when it must be computed (absent, or `overwrite` given); a one-line refusal, naming the
+        arguments that differ, when it was computed with others. Every kind of result decides here."""
+        if not self.has(kind, name):
+            return False
+        old = self.read_attrs(kind, name).get("config")
+        if same_config(old, config):
+            return True
+        if not overwrite:
+            raise LandscapeError(f"{self._what(kind, name)} in store {self.path!r} was computed with different "
+                                 f"arguments ({config_differences(old, config)}); use --overwrite to replace it or "
+                                 "choose another --name")
+        return False
+
     # -- resumable grids -----------------------------------------------------------------
     def open_grid(self, kind: str, name: str, shape: Sequence[int], metrics: Sequence[str],
                   arrays: Mapping[str, np.ndarray], config: Mapping[str, Any],
@@ -587,18 +603,12 @@ class Store:
         stays until the new one is finished."""
         check_name(name)
         config_json = json.dumps(config, sort_keys=True, default=str)
-        grid = Grid(self, kind, name, tuple(int(s) for s in shape), list(metrics), dict(arrays), config_json,
-                          dict(attrs or {}))
-        if self.has(kind, name):
-            old = self.read_attrs(kind, name).get("config")
-            if same_config(old, config):
-                obj = self.read(kind, name)
-                grid.load_finished(obj.arrays, obj.attrs)
-                return grid
-            if not overwrite:
-                raise LandscapeError(f"{self._what(kind, name)} in store {self.path!r} was computed with different "
-                                     f"arguments ({config_differences(old, config)}); use --overwrite to replace it or "
-                                     "choose another --name")
+        grid = Grid(self._write_grid, kind, name, tuple(int(s) for s in shape), list(metrics), dict(arrays),
+                    config_json, dict(attrs or {}))
+        if self.resume_or_refuse(kind, name, config, overwrite):
+            obj = self.read(kind, name)
+            grid.load_finished(obj.arrays, obj.attrs)
+            return grid
         self.lock()  # we will compute: become the writer before any work, then look again
         partial = self._partial_file(kind, name)
         if os.path.isfile(partial):
