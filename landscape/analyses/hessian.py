@@ -12,9 +12,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from landscape.core import distributed
 from landscape.core.checkpoints import Snapshot, check_same_architecture
 from landscape.evaluate.engine import Evaluator
-from landscape.evaluate.hessian import check_spectrum_args, hessian_spectrum, stack_points
+from landscape.evaluate.hessian import check_spectrum_args, hessian_directions, hessian_spectrum, stack_points
 from landscape.geometry.lines import line_snapshot
 from landscape.store.store import Store
 
@@ -76,12 +77,13 @@ def hessian(evaluator: Evaluator, snapshot: Snapshot, *, top_k: int = 1, trace: 
         store.lock()  # the one writer before any work (as grids do): a second writer is refused now
     d = evaluator.loss_data()
     split = d["split"]
-    with evaluator.precision_scope():  # the products at the precision the result is stored with
-        res = hessian_spectrum(evaluator.model, evaluator.with_point_buffers(snapshot), d["x"], d["y"],
-                               stream=d["stream"], top_k=top_k, trace=trace, density=density, probes=probes,
-                               iters=iters, tol=tol, density_runs=density_runs, density_points=density_points,
-                               sigma=sigma, seed=seed, batch_size=evaluator.batch_size, device=evaluator.device,
-                               loss_fn=evaluator.loss_fn, dtype=dtype, probe_batch=probe_batch, quiet=quiet)
+    # the products at the evaluator's precision, which the result is stored with
+    res = hessian_spectrum(evaluator.model, evaluator.with_point_buffers(snapshot), d["x"], d["y"],
+                           stream=d["stream"], top_k=top_k, trace=trace, density=density, probes=probes,
+                           iters=iters, tol=tol, density_runs=density_runs, density_points=density_points,
+                           sigma=sigma, seed=seed, batch_size=evaluator.batch_size, device=evaluator.device,
+                           loss_fn=evaluator.loss_fn, dtype=dtype, probe_batch=probe_batch, quiet=quiet,
+                           scope=evaluator.precision_scope)
     if not keep_eigenvectors:
         res.pop("eigenvectors")
     if store is not None:
@@ -136,3 +138,36 @@ def hessian_line(evaluator: Evaluator, a: Snapshot, b: Snapshot, alphas: np.ndar
         arrays.pop("density_sigma", None)
         store.write(KIND, name, arrays, attrs, overwrite=overwrite or store.has(KIND, name))
     return {**head, **out, "computed_now": computed}
+
+
+def plane_directions(evaluator: Evaluator, center: Snapshot, *, store: Store | None = None, name: str = "plane",
+                     normalization: str = "filter", ignore_bias_bn: bool = True, iters: int = 100,
+                     tol: float = 1e-4, seed: int = 0, overwrite: bool = False, quiet: bool = True
+                     ) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The top two Hessian eigenvectors at `center` as plane directions, computed once, on rank 0,
+    and stored as the directions `NAME-hessian` with the config they were computed with: a rerun
+    finds them there instead of running Lanczos again (whose eigenvectors could differ in sign, or
+    by device, and so refuse the resume). Where the surface `name` already exists and `overwrite`
+    is not given, nothing is written (the plane may still be refused, changing nothing)."""
+    key = f"{name}-hessian"
+    config = {**evaluator.config, "center": center.fingerprint(), "normalization": normalization,
+              "ignore_bias_bn": bool(ignore_bias_bn), "iters": int(iters), "tol": float(tol), "seed": int(seed)}
+
+    def on_rank0() -> tuple[torch.Tensor, dict[str, Any]]:
+        if store is not None and store.resume_or_refuse("directions", key, config, overwrite):
+            directions, attrs = store.read_directions(key)
+            return directions, {k: v for k, v in attrs.items() if k in _DIRECTION_ATTRS}
+        directions, attrs = hessian_directions(evaluator, center, normalization=normalization,
+                                               ignore_bias_bn=ignore_bias_bn, iters=iters, tol=tol, seed=seed,
+                                               quiet=quiet)
+        if store is not None and (overwrite or not store.has("surfaces", name)):
+            store.lock()
+            store.write_directions(key, directions, {**attrs, "config": config},
+                                   overwrite=store.has("directions", key))
+        return directions, attrs
+    return distributed.on_rank0(on_rank0)
+
+
+# the attributes hessian_directions gives a plane (and the stored directions give back)
+_DIRECTION_ATTRS = ("kind", "normalization", "ignore_bias_bn", "eigenvalues", "seed", "iters", "tol", "converged",
+                    "split")

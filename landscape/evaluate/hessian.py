@@ -35,6 +35,7 @@ All random draws come from CPU generators seeded from `seed`: same numbers on ev
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -86,7 +87,10 @@ class HessianOperator:
                  y: torch.Tensor | None = None, *, stream=None, batch_size: int = 250,
                  device: str | torch.device = "cpu", loss_fn: LossFn | None = None,
                  dtype: str | torch.dtype | None = None, cache: bool | str = "auto", cache_bytes: int | None = None,
-                 probe_batch: int | None = None) -> None:
+                 probe_batch: int | None = None, scope: Callable[[], Any] | None = None) -> None:
+        # the forward passes run inside `scope()` (the evaluator's matmul precision: bf16 autocast,
+        # TF32); the vectors, the accumulation and Lanczos stay in the operator's dtype
+        self.scope = scope or contextlib.nullcontext
         self.batch_size = positive_int(batch_size, "--batch-size")
         self.stream = stream
         if stream is None and (not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor)
@@ -135,8 +139,8 @@ class HessianOperator:
 
     def _graph(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], float, torch.Tensor]:
         w = xb.shape[0] / self.n
-        with torch.enable_grad():
-            loss = self.loss_fn(self.model(xb), yb)
+        with torch.enable_grad(), self.scope():
+            loss = self.loss_fn(self.model(xb).to(self.dtype), yb)
             grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
         grads = tuple(torch.zeros_like(p) if g is None else g for g, p in zip(grads, self.params))
         return grads, w, loss.detach()
@@ -209,7 +213,7 @@ class HessianOperator:
             return torch.zeros(*lead, self.numel, dtype=self.dtype, device=self.device)
         hv = torch.autograd.grad([grads[i] for i in live], self.params, grad_outputs=[vs[i] for i in live],
                                  retain_graph=retain, allow_unused=True, is_grads_batched=batched)
-        return self._flat(hv, lead)
+        return self._flat(hv, lead).to(self.dtype)
 
     def _apply(self, v: torch.Tensor, batched: bool) -> torch.Tensor:
         self.prepare()
@@ -431,8 +435,8 @@ def hessian_spectrum(model: nn.Module, snapshot: Snapshot, x: torch.Tensor | Non
                      tol: float = 1e-4, density_runs: int = 1, density_points: int = 1000, sigma: float = 0.01,
                      seed: int = 0, batch_size: int = 250, device: str | torch.device = "cpu",
                      loss_fn: LossFn | None = None, dtype: str | torch.dtype | None = None,
-                     cache: bool | str = "auto", probe_batch: int | None = None, quiet: bool = True
-                     ) -> dict[str, Any]:
+                     cache: bool | str = "auto", probe_batch: int | None = None, quiet: bool = True,
+                     scope: Callable[[], Any] | None = None) -> dict[str, Any]:
     """Top-k eigenpairs (always), Hutchinson trace (`trace`) and SLQ density (`density`) of the
     Hessian of the mean loss over (x, y) (or the streamed data set `stream`) at `snapshot` (eval
     mode, the snapshot's buffers).
@@ -445,7 +449,7 @@ def hessian_spectrum(model: nn.Module, snapshot: Snapshot, x: torch.Tensor | Non
     check_spectrum_args(top_k, probes, iters, tol, density_runs, density_points, sigma)
     t0 = time.perf_counter()
     op = HessianOperator(model, snapshot, x, y, stream=stream, batch_size=batch_size, device=device, loss_fn=loss_fn,
-                         dtype=dtype, cache=cache, probe_batch=probe_batch)
+                         dtype=dtype, cache=cache, probe_batch=probe_batch, scope=scope)
     total = iters + (probes if trace else 0) + (density_runs * min(iters, op.numel) if density else 0)
     with tqdm(total=total, desc="Hessian-vector products", disable=quiet, unit="hvp", leave=False) as bar:
         op.bar = bar
@@ -536,7 +540,7 @@ def hessian_directions(evaluator, center: Snapshot, *, normalization: str = "fil
     res = hessian_spectrum(evaluator.model, snap, d["x"], d["y"], stream=d["stream"], top_k=2, iters=iters, tol=tol,
                            seed=seed,
                            batch_size=evaluator.batch_size, device=evaluator.device, loss_fn=evaluator.loss_fn,
-                           quiet=quiet)
+                           quiet=quiet, scope=evaluator.precision_scope)
     if res["diverged"]:
         raise LandscapeError(f"the loss at {center.name!r} is not finite: no Hessian directions")
     vecs = res["eigenvectors"]

@@ -1,0 +1,116 @@
+"""Options every command honours: hessian/connect take --precision and --chunk into their stored
+config, plane --hessian-directions finds its eigenvectors in the store on a rerun, and the CLI's
+own commands exist whatever the plugins do (a broken plugin is reported, never swallowed)."""
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from landscape import cli
+from landscape.store.store import Store
+
+
+def _mlp() -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
+
+
+@pytest.fixture()
+def problem(tmp_path, monkeypatch):
+    """Two checkpoints of a user model, train and test tensors, in the working folder."""
+    g = torch.Generator().manual_seed(0)
+    x, xt = torch.randn(40, 6, generator=g), torch.randn(30, 6, generator=g)
+    y, yt = torch.randint(0, 3, (40,), generator=g), torch.randint(0, 3, (30,), generator=g)
+    (tmp_path / "opts_user_mlp.py").write_text(
+        "from torch import nn\n\ndef make(num_classes=3, **_):\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, num_classes))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    torch.save({"x": x, "y": y}, "train.pt")
+    torch.save({"x": xt, "y": yt}, "test.pt")
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        torch.save(_mlp().state_dict(), f"m{seed}.pt")
+    return ["--model", "opts_user_mlp:make", "--data", "tensors:train.pt", "--test-data", "tensors:test.pt",
+            "--quiet"]
+
+
+def _run(argv, capsys) -> dict:
+    code = cli.main(argv)
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    return json.loads(out) if "--json" in argv else {}
+
+
+def test_hessian_stores_precision_and_chunk(problem, capsys):
+    _run(["hessian", "m1.pt", "--precision", "bf16", "--chunk", "3", "--trace", "--probes", "6", "--out", "s",
+          "--json", *problem], capsys)
+    config = Store("s").read_attrs("hessians", "hessian")["config"]
+    assert config["precision"] == "bf16" and config["probe_batch"] == 3
+    # other arguments on the same name are refused, naming what differs
+    code = cli.main(["hessian", "m1.pt", "--precision", "exact", "--chunk", "3", "--trace", "--probes", "6",
+                     "--out", "s", *problem])
+    assert code == 2 and "precision" in capsys.readouterr()[1]
+
+
+def test_hessian_chunk_batches_the_probes_with_the_same_numbers(problem, capsys):
+    one = _run(["hessian", "m1.pt", "--trace", "--probes", "6", "--chunk", "1", "--json", *problem], capsys)
+    three = _run(["hessian", "m1.pt", "--trace", "--probes", "6", "--chunk", "3", "--json", *problem], capsys)
+    assert three["trace"] == pytest.approx(one["trace"], rel=1e-5)
+    assert np.allclose(three["eigenvalues"], one["eigenvalues"], rtol=1e-4)
+
+
+def test_connect_stores_precision(problem, capsys):
+    _run(["connect", "m1.pt", "m2.pt", "--num", "3", "--epochs", "1", "--precision", "bf16", "--chunk", "2",
+          "--out", "s", "--json", *problem], capsys)
+    assert Store("s").read_attrs("connections", "connect")["config"]["precision"] == "bf16"
+
+
+def test_hessian_directions_are_found_in_the_store_on_a_rerun(problem, capsys, monkeypatch):
+    from landscape.evaluate import hessian as spectra
+
+    argv = ["plane", "m1.pt", "--hessian-directions", "--x", "-1:1:3", "--y", "-1:1:3", "--out", "s", "--json",
+            *problem]
+    first = _run(argv, capsys)
+    stored, attrs = Store("s").read_directions("plane-hessian")
+    assert stored.shape[0] == 2 and attrs["kind"] == "hessian" and attrs["config"]["normalization"] == "filter"
+
+    def no_lanczos(*args, **kwargs):
+        raise AssertionError("the rerun ran Lanczos again")
+
+    monkeypatch.setattr(spectra, "hessian_spectrum", no_lanczos)
+    again = _run(argv, capsys)
+    assert again["computed_now"] == 0 and again["test_loss"] == first["test_loss"]
+    # a killed run (surface unfinished) resumes along the stored directions, not fresh ones
+    surface = Store("s")._file("surfaces", "plane")
+    import os
+    os.unlink(surface)
+    resumed = _run(argv, capsys)
+    assert resumed["computed_now"] == 9 and resumed["test_loss"] == first["test_loss"]
+
+
+def test_builtin_commands_do_not_depend_on_plugins(monkeypatch, capsys):
+    monkeypatch.setattr(cli, "entry_points", lambda group: [])
+    monkeypatch.setattr(cli.importlib.util, "find_spec", lambda name: None)  # not even a checkout
+    commands = cli.build_parser()._subparsers._group_actions[0].choices
+    assert {"interpolate", "barriers", "plane", "ensemble", "hessian", "connect", "plot", "export",
+            "info"} <= set(commands)
+    assert "run" not in commands and capsys.readouterr()[1] == ""
+
+
+def test_experiments_commands_come_from_a_checkout_too(monkeypatch):
+    monkeypatch.setattr(cli, "entry_points", lambda group: [])  # not pip-installed
+    assert {"run", "demo"} <= set(cli.build_parser()._subparsers._group_actions[0].choices)
+
+
+def test_a_broken_plugin_is_reported_in_one_line(monkeypatch, capsys):
+    broken = SimpleNamespace(name="broken", value="no_such_module_for_landscape:register")
+    monkeypatch.setattr(cli, "entry_points", lambda group: [broken])
+    commands = cli.build_parser()._subparsers._group_actions[0].choices
+    err = capsys.readouterr()[1]
+    assert "hessian" in commands and err.count("\n") == 1
+    assert "plugin 'broken'" in err and "no_such_module_for_landscape" in err
