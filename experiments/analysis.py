@@ -12,7 +12,7 @@
   onto it (landscape.analyses.grids.plane);
 - `sharpness`: top Hessian eigenvalue and trace of each method's first members (landscape.evaluate.hessian);
 - `study_curves`: trained Bezier curves against straight lines between two Global DE members and
-  between the fine-tuned model and a large-cycle-lr member (landscape.geometry.curves).
+  between the fine-tuned model and a large-cycle-lr member (landscape.analyses.connect).
 
 Lines, matrices and the plane are the analysis layer's resumable results in the store: a
 restarted analysis computes only missing points, and a finished one is read, not rewritten.
@@ -31,7 +31,7 @@ from kernels import ensemble_metrics
 from landscape.analyses import grids as analyses
 from landscape.core.bn import recompute_bn
 from landscape.core.checkpoints import Snapshot
-from landscape.geometry.curves import connect as connect_curve
+from landscape.analyses.connect import connect as connect_curve
 from landscape.geometry.directions import plane_through
 from landscape.evaluate.engine import Evaluator
 from landscape.geometry.ranges import line_alphas

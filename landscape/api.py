@@ -18,17 +18,22 @@ import numpy as np
 import torch
 from torch import nn
 
+from landscape.analyses import connect as connect_analysis
 from landscape.analyses import grids as analyses
+from landscape.analyses import hessian as hessian_analysis
+from landscape.analyses.grids import to_json
 from landscape.core import distributed
 from landscape.core.checkpoints import Snapshot, check_same_architecture
 from landscape.core.data import StreamData, TensorData, load_data
 from landscape.geometry.directions import pca_directions, plane_through, project, random_direction, relative_frame
 from landscape.evaluate.engine import Evaluator, LossFn, resolve_device
-from .exports import export  # noqa: F401 - `landscape export` as a function
+from .exports import export  # `landscape export` as a function
 from landscape.evaluate.ensembles import MemberForward, evaluate_ensemble, fit_temperatures, member_orders, table_rows
 from landscape.core.errors import LandscapeError
-from landscape.store.grid import alpha_range, line_alphas, parse_range
-from landscape.evaluate.hessian import hessian_directions as top_eigen_directions
+from landscape.core.loader import load_callable
+from landscape.geometry.ranges import alpha_range, line_alphas, parse_range
+from landscape.evaluate.hessian import check_spectrum_args
+from landscape.geometry.curves import CURVES, OPTIMIZERS, check_training_args
 from landscape.core.jsonable import to_jsonable
 from landscape.core.models import BUILTIN_MODELS, build_model
 from landscape.geometry.planes import project_snapshots, through_buffer_directions
@@ -74,18 +79,9 @@ def resolve_loss(loss: str | LossFn | None) -> tuple[LossFn | None, bool, str]:
         def mse(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
             return torch.nn.functional.mse_loss(outputs.reshape(targets.shape).to(targets.dtype), targets)
         return mse, False, "values"
-    module_name, sep, attr = str(loss).partition(":")
-    if not sep or not module_name or not attr:
+    if ":" not in str(loss):  # a name, not a module:callable spec
         raise LandscapeError(f"unknown --loss {loss!r}: choose ce, mse or package.module:callable")
-    import importlib
-
-    try:
-        fn = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise LandscapeError(f"--loss {loss!r}: cannot import it: {exc}") from None
-    if not callable(fn):
-        raise LandscapeError(f"--loss {loss!r} is not callable")
-    return fn, True, "labels"
+    return load_callable(str(loss), "--loss", expected="ce, mse or package.module:callable"), True, "labels"
 
 
 def setup(model: str | nn.Module, data: str | TensorData | None, test_data: str | TensorData | None = None, *,
@@ -248,8 +244,9 @@ def plane(center: str | Snapshot, *, model: str | nn.Module, data=None, test_dat
             xs = xs if xs is not None else _default_range(traj[:, 0])
             ys = ys if ys is not None else _default_range(traj[:, 1])
         elif hessian_directions:  # the top two eigenvectors of the Hessian at the centre
-            directions, dir_attrs = top_eigen_directions(s.evaluator, c, normalization=normalization,
-                                            ignore_bias_bn=ignore_bias_bn, seed=seed, quiet=quiet)
+            directions, dir_attrs = hessian_analysis.plane_directions(
+                s.evaluator, c, store=store, name=name, normalization=normalization, ignore_bias_bn=ignore_bias_bn,
+                seed=seed, overwrite=overwrite, quiet=quiet)
             dir_attrs = {**dir_attrs, "unit": f"{normalization}-normalised eigenvector"}
             xs = xs if xs is not None else parse_range("-1:1:11")
             ys = ys if ys is not None else parse_range("-1:1:11")
@@ -513,3 +510,97 @@ class _PredictionWriter:
             self.created = True
         self.obj.write("predictions", (slice(None), slice(start, start + logits.shape[1])),
                        logits.detach().cpu().numpy())
+
+
+# -- curvature and curves --------------------------------------------------------------
+_POINT_KEYS = ("name", "snapshot", "eigenvalues", "residuals", "iterations", "converged", "trace", "trace_stderr",
+               "loss", "grad_norm", "parameters", "hvps", "seconds", "diverged", "computed_now")
+
+
+def _point_json(res: dict[str, Any], density: bool) -> dict[str, Any]:
+    out = {k: res.get(k) for k in _POINT_KEYS}
+    if density and "density" in res:
+        out["density"] = {"grid": res["density_grid"], "values": res["density"], "sigma": res.get("density_sigma")}
+    return to_jsonable(out)
+
+
+def hessian(snapshots: Sequence[str | Snapshot] = (), *, model: str | nn.Module, data=None, test_data=None,
+            along: Sequence[str | Snapshot] | None = None, num: int = 5, top_k: int = 1, trace: bool = False,
+            density: bool = False, probes: int = 100, iters: int = 100, tol: float = 1e-4, density_runs: int = 1,
+            seed: int = 0, dtype: str | None = None, bn: str = "auto", out: str | None = None,
+            name: str = "hessian", overwrite: bool = False, device: str = "auto", num_classes: int | None = None,
+            batch_size: int = 250, bn_samples: int = 2000, quiet: bool = True,
+            loss_fn: LossFn | str | None = None, precision: str = "exact", chunk: int | None = None
+            ) -> dict[str, Any]:
+    """Hessian spectra (top-k eigenvalues, with `trace` the Hutchinson trace and its standard error,
+    with `density` the SLQ spectral density) of the mean loss over the data (`data`, else
+    `test_data`) at each snapshot, or with `along=(A, B)` at `num` points of the line from A to B.
+
+    Stored (with `out`) as kind "hessians": one snapshot under `name`, several under NAME-0,
+    NAME-1, ...; a line under `name` (its points under NAME-0, ...). JSON: eigenvalues
+    (descending), trace, trace_stderr (null without `trace`), per snapshot or per point.
+    `precision` is the products' matmul precision and `chunk` the probe vectors per batched
+    Hessian-vector product; both are part of the stored result's config."""
+    check_spectrum_args(top_k, probes, iters, tol, density_runs)
+    snapshots = list(snapshots or [])
+    if along is not None and len(along) != 2:
+        raise LandscapeError("--along needs exactly two snapshots A B")
+    if along is None and not snapshots:
+        raise LandscapeError("give one or more snapshots, or --along A B")
+    if along is not None and snapshots:
+        raise LandscapeError("give snapshots or --along A B, not both")
+    alphas = line_alphas(positive_int(num, "--num")) if along is not None else None
+    settings = dict(top_k=top_k, trace=trace, density=density, probes=probes, iters=iters, tol=tol,
+                    density_runs=density_runs, seed=seed, dtype=dtype,
+                    probe_batch=None if chunk is None else positive_int(chunk, "--chunk"))
+    with open_store(out) as store:
+        s = setup(model, data, test_data, num_classes=num_classes, bn=bn, device=device, batch_size=batch_size,
+                  bn_samples=bn_samples, loss_fn=loss_fn, precision=precision, snapshots=list(along or snapshots))
+        if along is not None:
+            a, b = _snapshots(list(along), s.model)
+            res = hessian_analysis.hessian_line(s.evaluator, a, b, alphas, store=store, name=name, provenance=s.provenance(),
+                               overwrite=overwrite, quiet=quiet, **settings)
+            body = {k: res.get(k) for k in ("kind", "name", "a", "b", "bn_mode", "alphas", "eigenvalues", "trace",
+                                             "trace_stderr", "loss", "grad_norm", "converged", "computed_now")}
+            if density:
+                body["density"] = {"grid": res["density_grid"], "values": res["density"],
+                                   "sigma": res.get("density_sigma")}
+            return to_jsonable({**body, "store": out})
+        snaps = _snapshots(snapshots, s.model)
+        names = [name] if len(snaps) == 1 else [f"{name}-{i}" for i in range(len(snaps))]
+        results = [hessian_analysis.hessian(s.evaluator, sn, store=store, name=nm, provenance=s.provenance(),
+                                    overwrite=overwrite, quiet=quiet, **settings)
+                   for sn, nm in zip(snaps, names)]
+    points = [_point_json(r, density) for r in results]
+    if len(points) == 1:
+        return {"kind": "hessian", "bn_mode": s.evaluator.bn_mode, **points[0], "store": out}
+    return {"kind": "hessians", "bn_mode": s.evaluator.bn_mode, "snapshots": [p["snapshot"] for p in points],
+            "eigenvalues": [p["eigenvalues"] for p in points], "trace": [p["trace"] for p in points],
+            "trace_stderr": [p["trace_stderr"] for p in points], "results": points, "store": out}
+
+
+def connect(a: str | Snapshot, b: str | Snapshot, *, model: str | nn.Module, data=None, test_data=None,
+            curve: str = "bezier", epochs: int = 20, lr: float = 0.05, momentum: float = 0.9,
+            weight_decay: float = 0.0, optimizer: str = "sgd", train_batch_size: int = 128, num: int = 21,
+            seed: int = 0, bn: str = "auto", out: str | None = None, name: str = "connect",
+            overwrite: bool = False, device: str = "auto", num_classes: int | None = None, batch_size: int = 250,
+            bn_samples: int = 2000, quiet: bool = True, loss_fn: LossFn | str | None = None,
+            chunk: int | None = None, precision: str = "exact") -> dict[str, Any]:
+    """Train a Bezier or polygonal-chain curve from A to B (Garipov et al.) and evaluate it and the
+    straight line at `num` values of t with BN recomputed at each point; JSON with both barriers
+    (`barriers` along the curve, `line_barriers` along the line) and both metric curves."""
+    check_training_args(curve, epochs, lr, momentum, weight_decay, optimizer, train_batch_size)
+    alphas = line_alphas(positive_int(num, "--num"))
+    if data is None:
+        raise LandscapeError("connect trains the curve on training data: give --data")
+    with open_store(out) as store:
+        s = setup(model, data, test_data, num_classes=num_classes, bn=bn, device=device, batch_size=batch_size,
+                  bn_samples=bn_samples, loss_fn=loss_fn, precision=precision, snapshots=[a, b])
+        sa, sb = _snapshots([a, b], s.model)
+        res = connect_analysis.connect(s.evaluator, sa, sb, curve=curve, alphas=alphas, epochs=epochs, lr=lr,
+                               momentum=momentum, weight_decay=weight_decay, optimizer=optimizer,
+                               train_batch_size=train_batch_size, seed=seed, store=store, name=name,
+                               provenance=s.provenance(), overwrite=overwrite, chunk=chunk, quiet=quiet)
+    res.pop("control_point", None)
+    bend = f"{out}:{res['bend']}" if out is not None and res.get("bend") else None
+    return to_json({**res, "bend": bend, "store": out})

@@ -121,7 +121,6 @@ def test_training_is_deterministic_and_moves_the_control_point(two_solutions):
 
 
 def test_connect_stores_resumes_and_reruns_as_a_no_op(two_solutions, tmp_path, monkeypatch):
-    from landscape.geometry import curves
     from landscape.store.store import Store
 
     x, y, xt, yt, a, b = two_solutions

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .errors import LandscapeError
+from .loader import load_callable
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
@@ -303,17 +304,12 @@ def _torchvision_split(spec: str, kind: str, root: str, split: str) -> "TensorDa
 def _dataset_factory(spec: str, target: str, targets: str = "labels") -> StreamData:
     """`dataset:package.module:factory[:split]`: the factory returns a map-style torch Dataset of
     (input, label) pairs (called with split="train"/"test" when it takes a `split` argument)."""
-    import importlib
     import inspect
 
     module_name, _, rest = target.partition(":")
     attr, _, split = rest.partition(":")
-    if not module_name or not attr:
-        raise LandscapeError(f"malformed data spec {spec!r}: expected dataset:package.module:factory")
-    try:
-        factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise LandscapeError(f"data spec {spec!r}: cannot import {module_name}:{attr}: {exc}") from None
+    factory = load_callable(f"{module_name}:{attr}", "data spec", shown=spec,
+                            expected="dataset:package.module:factory[:split]")
     try:
         takes_split = "split" in inspect.signature(factory).parameters
         ds = factory(split=split) if takes_split and split else factory()

@@ -7,16 +7,15 @@ Spec forms
 """
 from __future__ import annotations
 
-import importlib
 import inspect
 import math
-import sys
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
 
 from .errors import LandscapeError
+from .loader import load_callable
 
 
 def _conv_bn(cin: int, cout: int) -> list[nn.Module]:
@@ -69,27 +68,6 @@ BUILTIN_MODELS = ("small_cnn", "tiny_cnn", "mlp")
 _WIDTHS = {"small_cnn": 32, "tiny_cnn": 8}
 
 
-def _import_factory(spec: str) -> Callable[..., nn.Module]:
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise LandscapeError(f"malformed model spec {spec!r}: expected a built-in name "
-                             f"({', '.join(BUILTIN_MODELS)}), torchvision:NAME or package.module:factory")
-    if "" not in sys.path and "." not in sys.path:
-        sys.path.insert(0, "")  # let `landscape` find the user's modules in the working directory
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:  # noqa: BLE001 - any import failure is the user's spec
-        raise LandscapeError(f"model spec {spec!r}: cannot import {module_name!r}: {exc}") from None
-    obj = module
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise LandscapeError(f"model spec {spec!r}: {module_name!r} has no attribute {attr!r}")
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise LandscapeError(f"model spec {spec!r}: {attr!r} is not callable")
-    return obj
-
-
 def build_model(spec: str, num_classes: int | None = None, input_shape: Sequence[int] | None = None,
                 width: int | None = None) -> nn.Module:
     """Build a fresh model from a spec. `input_shape` (C, H, W) sizes the built-in models;
@@ -119,7 +97,8 @@ def build_model(spec: str, num_classes: int | None = None, input_shape: Sequence
             return torchvision.models.get_model(name, **kwargs)
         except Exception as exc:  # noqa: BLE001
             raise LandscapeError(f"model spec {spec!r}: {exc}") from None
-    factory = _import_factory(spec)
+    factory = load_callable(spec, "model spec", expected=f"a built-in name ({', '.join(BUILTIN_MODELS)}), "
+                                                          "torchvision:NAME or package.module:factory")
     kwargs = {}
     if num_classes is not None:
         try:

@@ -5,7 +5,7 @@ Every analysis (a line, a plane, a barrier matrix) hands the engine an affine fa
 The engine cuts the rows into chunks, the unit of progress and of resume, and calls back with
 each finished chunk.
 
-CPU path, chosen by measurement (DESIGN.md): data moved to the device once and cut into
+CPU path, chosen by measurement (docs/design.md): data moved to the device once and cut into
 slices (no DataLoader), loss and correct counts accumulated on the device with one host sync
 per point, BatchNorm folded into the convolutions in eval mode, channels_last for 4-D inputs,
 exact fp32.
