@@ -6,7 +6,6 @@ add theirs through one documented hook, the `landscape.commands` entry-point gro
 from __future__ import annotations
 
 import argparse
-import importlib
 import importlib.util
 import json
 import sys
@@ -17,6 +16,7 @@ from . import api
 from landscape.core import distributed
 from landscape.core.checkpoints import ignoring_keys
 from landscape.core.errors import LandscapeError
+from landscape.core.loader import load_callable
 from landscape.store.store import KINDS, package_versions
 
 
@@ -348,11 +348,10 @@ def _plugins() -> list[tuple[str, Callable[[Any], None]]]:
         specs = [CHECKOUT_PLUGIN]
     out = []
     for name, spec in specs:
-        module, _, attr = spec.partition(":")
         try:
-            out.append((name, getattr(importlib.import_module(module), attr)))
-        except Exception as exc:
-            _plugin_warning(name, exc)
+            out.append((name, load_callable(spec, f"plugin {name!r}")))
+        except LandscapeError as exc:
+            print(f"landscape: warning: its commands are unavailable: {exc}", file=sys.stderr)
     return out
 
 
