@@ -68,7 +68,6 @@ if ARGS is not None and ARGS.dry_run:
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-
 from common import timeit  # noqa: E402
 
 # ----------------------------------------------------------------------------- bookkeeping
@@ -432,15 +431,15 @@ def _timed_points(run, n_total: int, first: int, cap_s: float) -> tuple[float, i
 
 
 def section_planes(rep: Report, args) -> None:
+    from common import forward_flops
+
     from landscape.core.checkpoints import Snapshot
     from landscape.core.data import load_data
-    from landscape.geometry.directions import random_direction
-    from landscape.evaluate.engine import Evaluator
     from landscape.core.models import build_model
     from landscape.core.params import ParamLayout
+    from landscape.evaluate.engine import Evaluator
+    from landscape.geometry.directions import random_direction
     from landscape.geometry.planes import plane_coefficients, plane_family
-
-    from common import forward_flops
 
     dev = torch.device("cpu" if rep.dry else "cuda")
     workloads = [("small_cnn", "small_cnn", 64 if rep.dry else 10_000, 3 if rep.dry else 33),

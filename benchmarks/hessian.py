@@ -37,8 +37,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from landscape.core.checkpoints import Snapshot  # noqa: E402
 from landscape.core.data import make_synthetic_images  # noqa: E402
-from landscape.evaluate.hessian import HessianOperator, hutchinson_trace, top_eigenpairs  # noqa: E402
 from landscape.core.models import SmallCNN  # noqa: E402
+from landscape.evaluate.hessian import HessianOperator, hutchinson_trace, top_eigenpairs  # noqa: E402
 
 
 def trained_model(n: int, size: int, width: int, seed: int = 0) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:

@@ -22,13 +22,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from common import forward_flops, matmul_rate, timeit  # noqa: E402
 
+from landscape.analyses.grids import plane  # noqa: E402
 from landscape.core.checkpoints import Snapshot  # noqa: E402
 from landscape.core.data import load_data  # noqa: E402
-from landscape.geometry.directions import random_direction  # noqa: E402
-from landscape.evaluate.engine import Evaluator  # noqa: E402
 from landscape.core.models import build_model  # noqa: E402
 from landscape.core.params import ParamLayout  # noqa: E402
-from landscape.analyses.grids import plane  # noqa: E402
+from landscape.evaluate.engine import Evaluator  # noqa: E402
+from landscape.geometry.directions import random_direction  # noqa: E402
 from landscape.geometry.planes import plane_coefficients  # noqa: E402
 
 

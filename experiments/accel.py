@@ -332,7 +332,7 @@ def folder_loader(task: Any, ds, batch_size: int, shuffle: bool, g: torch.Genera
     """
     from torch.utils.data import DataLoader
 
-    from .data import _SeededSamples, _seed_worker
+    from .data import _seed_worker, _SeededSamples
 
     nw = int(task.num_workers)
     common = dict(num_workers=nw, pin_memory=opts.pin_memory, drop_last=False)

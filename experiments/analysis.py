@@ -29,15 +29,15 @@ from tqdm.auto import tqdm
 
 from kernels import ensemble_metrics
 from landscape.analyses import grids as analyses
+from landscape.analyses.connect import connect as connect_curve
+from landscape.analyses.hessian import hessian as landscape_hessian
 from landscape.core.bn import recompute_bn
 from landscape.core.checkpoints import Snapshot
-from landscape.analyses.connect import connect as connect_curve
-from landscape.geometry.directions import plane_through
-from landscape.evaluate.engine import Evaluator
-from landscape.geometry.ranges import line_alphas
-from landscape.analyses.hessian import hessian as landscape_hessian
 from landscape.core.params import set_buffers, vector_to_model
+from landscape.evaluate.engine import Evaluator
+from landscape.geometry.directions import plane_through
 from landscape.geometry.planes import project_snapshots
+from landscape.geometry.ranges import line_alphas
 from landscape.store.store import Store
 
 from .models import backbone_vector, load_backbone, seeded_build

@@ -37,7 +37,6 @@ import torch.utils.data
 from landscape.core.data import IMAGENET_MEAN, IMAGENET_STD, TensorData
 from landscape.core.errors import LandscapeError
 
-
 # ----------------------------------------------------------------------------------------------
 # the embedded transfer problem
 

@@ -11,9 +11,9 @@ import json
 import os
 from typing import Any, BinaryIO, Callable
 
-from landscape.store import atomic
 from landscape.core.errors import LandscapeFault
 from landscape.core.jsonable import to_jsonable
+from landscape.store import atomic
 
 
 def write_atomically(path: str, write: Callable[[BinaryIO], None]) -> str:

@@ -16,8 +16,6 @@ from landscape.core.checkpoints import check_state_fits, read_state_dict, split_
 from landscape.core.errors import LandscapeError
 from landscape.core.models import build_model
 
-MODEL_NAMES = ("small_cnn", "tiny_cnn", "resnet18", "resnet50")
-
 
 def build(name: str, num_classes: int, input_shape: Sequence[int], width: int | None = None) -> nn.Module:
     """A fresh model (random initialisation from the global RNG: seed it with `seeded_build`).

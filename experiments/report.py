@@ -18,10 +18,10 @@ from typing import Any
 
 from landscape.core.jsonable import to_jsonable
 
+from .aggregate import aggregate
 from .figures import write_figures
 from .files import write_json_atomically, write_text_atomically
 from .markdown import fmt_num, fmt_pct, render_markdown
-from .aggregate import aggregate
 from .summary import build_summary
 from .verdicts import findings
 

@@ -33,8 +33,16 @@ from landscape.core.checkpoints import Snapshot
 from .config import StudyConfig
 from .data import Task
 from .models import load_backbone, new_head, seeded_build
-from .training import (Hooks, Optim, cosine_factor, fge_cycle_iterations, fge_lr, iterations_per_epoch,
-                       to_fast_layout, train)
+from .training import (
+    Hooks,
+    Optim,
+    cosine_factor,
+    fge_cycle_iterations,
+    fge_lr,
+    iterations_per_epoch,
+    to_fast_layout,
+    train,
+)
 
 
 def derive_seed(study_seed: int, name: str) -> int:

@@ -36,22 +36,22 @@ from tqdm.auto import tqdm
 
 from landscape.core import distributed
 from landscape.core.checkpoints import Snapshot, apply_state_dict, read_state_dict
-from landscape.evaluate.engine import resolve_device
 from landscape.core.errors import LandscapeError, LandscapeFault
-from landscape.store.store import Store
 from landscape.core.validate import check_writable_dir
+from landscape.evaluate.engine import resolve_device
+from landscape.store.store import Store
 
 from . import parallel
+from .accel import apply_runtime
 from .analysis import analyze_study
 from .config import StudyConfig, load_config
 from .data import FolderTask, Task, embedded_tasks
+from .estimate import device_name, estimate_training, iterations_for, measure_seconds_per_iteration
+from .files import write_atomically, write_json_atomically
 from .models import check_fits, load_backbone, load_checkpoint_file, seeded_build
 from .records import unit_done, write_labels, write_predictions
-from .files import write_atomically, write_json_atomically
 from .report import write_report
 from .samplers import Context, Plan, Unit, plan_study, run_unit
-from .accel import apply_runtime
-from .estimate import device_name, estimate_training, iterations_for, measure_seconds_per_iteration
 from .training import Hooks, iterations_per_epoch, logits_metrics, predict, to_fast_layout
 
 RESULTS = "results"

@@ -51,11 +51,6 @@ def cosine_factor(t: float, period: float) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * t / period))
 
 
-def cosine_lr(base_lr: float, epochs: int) -> Callable[[int], float]:
-    """The per-epoch learning rate of a cosine decay from `base_lr` over `epochs` epochs."""
-    return lambda epoch: base_lr * cosine_factor(epoch, epochs)
-
-
 def fge_lr(iteration: int, lr1: float, lr2: float, cycle: int) -> float:
     """Garipov et al.'s triangular schedule at iteration `iteration` (0-based) of cycle length `cycle`."""
     t = ((iteration % cycle) + 1) / cycle

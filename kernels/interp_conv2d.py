@@ -25,13 +25,23 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .common import (IntPair, check_bias, check_coeffs, check_int32, compute_dtype, interpolated_bias_torch,
-                     out_dtype as promoted, pair, rounded, rows_per_launch, span)
+from .common import (
+    IntPair,
+    check_bias,
+    check_coeffs,
+    check_int32,
+    compute_dtype,
+    interpolated_bias_torch,
+    pair,
+    rounded,
+    rows_per_launch,
+    span,
+)
+from .common import out_dtype as promoted
 from .dispatch import HAS_TRITON, interpreting, use_triton
 from .interp_weights import naive as interpolate_naive
 from .interp_weights import triton_interpolate
-from .launch import (CONV2D_CONFIGS, INTERPRETER_GEMM, MAX_GRID_YZ, GemmConfig, check_precision,
-                     choose_launch, dot_mode)
+from .launch import CONV2D_CONFIGS, INTERPRETER_GEMM, MAX_GRID_YZ, GemmConfig, check_precision, choose_launch, dot_mode
 
 __all__ = ["conv_out_hw", "interpolated_conv2d", "naive"]
 

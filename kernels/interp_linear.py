@@ -19,13 +19,21 @@ from __future__ import annotations
 
 import torch
 
-from .common import (augmented, check_bias, check_coeffs, check_int32, compute_dtype, interpolated_bias_torch,
-                     out_dtype as promoted, rounded, rows_per_launch)
+from .common import (
+    augmented,
+    check_bias,
+    check_coeffs,
+    check_int32,
+    compute_dtype,
+    interpolated_bias_torch,
+    rounded,
+    rows_per_launch,
+)
+from .common import out_dtype as promoted
 from .dispatch import HAS_TRITON, interpreting, use_triton
 from .interp_weights import naive as interpolate_naive
 from .interp_weights import triton_interpolate
-from .launch import (INTERPRETER_GEMM, LINEAR_CONFIGS, MAX_GRID_YZ, GemmConfig, check_precision,
-                     choose_launch, dot_mode)
+from .launch import INTERPRETER_GEMM, LINEAR_CONFIGS, MAX_GRID_YZ, GemmConfig, check_precision, choose_launch, dot_mode
 
 __all__ = ["interpolated_linear", "naive"]
 

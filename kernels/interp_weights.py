@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from .common import check_coeffs, compute_dtype, out_dtype as promoted
+from .common import check_coeffs, compute_dtype
+from .common import out_dtype as promoted
 from .dispatch import HAS_TRITON, use_triton
 from .launch import INTERPRETER_POINTWISE, MAX_GRID_YZ, POINTWISE_CONFIGS, PointwiseConfig, choose_launch
 

@@ -1,16 +1,17 @@
 """Loss-landscape analysis for PyTorch: parameter vectors, directions, lines, barriers, planes, store."""
-from .api import barriers, connect, ensemble, export, hessian, info, interpolate, plane, plot, setup
 from landscape.core.checkpoints import Snapshot
 from landscape.core.data import TensorData, load_data
-from landscape.geometry.directions import pca_directions, plane_through, project, random_direction
-from landscape.evaluate.engine import Evaluator
-from landscape.core.family import AffineFamily
 from landscape.core.errors import LandscapeError
-from landscape.geometry.lines import barrier, curve_barriers
+from landscape.core.family import AffineFamily
 from landscape.core.models import build_model
 from landscape.core.params import ParamLayout, parameters_to_vector, vector_to_model
+from landscape.evaluate.engine import Evaluator
+from landscape.geometry.directions import pca_directions, plane_through, project, random_direction
+from landscape.geometry.lines import barrier, curve_barriers
 from landscape.store.refs import load_snapshot
 from landscape.store.store import Store
+
+from .api import barriers, connect, ensemble, export, hessian, info, interpolate, plane, plot, setup
 
 __all__ = ["AffineFamily", "Evaluator", "LandscapeError", "ParamLayout", "Snapshot", "Store", "TensorData",
            "barrier", "barriers", "build_model", "connect", "ensemble", "hessian", "export", "curve_barriers", "info", "interpolate", "load_data",

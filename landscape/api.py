@@ -25,21 +25,30 @@ from landscape.analyses.grids import to_json
 from landscape.core import distributed
 from landscape.core.checkpoints import Snapshot, check_same_architecture
 from landscape.core.data import StreamData, TensorData, load_data
-from landscape.geometry.directions import pca_directions, plane_through, project, random_direction, relative_frame
-from landscape.evaluate.engine import Evaluator, LossFn, resolve_device
-from .exports import export  # `landscape export` as a function
-from landscape.evaluate.ensembles import MemberForward, evaluate_ensemble, fit_temperatures, member_orders, table_rows
 from landscape.core.errors import LandscapeError
+from landscape.core.jsonable import to_jsonable
 from landscape.core.loader import load_callable
-from landscape.geometry.ranges import alpha_range, line_alphas, parse_range
+from landscape.core.models import BUILTIN_MODELS, build_model
+from landscape.core.validate import check_writable_dir, positive_int
+from landscape.evaluate.engine import Evaluator, LossFn, resolve_device
+from landscape.evaluate.ensembles import MemberForward, evaluate_ensemble, fit_temperatures, member_orders, table_rows
 from landscape.evaluate.hessian import check_spectrum_args
 from landscape.geometry.curves import CURVES, OPTIMIZERS, check_training_args
-from landscape.core.jsonable import to_jsonable
-from landscape.core.models import BUILTIN_MODELS, build_model
+from landscape.geometry.directions import (
+    NORMALIZATIONS,
+    pca_directions,
+    plane_through,
+    project,
+    random_direction,
+    relative_frame,
+)
 from landscape.geometry.planes import project_snapshots, through_buffer_directions
+from landscape.geometry.ranges import alpha_range, line_alphas, parse_range
 from landscape.store.refs import head_classes, load_snapshot, stored_predictions
 from landscape.store.store import Store
-from landscape.core.validate import check_writable_dir, positive_int
+
+from .exports import export  # `landscape export` as a function
+
 
 @dataclass
 class Setup:
@@ -215,7 +224,7 @@ def plane(center: str | Snapshot, *, model: str | nn.Module, data=None, test_dat
         raise LandscapeError("--through needs exactly two snapshots")
     if coords not in COORD_UNITS:
         raise LandscapeError(f"unknown --coords {coords!r}: choose relative or distance")
-    if random is not None and random not in ("filter", "layer", "none"):
+    if random is not None and random not in NORMALIZATIONS:
         raise LandscapeError(f"unknown normalisation {random!r}: choose filter, layer or none")
     # user-given grids are checked before anything is loaded
     xs = _user_range(x, "--x grid")

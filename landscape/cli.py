@@ -12,12 +12,17 @@ import sys
 from importlib.metadata import entry_points
 from typing import Any, Callable, Sequence
 
-from . import api
+from kernels import PRECISIONS
 from landscape.core import distributed
+from landscape.core.bn import BN_MODES
 from landscape.core.checkpoints import ignoring_keys
 from landscape.core.errors import LandscapeError
 from landscape.core.loader import load_callable
+from landscape.exports import FORMATS
+from landscape.geometry.directions import NORMALIZATIONS
 from landscape.store.store import KINDS, package_versions
+
+from . import api
 
 
 def _prefixes(text: str) -> list[str]:
@@ -57,14 +62,14 @@ def add_common(p: argparse.ArgumentParser, evaluation: bool = True) -> None:
         p.add_argument("--data", default=None, help="training data: tensors:PATH, cifar10:ROOT, cifar100:ROOT, "
                        "imagefolder:ROOT or synthetic[:k=v,...]")
         p.add_argument("--test-data", default=None, help="test data, same forms as --data")
-        p.add_argument("--bn", choices=("auto", "keep", "recompute"), default="auto",
+        p.add_argument("--bn", choices=("auto", *BN_MODES), default="auto",
                        help="BatchNorm statistics at each point: recompute them on --data, keep the snapshots' "
                        "buffers (moved with the weights on lines and through-planes), or auto: recompute when "
                        "the model has BatchNorm and --data is given, else keep")
         p.add_argument("--loss", default="ce", metavar="ce|mse|module:callable",
                        help="ce: cross-entropy on class labels (accuracy reported); mse: regression on float "
                        "targets (loss only); module:callable: your loss(outputs, labels), the batch mean")
-        p.add_argument("--precision", choices=("exact", "tf32", "bf16", "auto"), default="exact",
+        p.add_argument("--precision", choices=(*PRECISIONS, "auto"), default="exact",
                        help="matmul precision: exact fp32; tf32 or bf16 tensor cores on CUDA (faster, ~1e-3 "
                        "relative error per product); auto follows torch.backends.cuda.matmul.allow_tf32")
         p.add_argument("--bn-samples", type=int, default=2000, help="training samples for BN recompute")
@@ -241,12 +246,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("center", help="the snapshot at (0, 0): a .pt/.pth checkpoint or STORE:NAME")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--through", nargs=2, metavar=("B", "C"), help="the plane through CENTER, B and C")
-    g.add_argument("--random", choices=("filter", "layer", "none"),
+    g.add_argument("--random", choices=NORMALIZATIONS,
                    help="two random directions with this normalisation")
     g.add_argument("--pca", nargs="+", metavar="S", help="top two PCA directions of a trajectory of snapshots")
     g.add_argument("--hessian-directions", action="store_true",
                    help="the top two Hessian eigenvectors at CENTER (normalised as --normalization says)")
-    p.add_argument("--normalization", choices=("filter", "layer", "none"), default="filter",
+    p.add_argument("--normalization", choices=NORMALIZATIONS, default="filter",
                    help="--hessian-directions: normalisation of the eigenvectors")
     p.add_argument("--seed", type=int, default=0, help="random directions: seed of the first (the second: +1)")
     p.add_argument("--include-bias-bn", action="store_true", help="random directions also move biases and BN")
@@ -254,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="x grid (default: around the snapshots; -1:1:11 for random planes)")
     p.add_argument("--y", default=None, metavar="MIN:MAX:NUM", help="y grid (default as --x)")
     p.add_argument("--project", nargs="+", default=None, metavar="S", help="more snapshots to project onto the plane")
-    p.add_argument("--coords", choices=("relative", "distance"), default="relative",
+    p.add_argument("--coords", choices=tuple(api.COORD_UNITS), default="relative",
                    help="through-planes: relative puts B at (1, 0) and C at (x, 1); distance uses weight-space "
                    "distances")
     p.add_argument("--name", default="plane", help="name of the result in the store")
@@ -305,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
                  "order, accuracies in percent), vtp (ParaView) or csv.")
     p.add_argument("file", help="the store folder")
     p.add_argument("name", help="the curve or surface to export")
-    p.add_argument("--format", choices=("goldstein", "vtp", "csv"), required=True, help="output format")
+    p.add_argument("--format", choices=FORMATS, required=True, help="output format")
     p.add_argument("--output", "-o", required=True, help="file to write (replaced whole if it exists)")
     p.add_argument("--metric", default=None, help="vtp: the metric used as height (default test_loss, else "
                    "train_loss)")

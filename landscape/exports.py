@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from landscape.store.atomic import write_atomically
 from landscape.core.errors import LandscapeError
+from landscape.store.atomic import write_atomically
 from landscape.store.store import Store, write_hdf5_file
 
 FORMATS = ("goldstein", "vtp", "csv")

@@ -17,9 +17,9 @@ import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib import colors  # noqa: E402
 
-from landscape.store.atomic import write_atomically  # noqa: E402
 from landscape.core.errors import LandscapeError  # noqa: E402
 from landscape.geometry.lines import barrier  # noqa: E402
+from landscape.store.atomic import write_atomically  # noqa: E402
 
 PLANE_STYLES = ("contour", "filled", "heatmap", "3d")
 FIGURE_FORMATS = (".png", ".pdf", ".svg")

@@ -6,14 +6,14 @@ import pytest
 import torch
 from torch import nn
 
+from landscape.analyses import grids
 from landscape.core.checkpoints import Snapshot
 from landscape.core.data import TensorData, make_synthetic_images
-from landscape.geometry.directions import random_direction
-from landscape.evaluate.engine import Evaluator
-from landscape.geometry.ranges import line_alphas
-from landscape.analyses import grids
 from landscape.core.models import MLP, SmallCNN
 from landscape.core.params import ParamLayout
+from landscape.evaluate.engine import Evaluator
+from landscape.geometry.directions import random_direction
+from landscape.geometry.ranges import line_alphas
 
 
 class ResidualNet(nn.Module):

@@ -12,11 +12,11 @@ import pytest
 import torch
 from torch import nn
 
+from landscape.analyses.connect import connect
 from landscape.core.checkpoints import Snapshot
 from landscape.core.data import TensorData
-from landscape.evaluate.engine import Evaluator
 from landscape.core.errors import LandscapeError
-from landscape.analyses.connect import connect
+from landscape.evaluate.engine import Evaluator
 from landscape.geometry.curves import curve_point, curve_weights, lr_factor, train_curve
 
 

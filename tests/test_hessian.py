@@ -21,11 +21,11 @@ from torch.func import functional_call
 from torch.optim.swa_utils import update_bn
 from torch.utils.data import DataLoader, TensorDataset
 
+from landscape.analyses.hessian import hessian, hessian_line
 from landscape.core.checkpoints import Snapshot
 from landscape.core.data import TensorData
-from landscape.evaluate.engine import Evaluator
 from landscape.core.errors import LandscapeError
-from landscape.analyses.hessian import hessian, hessian_line
+from landscape.evaluate.engine import Evaluator
 from landscape.evaluate.hessian import HessianOperator, _rademacher, hessian_directions, hessian_spectrum
 from landscape.geometry.lines import line_snapshot
 

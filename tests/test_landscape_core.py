@@ -11,16 +11,16 @@ from torch import nn
 from torch.optim.swa_utils import update_bn
 from torch.utils.data import DataLoader, TensorDataset
 
+from landscape.analyses import grids
 from landscape.core.bn import FoldedEval
 from landscape.core.checkpoints import Snapshot
 from landscape.core.data import TensorData, make_synthetic_images
-from landscape.geometry.directions import pca_directions, plane_through, project, random_direction
-from landscape.evaluate.engine import AffineFamily, Evaluator
-from landscape.geometry.ranges import line_alphas, parse_range
-from landscape.analyses import grids
-from landscape.geometry.lines import barrier, curve_barriers
 from landscape.core.models import SmallCNN
 from landscape.core.params import ParamLayout, parameters_to_vector, vector_to_model
+from landscape.evaluate.engine import AffineFamily, Evaluator
+from landscape.geometry.directions import pca_directions, plane_through, project, random_direction
+from landscape.geometry.lines import barrier, curve_barriers
+from landscape.geometry.ranges import line_alphas, parse_range
 
 
 class BiasOnly(nn.Module):

@@ -18,15 +18,15 @@ from tqdm.auto import tqdm
 
 from landscape.core import distributed
 from landscape.core.checkpoints import Snapshot, check_same_architecture
-from landscape.evaluate.engine import Evaluator
 from landscape.core.errors import LandscapeError
 from landscape.core.family import AffineFamily
-from landscape.store.grid import Grid, MemoryGrid
 from landscape.core.jsonable import masked, to_jsonable
+from landscape.core.validate import check_grid_size, positive_int
+from landscape.evaluate.engine import Evaluator
 from landscape.geometry.lines import barrier_matrices, curve_barriers, line_family
 from landscape.geometry.planes import plane_coefficients, plane_family
+from landscape.store.grid import Grid, MemoryGrid
 from landscape.store.store import Store, config_differences, same_config
-from landscape.core.validate import check_grid_size, positive_int
 
 # Part of a grid: its points [offset, offset + len(coeffs)) lie on one affine family.
 Segment = tuple[Callable[[], AffineFamily], np.ndarray, int]

@@ -32,7 +32,9 @@ from __future__ import annotations
 import atexit
 import functools
 import os
+import select
 import signal
+import socket
 import sys
 import threading
 import time
@@ -391,18 +393,19 @@ class _Heartbeat:
     reached for that long) ends: a frozen peer or a lost connection would otherwise hold it in
     Gloo until the collective timeout.
 
-    A failing store operation makes c10d print a multi-line C++ warning with a stack: the
-    thread's operations run with file descriptor 2 on /dev/null, while Python's own stderr
-    (messages, progress bars) writes to a duplicate of the real one, so none of it is lost."""
+    A store operation on a broken connection (the store's host died) makes c10d print a
+    multi-line C++ warning with a stack, which would follow the one-line error. File descriptor 2
+    is the whole process's (silencing it would lose the main thread's messages), so instead the
+    thread looks at its connection's socket before each operation (`conn`: its descriptor, when it
+    can be told apart) and does not use a connection that the host has closed or reset (only a
+    host that dies during one of its operations can still make c10d print)."""
 
-    def __init__(self, w: World, store: Any, limit: float) -> None:
-        self.world, self.store, self.limit = w, store, limit
+    def __init__(self, w: World, store: Any, limit: float, conn: int | None = None) -> None:
+        self.world, self.store, self.limit, self.conn = w, store, limit, conn
         run = os.environ.get("TORCHELASTIC_RUN_ID", os.environ.get("MASTER_PORT", ""))
         self.prefix = f"landscape/heartbeat/{run}/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/"
         self.stop_event = threading.Event()
         self.thread = threading.Thread(target=self._run, name="landscape-heartbeat", daemon=True)
-        self.devnull = os.open(os.devnull, os.O_WRONLY)
-        self.quiet = _own_python_stderr()
         self.interval = min(1.0, limit / 5)
         now = time.monotonic()
         self.reached = now
@@ -413,12 +416,14 @@ class _Heartbeat:
         import torch.distributed as dist
 
         limit = _env_seconds("LANDSCAPE_HEARTBEAT_S", 30.0)
+        before = _sockets()
         try:
-            store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+            port = int(os.environ["MASTER_PORT"])
+            store = dist.TCPStore(os.environ["MASTER_ADDR"], port, is_master=False,
                                   timeout=timedelta(seconds=max(1.0, min(10.0, limit / 3))))
         except Exception:  # noqa: BLE001 - no store to reach: the collectives' own errors still end a run
             return None
-        hb = cls(w, store, limit)
+        hb = cls(w, store, limit, _connection_to(port, before))
         try:  # the first beat before any work: a rank frozen from its first round on is judged too
             hb._ops([])
         except Exception:  # noqa: BLE001
@@ -430,16 +435,10 @@ class _Heartbeat:
         return f"{self.prefix}{rank}"
 
     def _ops(self, peers: Sequence[int]) -> list[int]:
-        saved = os.dup(2) if self.quiet else -1
-        if self.quiet:
-            os.dup2(self.devnull, 2)
-        try:
-            self.store.add(self._key(self.world.rank), 1)
-            return [self.store.add(self._key(r), 0) for r in peers]
-        finally:
-            if self.quiet:
-                os.dup2(saved, 2)
-                os.close(saved)
+        if self.conn is not None and _closed(self.conn):
+            raise ConnectionError("the store's host closed the connection")
+        self.store.add(self._key(self.world.rank), 1)
+        return [self.store.add(self._key(r), 0) for r in peers]
 
     def _beat(self) -> None:
         """Bump this rank's counter and read the peers' (a store operation may block for long when
@@ -488,15 +487,55 @@ class _Heartbeat:
         self.thread.join(timeout=2.0)
 
 
-def _own_python_stderr() -> bool:
-    """Point Python's sys.stderr at a duplicate of file descriptor 2 (so that the heartbeat may
-    silence descriptor 2 for a moment without losing a message); False where that cannot be done
-    (stderr already replaced, as under pytest's capture)."""
+def _sockets() -> set[int]:
+    """This process's socket descriptors (empty where /proc/self/fd cannot tell)."""
+    out = set()
     try:
-        if sys.stderr is not sys.__stderr__ or sys.stderr.fileno() != 2:
-            return False
-        sys.stderr.flush()
-        sys.stderr = open(os.dup(2), "w", buffering=1, encoding=sys.stderr.encoding, errors="backslashreplace")
-    except (AttributeError, OSError, ValueError):
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        return out
+    for name in names:
+        try:
+            if os.readlink(f"/proc/self/fd/{name}").startswith("socket:"):
+                out.add(int(name))
+        except (OSError, ValueError):
+            pass
+    return out
+
+
+def _connection_to(port: int, before: set[int]) -> int | None:
+    """The one socket opened since `before` whose peer is `port` (a store client's connection);
+    None when there is not exactly one or it cannot be looked at without side effects."""
+    if socket.getdefaulttimeout() is not None or not hasattr(select, "poll"):
+        return None  # socket(fileno=) would make the shared descriptor non-blocking
+    found = []
+    for fd in _sockets() - before:
+        try:
+            dup = os.dup(fd)
+        except OSError:
+            continue
+        try:
+            sock = socket.socket(fileno=dup)
+        except OSError:
+            os.close(dup)
+            continue
+        with sock:
+            try:
+                peer = sock.getpeername()
+            except OSError:
+                continue
+        if isinstance(peer, tuple) and len(peer) >= 2 and peer[1] == port:
+            found.append(fd)
+    return found[0] if len(found) == 1 else None
+
+
+def _closed(fd: int) -> bool:
+    """Whether the peer of connection `fd` has closed or reset it (a look that reads nothing)."""
+    poll = select.poll()
+    poll.register(fd, select.POLLIN | getattr(select, "POLLRDHUP", 0))
+    try:
+        events = poll.poll(0)
+    except OSError:
         return False
-    return True
+    gone = select.POLLHUP | select.POLLERR | select.POLLNVAL | getattr(select, "POLLRDHUP", 0)
+    return any(ev & gone for _, ev in events)

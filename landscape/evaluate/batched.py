@@ -24,7 +24,6 @@ from torch import nn
 
 from kernels import interpolated_conv2d, interpolated_linear
 from kernels.launch import check_precision
-
 from landscape.core.family import AffineFamily
 from landscape.core.params import ParamLayout
 

@@ -20,7 +20,6 @@ import torch
 from torch import nn
 
 from kernels.ensemble import EnsembleMetrics, ensemble_metrics_orders
-
 from landscape.core.bn import FoldedEval
 from landscape.core.checkpoints import Snapshot
 from landscape.core.errors import LandscapeError

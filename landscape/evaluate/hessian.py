@@ -48,10 +48,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from landscape.core.checkpoints import Snapshot
-from landscape.geometry.directions import normalize_direction
 from landscape.core.errors import LandscapeError
 from landscape.core.params import ParamLayout
 from landscape.core.validate import finite_positive, positive_int
+from landscape.geometry.directions import normalize_direction
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

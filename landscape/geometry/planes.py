@@ -7,8 +7,9 @@ import numpy as np
 import torch
 
 from landscape.core.checkpoints import Snapshot
-from .directions import project
 from landscape.core.family import AffineFamily
+
+from .directions import project
 
 
 def plane_coefficients(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:

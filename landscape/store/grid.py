@@ -10,6 +10,7 @@ import numpy as np
 
 from landscape.core.errors import LandscapeError
 
+
 @dataclass
 class Grid:
     """A grid of points being computed: values and the `done` mask live in memory; with a store

@@ -13,6 +13,7 @@ from torch import nn
 from landscape.core.checkpoints import Snapshot, apply_state_dict, read_state_dict
 from landscape.core.errors import LandscapeError
 from landscape.core.params import ParamLayout
+
 from .store import Store
 
 

@@ -59,11 +59,12 @@ import h5py
 import numpy as np
 import torch
 
-from .atomic import fsync_dir, is_temp_name, temp_path, write_atomically
 from landscape.core.checkpoints import Snapshot
 from landscape.core.errors import LandscapeError, LandscapeFault
-from .grid import Grid
 from landscape.core.params import ParamLayout
+
+from .atomic import fsync_dir, is_temp_name, temp_path, write_atomically
+from .grid import Grid
 
 SCHEMA_VERSION = 2
 KINDS = ("snapshots", "directions", "curves", "surfaces", "barriers", "ensembles", "predictions", "labels",
