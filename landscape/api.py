@@ -23,7 +23,7 @@ from landscape.analyses import grids as analyses
 from landscape.analyses import hessian as hessian_analysis
 from landscape.analyses.grids import to_json
 from landscape.core import distributed
-from landscape.core.checkpoints import Snapshot, check_same_architecture
+from landscape.core.checkpoints import KeyFilter, Snapshot, check_same_architecture
 from landscape.core.data import StreamData, TensorData, load_data
 from landscape.core.errors import LandscapeError
 from landscape.core.jsonable import to_jsonable
@@ -59,6 +59,13 @@ class Setup:
     train: TensorData | None
     test: TensorData | None
     evaluator: Evaluator
+    keys: KeyFilter
+
+    def snapshots(self, refs: Sequence[str | Snapshot]) -> list[Snapshot]:
+        """Checkpoints, `STORE:NAME` snapshots or Snapshots as Snapshots of the model's architecture."""
+        snaps = [r if isinstance(r, Snapshot) else load_snapshot(r, self.model, self.keys) for r in refs]
+        check_same_architecture(snaps)
+        return snaps
 
     def provenance(self) -> dict[str, Any]:
         return {"model_spec": self.model_spec,
@@ -96,11 +103,14 @@ def resolve_loss(loss: str | LossFn | None) -> tuple[LossFn | None, bool, str]:
 def setup(model: str | nn.Module, data: str | TensorData | None, test_data: str | TensorData | None = None, *,
           num_classes: int | None = None, bn: str = "auto", device: str = "auto", batch_size: int = 250,
           bn_samples: int = 2000, loss_fn: LossFn | str | None = None,
-          snapshots: Sequence[str | Snapshot] = (), precision: str = "exact") -> Setup:
+          snapshots: Sequence[str | Snapshot] = (), precision: str = "exact",
+          ignore_keys: Sequence[str] = ()) -> Setup:
     """Data, model and evaluator. A model built from a spec gets its number of classes from
     `num_classes`, else from the first snapshot's head, else from its own factory's default:
     never from the labels (a test set may lack a class); labels outside the model's classes
-    are refused, naming the first such sample."""
+    are refused, naming the first such sample. `ignore_keys`: checkpoint key prefixes to skip
+    (`Setup.keys.skipped` lists what was skipped)."""
+    keys = KeyFilter(tuple(ignore_keys))
     loss_fn, accuracy, targets = resolve_loss(loss_fn)
     train = load_data(data, "train", targets) if isinstance(data, str) else data
     test = load_data(test_data, "test", targets) if isinstance(test_data, str) else test_data
@@ -113,19 +123,18 @@ def setup(model: str | nn.Module, data: str | TensorData | None, test_data: str 
         if num_classes is not None:
             num_classes = positive_int(num_classes, "--num-classes")
         else:
-            num_classes = next((n for n in map(head_classes, snapshots) if n is not None), None)
+            num_classes = next((n for n in (head_classes(r, keys) for r in snapshots) if n is not None), None)
         if num_classes is None and model.partition(":")[0] in BUILTIN_MODELS:
             raise LandscapeError(f"cannot tell how many classes the {model!r} model has: give --num-classes")
         module, spec = build_model(model, num_classes, ref.input_shape), model
     ev = Evaluator(module, train, test, bn_mode=bn, loss_fn=loss_fn, device=resolve_device(device),
                    batch_size=batch_size, bn_samples=bn_samples, accuracy=accuracy, precision=precision)
-    return Setup(module, spec, train, test, ev)
+    return Setup(module, spec, train, test, ev, keys)
 
 
-def _snapshots(refs: Sequence[str | Snapshot], model: nn.Module) -> list[Snapshot]:
-    snaps = [r if isinstance(r, Snapshot) else load_snapshot(r, model) for r in refs]
-    check_same_architecture(snaps)
-    return snaps
+def _ignored(keys: KeyFilter) -> dict[str, Any]:
+    """The result's `ignored_keys` ({checkpoint: [keys skipped]}), when any were skipped."""
+    return {"ignored_keys": keys.skipped} if keys.skipped else {}
 
 
 def open_store(out: str | None) -> Store | nullcontext:
@@ -164,16 +173,17 @@ def interpolate(a: str | Snapshot, b: str | Snapshot, *, model: str | nn.Module,
                 name: str = "interpolate", overwrite: bool = False, device: str = "auto",
                 num_classes: int | None = None, batch_size: int = 250, bn_samples: int = 2000,
                 quiet: bool = True, loss_fn: LossFn | str | None = None, chunk: int | None = None,
-                precision: str = "exact") -> dict[str, Any]:
+                precision: str = "exact", ignore_keys: Sequence[str] = ()) -> dict[str, Any]:
     """Metrics along θ(α) = (1−α)·θa + α·θb, and the loss and error barriers."""
     alphas = _alphas(alphas, num, alpha_range)
     with open_store(out) as store:
         s = setup(model, data, test_data, num_classes=num_classes, bn=bn, device=device, batch_size=batch_size,
-                  bn_samples=bn_samples, loss_fn=loss_fn, precision=precision, snapshots=[a, b])
-        sa, sb = _snapshots([a, b], s.model)
+                  bn_samples=bn_samples, loss_fn=loss_fn, precision=precision,
+                  ignore_keys=ignore_keys, snapshots=[a, b])
+        sa, sb = s.snapshots([a, b])
         res = analyses.line(s.evaluator, sa, sb, alphas, store=store, name=name, provenance=s.provenance(),
                             overwrite=overwrite, chunk=chunk, quiet=quiet)
-    return analyses.to_json({**res, "store": out})
+    return analyses.to_json({**res, "store": out, **_ignored(s.keys)})
 
 
 @distributed.collective
@@ -183,18 +193,19 @@ def barriers(snapshots: Sequence[str | Snapshot], *, model: str | nn.Module, dat
              overwrite: bool = False, device: str = "auto", num_classes: int | None = None,
              batch_size: int = 250, bn_samples: int = 2000, quiet: bool = True,
              loss_fn: LossFn | str | None = None, chunk: int | None = None,
-             precision: str = "exact") -> dict[str, Any]:
+             precision: str = "exact", ignore_keys: Sequence[str] = ()) -> dict[str, Any]:
     """Loss and error barriers between every pair of snapshots, as matrices."""
     if len(snapshots) < 2:
         raise LandscapeError("barriers needs at least two snapshots")
     alphas = _alphas(None, num, alpha_range)
     with open_store(out) as store:
         s = setup(model, data, test_data, num_classes=num_classes, bn=bn, device=device, batch_size=batch_size,
-                  bn_samples=bn_samples, loss_fn=loss_fn, precision=precision, snapshots=snapshots)
-        snaps = _snapshots(snapshots, s.model)
+                  bn_samples=bn_samples, loss_fn=loss_fn, precision=precision,
+                  ignore_keys=ignore_keys, snapshots=snapshots)
+        snaps = s.snapshots(snapshots)
         res = analyses.barrier_matrix(s.evaluator, snaps, alphas, store=store, name=name,
                                       provenance=s.provenance(), overwrite=overwrite, chunk=chunk, quiet=quiet)
-    return analyses.to_json({**res, "store": out})
+    return analyses.to_json({**res, "store": out, **_ignored(s.keys)})
 
 
 @distributed.collective
@@ -208,7 +219,7 @@ def plane(center: str | Snapshot, *, model: str | nn.Module, data=None, test_dat
           batch_size: int = 250, bn_samples: int = 2000, quiet: bool = True,
           loss_fn: LossFn | str | None = None, chunk: int | None = None,
           precision: str = "exact", hessian_directions: bool = False,
-          normalization: str = "filter") -> dict[str, Any]:
+          normalization: str = "filter", ignore_keys: Sequence[str] = ()) -> dict[str, Any]:
     """A 2D loss plane around `center`: through two more snapshots, on two random directions,
     or on the top two PCA directions of a trajectory of snapshots.
 
@@ -231,8 +242,9 @@ def plane(center: str | Snapshot, *, model: str | nn.Module, data=None, test_dat
     ys = _user_range(y, "--y grid")
     with open_store(out) as store:
         s = setup(model, data, test_data, num_classes=num_classes, bn=bn, device=device, batch_size=batch_size,
-                  bn_samples=bn_samples, loss_fn=loss_fn, precision=precision, snapshots=[center])
-        snaps = _snapshots([center, *(through or []), *(pca or []), *project_onto], s.model)
+                  bn_samples=bn_samples, loss_fn=loss_fn, precision=precision,
+                  ignore_keys=ignore_keys, snapshots=[center])
+        snaps = s.snapshots([center, *(through or []), *(pca or []), *project_onto])
         c = snaps[0]
         buffer_directions = None
         if through is not None:
@@ -272,7 +284,7 @@ def plane(center: str | Snapshot, *, model: str | nn.Module, data=None, test_dat
         res = analyses.plane(s.evaluator, c, directions, xs, ys, store=store, name=name, provenance=s.provenance(),
                              direction_attrs=dir_attrs, projections=projections,
                              buffer_directions=buffer_directions, overwrite=overwrite, chunk=chunk, quiet=quiet)
-    return analyses.to_json({**res, "store": out})
+    return analyses.to_json({**res, "store": out, **_ignored(s.keys)})
 
 
 def _user_range(spec: str | np.ndarray | None, what: str) -> np.ndarray | None:
@@ -351,7 +363,7 @@ def ensemble(members: Sequence[str | Snapshot], *, model: str | nn.Module | None
              val_data=None, out: str | None = None, name: str = "ensemble", overwrite: bool = False,
              keep_predictions: bool = False, fp16: bool = False, orders: int = 0, seed: int = 0,
              device: str = "auto", num_classes: int | None = None, batch_size: int = 500,
-             quiet: bool = True) -> dict[str, Any]:
+             quiet: bool = True, ignore_keys: Sequence[str] = ()) -> dict[str, Any]:
     """Metrics of the ensembles of the first m members, m = 1..K, on `data` (the evaluation set).
 
     Members are `.pt` checkpoints, `STORE:SNAPSHOT`, or `STORE:ENSEMBLE` holding kept predictions.
@@ -362,6 +374,7 @@ def ensemble(members: Sequence[str | Snapshot], *, model: str | nn.Module | None
 
     if not members:
         raise LandscapeError("ensemble needs at least one member")
+    keys = KeyFilter(tuple(ignore_keys))
     batch_size = positive_int(batch_size, "--batch-size")
     if isinstance(orders, bool) or not isinstance(orders, int) or orders < 0:
         raise LandscapeError(f"--orders must be a non-negative integer, got {orders!r}")
@@ -393,14 +406,14 @@ def ensemble(members: Sequence[str | Snapshot], *, model: str | nn.Module | None
         test = load_data(data, "test") if isinstance(data, str) else data
         val = load_data(val_data, "test") if isinstance(val_data, str) else val_data
         if not isinstance(model, nn.Module) and num_classes is None:
-            num_classes = next((n for n in map(head_classes, members) if n is not None), None)
+            num_classes = next((n for n in (head_classes(m, keys) for m in members) if n is not None), None)
             if num_classes is None and model.partition(":")[0] in BUILTIN_MODELS:
                 raise LandscapeError(f"cannot tell how many classes the {model!r} model has: give --num-classes")
         module = model if isinstance(model, nn.Module) else build_model(model, num_classes, test.input_shape)
         snaps = []
         for m in members:
             try:
-                snaps.append(m if isinstance(m, Snapshot) else load_snapshot(m, module))
+                snaps.append(m if isinstance(m, Snapshot) else load_snapshot(m, module, keys))
             except LandscapeError as exc:
                 raise LandscapeError(f"member {m!r}: {exc}") from None
         names = [s.name for s in snaps]
@@ -478,7 +491,7 @@ def ensemble(members: Sequence[str | Snapshot], *, model: str | nn.Module | None
                         "member_accuracies": res["member_accuracies"], "member_nlls": res["member_nlls"],
                         **({"orders_mean": {k[:-len("_orders_mean")]: v for k, v in res.items()
                                             if k.endswith("_orders_mean")}} if orders else {}),
-                        "store": out})
+                        "store": out, **_ignored(keys)})
 
 
 def _all_members(batches: Iterator[tuple[torch.Tensor, torch.Tensor]], m: int
@@ -539,8 +552,8 @@ def hessian(snapshots: Sequence[str | Snapshot] = (), *, model: str | nn.Module,
             seed: int = 0, dtype: str | None = None, bn: str = "auto", out: str | None = None,
             name: str = "hessian", overwrite: bool = False, device: str = "auto", num_classes: int | None = None,
             batch_size: int = 250, bn_samples: int = 2000, quiet: bool = True,
-            loss_fn: LossFn | str | None = None, precision: str = "exact", chunk: int | None = None
-            ) -> dict[str, Any]:
+            loss_fn: LossFn | str | None = None, precision: str = "exact", chunk: int | None = None,
+            ignore_keys: Sequence[str] = ()) -> dict[str, Any]:
     """Hessian spectra (top-k eigenvalues, with `trace` the Hutchinson trace and its standard error,
     with `density` the SLQ spectral density) of the mean loss over the data (`data`, else
     `test_data`) at each snapshot, or with `along=(A, B)` at `num` points of the line from A to B.
@@ -564,9 +577,10 @@ def hessian(snapshots: Sequence[str | Snapshot] = (), *, model: str | nn.Module,
                     probe_batch=None if chunk is None else positive_int(chunk, "--chunk"))
     with open_store(out) as store:
         s = setup(model, data, test_data, num_classes=num_classes, bn=bn, device=device, batch_size=batch_size,
-                  bn_samples=bn_samples, loss_fn=loss_fn, precision=precision, snapshots=list(along or snapshots))
+                  bn_samples=bn_samples, loss_fn=loss_fn, precision=precision,
+                  ignore_keys=ignore_keys, snapshots=list(along or snapshots))
         if along is not None:
-            a, b = _snapshots(list(along), s.model)
+            a, b = s.snapshots(list(along))
             res = hessian_analysis.hessian_line(s.evaluator, a, b, alphas, store=store, name=name, provenance=s.provenance(),
                                overwrite=overwrite, quiet=quiet, **settings)
             body = {k: res.get(k) for k in ("kind", "name", "a", "b", "bn_mode", "alphas", "eigenvalues", "trace",
@@ -574,18 +588,19 @@ def hessian(snapshots: Sequence[str | Snapshot] = (), *, model: str | nn.Module,
             if density:
                 body["density"] = {"grid": res["density_grid"], "values": res["density"],
                                    "sigma": res.get("density_sigma")}
-            return to_jsonable({**body, "store": out})
-        snaps = _snapshots(snapshots, s.model)
+            return to_jsonable({**body, "store": out, **_ignored(s.keys)})
+        snaps = s.snapshots(snapshots)
         names = [name] if len(snaps) == 1 else [f"{name}-{i}" for i in range(len(snaps))]
         results = [hessian_analysis.hessian(s.evaluator, sn, store=store, name=nm, provenance=s.provenance(),
                                     overwrite=overwrite, quiet=quiet, **settings)
                    for sn, nm in zip(snaps, names)]
     points = [_point_json(r, density) for r in results]
     if len(points) == 1:
-        return {"kind": "hessian", "bn_mode": s.evaluator.bn_mode, **points[0], "store": out}
+        return {"kind": "hessian", "bn_mode": s.evaluator.bn_mode, **points[0], "store": out, **_ignored(s.keys)}
     return {"kind": "hessians", "bn_mode": s.evaluator.bn_mode, "snapshots": [p["snapshot"] for p in points],
             "eigenvalues": [p["eigenvalues"] for p in points], "trace": [p["trace"] for p in points],
-            "trace_stderr": [p["trace_stderr"] for p in points], "results": points, "store": out}
+            "trace_stderr": [p["trace_stderr"] for p in points], "results": points, "store": out,
+            **_ignored(s.keys)}
 
 
 def connect(a: str | Snapshot, b: str | Snapshot, *, model: str | nn.Module, data=None, test_data=None,
@@ -594,7 +609,8 @@ def connect(a: str | Snapshot, b: str | Snapshot, *, model: str | nn.Module, dat
             seed: int = 0, bn: str = "auto", out: str | None = None, name: str = "connect",
             overwrite: bool = False, device: str = "auto", num_classes: int | None = None, batch_size: int = 250,
             bn_samples: int = 2000, quiet: bool = True, loss_fn: LossFn | str | None = None,
-            chunk: int | None = None, precision: str = "exact") -> dict[str, Any]:
+            chunk: int | None = None, precision: str = "exact", ignore_keys: Sequence[str] = ()
+            ) -> dict[str, Any]:
     """Train a Bezier or polygonal-chain curve from A to B (Garipov et al.) and evaluate it and the
     straight line at `num` values of t with BN recomputed at each point; JSON with both barriers
     (`barriers` along the curve, `line_barriers` along the line) and both metric curves."""
@@ -604,12 +620,13 @@ def connect(a: str | Snapshot, b: str | Snapshot, *, model: str | nn.Module, dat
         raise LandscapeError("connect trains the curve on training data: give --data")
     with open_store(out) as store:
         s = setup(model, data, test_data, num_classes=num_classes, bn=bn, device=device, batch_size=batch_size,
-                  bn_samples=bn_samples, loss_fn=loss_fn, precision=precision, snapshots=[a, b])
-        sa, sb = _snapshots([a, b], s.model)
+                  bn_samples=bn_samples, loss_fn=loss_fn, precision=precision,
+                  ignore_keys=ignore_keys, snapshots=[a, b])
+        sa, sb = s.snapshots([a, b])
         res = connect_analysis.connect(s.evaluator, sa, sb, curve=curve, alphas=alphas, epochs=epochs, lr=lr,
                                momentum=momentum, weight_decay=weight_decay, optimizer=optimizer,
                                train_batch_size=train_batch_size, seed=seed, store=store, name=name,
                                provenance=s.provenance(), overwrite=overwrite, chunk=chunk, quiet=quiet)
     res.pop("control_point", None)
     bend = f"{out}:{res['bend']}" if out is not None and res.get("bend") else None
-    return to_json({**res, "bend": bend, "store": out})
+    return to_json({**res, "bend": bend, "store": out, **_ignored(s.keys)})

@@ -15,7 +15,6 @@ from typing import Any, Callable, Sequence
 from kernels import PRECISIONS
 from landscape.core import distributed
 from landscape.core.bn import BN_MODES
-from landscape.core.checkpoints import ignoring_keys
 from landscape.core.errors import LandscapeError
 from landscape.core.loader import load_callable
 from landscape.exports import FORMATS
@@ -88,7 +87,7 @@ def _eval_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return dict(model=args.model, data=args.data, test_data=args.test_data, bn=args.bn, out=args.out,
                 overwrite=args.overwrite, device=args.device, num_classes=args.num_classes,
                 batch_size=args.batch_size, bn_samples=args.bn_samples, quiet=args.quiet, chunk=args.chunk,
-                loss_fn=args.loss, precision=args.precision)
+                loss_fn=args.loss, precision=args.precision, ignore_keys=ignore_prefixes(args))
 
 
 def _fmt_number(v: Any, fmt: str = "+.4f") -> str:
@@ -148,7 +147,8 @@ def cmd_ensemble(args: argparse.Namespace) -> tuple[dict, str]:
     res = api.ensemble(args.members, model=args.model, data=args.data, val_data=args.val_data, out=args.out,
                        name=args.name, overwrite=args.overwrite, keep_predictions=args.keep_predictions,
                        fp16=args.fp16, orders=args.orders, seed=args.seed, device=args.device,
-                       num_classes=args.num_classes, batch_size=args.batch_size, quiet=args.quiet)
+                       num_classes=args.num_classes, batch_size=args.batch_size, quiet=args.quiet,
+                       ignore_keys=ignore_prefixes(args))
     rows = res["rows"]
     keys = [k for k in ("acc", "nll", "ece", "brier", "member_acc", "disagreement", "kl", "cal_nll") if k in rows[0]]
     lines = [f"members ({len(res['members'])}):"]
@@ -477,12 +477,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if rank:
         args.quiet = True
     try:
-        with ignoring_keys(ignore_prefixes(args)) as skipped:
-            result, text = args.func(args)
+        result, text = args.func(args)
+        skipped = result.get("ignored_keys") if isinstance(result, dict) else None
         if skipped:  # the checkpoint keys --ignore-keys skipped: listed, never silent
             text = f"{text}\n{_listed_skipped(skipped)}"
-            if isinstance(result, dict):
-                result = {**result, "ignored_keys": skipped}
     except LandscapeError as exc:
         print(f"landscape: error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -114,3 +114,17 @@ def test_a_broken_plugin_is_reported_in_one_line(monkeypatch, capsys):
     err = capsys.readouterr()[1]
     assert "hessian" in commands and err.count("\n") == 1
     assert "plugin 'broken'" in err and "no_such_module_for_landscape" in err
+
+
+def test_ignore_keys_is_a_parameter_of_the_api(problem):
+    import landscape
+    from landscape.core.errors import LandscapeError
+
+    state = torch.load("m1.pt", weights_only=True)
+    torch.save({**state, "projector.weight": torch.zeros(4, 8)}, "byol.pt")
+    data = dict(model="opts_user_mlp:make", data="tensors:train.pt", alpha_range="0:1:3")
+    with pytest.raises(LandscapeError, match="projector"):
+        landscape.interpolate("byol.pt", "m2.pt", **data)
+    res = landscape.interpolate("byol.pt", "m2.pt", ignore_keys=["projector."], **data)
+    assert res["ignored_keys"] == {"byol.pt": ["projector.weight"]}
+    assert "ignored_keys" not in landscape.interpolate("m1.pt", "m2.pt", ignore_keys=["projector."], **data)

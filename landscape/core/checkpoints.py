@@ -6,10 +6,8 @@ import json
 import os
 import pickle
 from collections import OrderedDict
-from contextlib import contextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Iterator, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -19,23 +17,18 @@ from .params import ParamLayout, get_buffers, parameters_to_vector, set_buffers,
 
 _WRAPPER_KEYS = ("state_dict", "model_state", "model_state_dict", "model")
 
-# (prefixes, source -> keys skipped) while a command runs under `ignoring_keys`.
-_IGNORING: ContextVar[tuple[tuple[str, ...], dict[str, list[str]]] | None] = ContextVar("landscape_ignore_keys",
-                                                                                       default=None)
+@dataclass
+class KeyFilter:
+    """Checkpoint keys to skip (`prefixes`: e.g. a BYOL checkpoint's "projector.", "predictor."),
+    and what was skipped: {checkpoint path: [keys]}, filled as files are read. It is passed to
+    every reader of checkpoint files (read_state_dict, load_snapshot, head_classes), so a command
+    can list what it skipped. No prefixes: nothing is skipped."""
 
+    prefixes: tuple[str, ...] = ()
+    skipped: dict[str, list[str]] = field(default_factory=dict)
 
-@contextmanager
-def ignoring_keys(prefixes: Sequence[str] | None) -> Iterator[dict[str, list[str]]]:
-    """Within the block, checkpoint files read by `read_state_dict` (every command's .pt snapshots)
-    skip the keys that start with any of `prefixes` (e.g. a BYOL checkpoint's "projector.",
-    "predictor."). Yields a dict that fills with {checkpoint path: [the keys skipped]}: what a
-    command prints and returns. No prefixes: nothing is skipped (today's behaviour)."""
-    skipped: dict[str, list[str]] = {}
-    token = _IGNORING.set((tuple(prefixes or ()), skipped))
-    try:
-        yield skipped
-    finally:
-        _IGNORING.reset(token)
+    def __post_init__(self) -> None:
+        self.prefixes = tuple(self.prefixes)
 
 
 def split_ignored(state: Mapping[str, torch.Tensor], prefixes: Sequence[str]) -> tuple[dict[str, torch.Tensor], list[str]]:
@@ -95,11 +88,10 @@ class Snapshot:
         return h.hexdigest()[:16]
 
 
-def read_state_dict(path: str, mmap: bool = False, ignore_keys: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+def read_state_dict(path: str, mmap: bool = False, keys: KeyFilter | None = None) -> dict[str, torch.Tensor]:
     """A tensor state dict from a checkpoint file, loaded with weights_only=True only.
     `mmap`: map the tensors instead of reading them (for looking at shapes only).
-    `ignore_keys`: key prefixes to skip (default: those of an enclosing `ignoring_keys` block,
-    which also records the keys skipped)."""
+    `keys`: the prefixes to skip; the keys skipped are recorded in it."""
     if not os.path.isfile(path):
         raise LandscapeError(f"checkpoint {path!r} does not exist")
     try:
@@ -118,12 +110,11 @@ def read_state_dict(path: str, mmap: bool = False, ignore_keys: Sequence[str] | 
     out = OrderedDict()
     for k, v in obj.items():
         out[k[len("module."):] if k.startswith("module.") else k] = v
-    active = _IGNORING.get()
-    prefixes = tuple(ignore_keys) if ignore_keys is not None else (active[0] if active else ())
+    prefixes = keys.prefixes if keys is not None else ()
     if prefixes:
         out, skipped = split_ignored(out, prefixes)
-        if active is not None and skipped:
-            active[1][path] = skipped
+        if skipped:
+            keys.skipped[path] = skipped
         if not out:
             raise LandscapeError(f"checkpoint {path!r}: every key starts with an ignored prefix "
                                  f"({', '.join(prefixes)})")

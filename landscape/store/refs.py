@@ -10,7 +10,7 @@ import os
 import torch
 from torch import nn
 
-from landscape.core.checkpoints import Snapshot, apply_state_dict, read_state_dict
+from landscape.core.checkpoints import KeyFilter, Snapshot, apply_state_dict, read_state_dict
 from landscape.core.errors import LandscapeError
 from landscape.core.params import ParamLayout
 
@@ -29,10 +29,11 @@ def split_store_ref(ref: str) -> tuple[str, str] | None:
     return None
 
 
-def load_snapshot(ref: str, model: nn.Module) -> Snapshot:
+def load_snapshot(ref: str, model: nn.Module, keys: KeyFilter | None = None) -> Snapshot:
     """A `.pt` checkpoint or `STORE:NAME` snapshot as a Snapshot for `model`'s architecture.
 
-    `model` is used as the template (its own weights are left untouched).
+    `model` is used as the template (its own weights are left untouched); `keys`: checkpoint keys
+    to skip (and record as skipped).
     """
     store_ref = split_store_ref(ref)
     if store_ref is not None and os.path.isdir(store_ref[0]):
@@ -46,7 +47,7 @@ def load_snapshot(ref: str, model: nn.Module) -> Snapshot:
         return snap
     if store_ref is not None and not os.path.exists(ref):
         raise LandscapeError(f"{ref!r} is neither a checkpoint file nor STORE:NAME of an existing store")
-    state = read_state_dict(ref)
+    state = read_state_dict(ref, keys=keys)
     clone = copy.deepcopy(model)
     apply_state_dict(clone, state, ref)
     return Snapshot.from_model(clone, name=ref, source=os.path.abspath(ref))
@@ -66,7 +67,7 @@ def stored_predictions(ref: str) -> tuple[list[str], torch.Tensor, torch.Tensor]
     return members, torch.from_numpy(obj["predictions"]).float(), torch.from_numpy(obj["labels"])
 
 
-def head_classes(ref: str | Snapshot) -> int | None:
+def head_classes(ref: str | Snapshot, keys: KeyFilter | None = None) -> int | None:
     """The number of classes of a snapshot's head: the rows of its last 2-D weight (a Linear
     layer's [classes, features]); None when it cannot be told (then the model's own default)."""
     try:
@@ -80,7 +81,7 @@ def head_classes(ref: str | Snapshot) -> int | None:
                 shapes = [shape for _, shape, _ in layout.slices()]
             else:
                 # mapped, not read: the snapshot itself is loaded once, later
-                shapes = [tuple(v.shape) for v in read_state_dict(ref, mmap=True).values() if v.is_floating_point()]
+                shapes = [tuple(v.shape) for v in read_state_dict(ref, mmap=True, keys=keys).values() if v.is_floating_point()]
     except (LandscapeError, KeyError, TypeError):
         return None  # the snapshot's own loading reports what is wrong with it
     heads = [s for s in shapes if len(s) == 2]
