@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from kernels import ensemble_metrics
 from landscape.analyses import grids as analyses
 from landscape.analyses.connect import connect as connect_curve
+from landscape.analyses.ensemble import ensemble_arrays, finished_ensemble
 from landscape.analyses.hessian import hessian as landscape_hessian
 from landscape.core.bn import recompute_bn
 from landscape.core.checkpoints import Snapshot
@@ -363,12 +364,12 @@ def store_ensembles(ctx: Context, methods: dict[str, dict[str, Any]]) -> None:
         res = methods[m.name]
         config = {"members": [ctx.runner.snapshot(n).fingerprint() for n in res["members"]],
                   "ece_bins": ctx.an["ece_bins"]}
-        if analyses.finished_ensemble(ctx.store, ctx.px + m.name, config, overwrite=True) is not None:
+        if finished_ensemble(ctx.store, ctx.px + m.name, config, overwrite=True) is not None:
             continue
         arrays = {k.removeprefix("ensemble_"): res[k] for k in ("ensemble_acc", "ensemble_nll", "ensemble_ece",
                                                                "ensemble_brier", "member_acc", "member_nll")}
         arrays["size"] = np.arange(1, len(res["members"]) + 1)
-        ctx.store.write("ensembles", ctx.px + m.name, analyses.ensemble_arrays(arrays, res["members"]),
+        ctx.store.write("ensembles", ctx.px + m.name, ensemble_arrays(arrays, res["members"]),
                         {"method": m.name, "type": m.type, "soup_acc": res["soup_acc"], "soup_nll": res["soup_nll"],
                          "params": m.params, "config": config}, overwrite=True)
 

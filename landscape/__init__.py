@@ -1,4 +1,9 @@
-"""Loss-landscape analysis for PyTorch: parameter vectors, directions, lines, barriers, planes, store."""
+"""Loss-landscape analysis for PyTorch: lines and barriers, planes, ensembles, Hessian spectra and
+curves between snapshots, in a store that cannot lose results.
+
+Every subcommand is a function here (`landscape.interpolate`, ..., `landscape.hessian`,
+`landscape.connect`, `landscape.export`); the pieces underneath live in one layer per folder
+(core, geometry, evaluate, store, analyses: see each folder's docstring and README "Layout")."""
 from landscape.core.checkpoints import Snapshot
 from landscape.core.data import TensorData, load_data
 from landscape.core.errors import LandscapeError
@@ -11,9 +16,10 @@ from landscape.geometry.lines import barrier, curve_barriers
 from landscape.store.refs import load_snapshot
 from landscape.store.store import Store
 
-from .api import barriers, connect, ensemble, export, hessian, info, interpolate, plane, plot, setup
+from .api import barriers, connect, ensemble, hessian, info, interpolate, plane, plot, setup
+from .exports import export
 
 __all__ = ["AffineFamily", "Evaluator", "LandscapeError", "ParamLayout", "Snapshot", "Store", "TensorData",
-           "barrier", "barriers", "build_model", "connect", "ensemble", "hessian", "export", "curve_barriers", "info", "interpolate", "load_data",
-           "load_snapshot", "parameters_to_vector", "pca_directions", "plane", "plane_through", "plot", "project",
-           "random_direction", "setup", "vector_to_model"]
+           "barrier", "barriers", "build_model", "connect", "curve_barriers", "ensemble", "export", "hessian", "info",
+           "interpolate", "load_data", "load_snapshot", "parameters_to_vector", "pca_directions", "plane",
+           "plane_through", "plot", "project", "random_direction", "setup", "vector_to_model"]

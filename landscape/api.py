@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from landscape.analyses import connect as connect_analysis
+from landscape.analyses import ensemble as ensemble_analysis
 from landscape.analyses import grids as analyses
 from landscape.analyses import hessian as hessian_analysis
 from landscape.analyses.grids import to_json
@@ -31,9 +32,9 @@ from landscape.core.loader import load_callable
 from landscape.core.models import BUILTIN_MODELS, build_model
 from landscape.core.validate import check_writable_dir, positive_int
 from landscape.evaluate.engine import Evaluator, LossFn, resolve_device
-from landscape.evaluate.ensembles import MemberForward, evaluate_ensemble, fit_temperatures, member_orders, table_rows
+from landscape.evaluate.ensembles import MemberForward, fit_temperatures, member_orders, table_rows
 from landscape.evaluate.hessian import check_spectrum_args
-from landscape.geometry.curves import CURVES, OPTIMIZERS, check_training_args
+from landscape.geometry.curves import check_training_args
 from landscape.geometry.directions import (
     NORMALIZATIONS,
     pca_directions,
@@ -46,8 +47,6 @@ from landscape.geometry.planes import project_snapshots, through_buffer_directio
 from landscape.geometry.ranges import alpha_range, line_alphas, parse_range
 from landscape.store.refs import head_classes, load_snapshot, stored_predictions
 from landscape.store.store import Store
-
-from .exports import export  # `landscape export` as a function
 
 
 @dataclass
@@ -459,28 +458,10 @@ def ensemble(members: Sequence[str | Snapshot], *, model: str | nn.Module | None
     attrs = {"members": names, "data_spec": spec, "orders": orders, "seed": seed, "config": config,
              "model_spec": model if isinstance(model, str) else None}
     with open_store(out) as store:
-        res = analyses.finished_ensemble(store, name, config, overwrite)
-        if res is None and not distributed.world().writer:
-            batches, _ = start()
-            for _ in batches:  # this rank's members' forward passes, sent to rank 0 batch by batch
-                pass
-        elif res is None:
-            if store is not None and keep_predictions:
-                with store.new_object("ensembles", name, attrs, overwrite=True) as obj:
-                    writer = _PredictionWriter(obj, len(names), n_samples, fp16)
-                    batches, temps = start()
-                    res = evaluate_ensemble(batches, names, temps, orders, seed, keep=writer.write)
-                    for key, value in analyses.ensemble_arrays(res, names).items():
-                        obj.put(key, value)
-                    labels = labels_out if labels_out is not None else torch.cat(seen_labels)
-                    obj.put("labels", labels.cpu().numpy())
-            else:
-                batches, temps = start()
-                res = evaluate_ensemble(batches, names, temps, orders, seed)
-                if store is not None:
-                    store.write("ensembles", name, analyses.ensemble_arrays(res, names), attrs, overwrite=True)
-        if distributed.active():  # rank 0's result on every rank
-            res = distributed.on_rank0(lambda: res)
+        res = ensemble_analysis.ensemble(start, names, n_samples, lambda: labels_out if labels_out is not None
+                                         else torch.cat(seen_labels), config=config, attrs=attrs, store=store,
+                                         name=name, overwrite=overwrite, keep_predictions=keep_predictions,
+                                         fp16=fp16, orders=orders, seed=seed)
     warnings = []
     at_bound = [i + 1 for i, b in enumerate(np.asarray(res.get("temperature_at_bound", []), dtype=bool)) if b]
     if at_bound:  # the validation data cannot pin the temperature down (e.g. 100% validation accuracy)
@@ -515,23 +496,6 @@ def _all_members(batches: Iterator[tuple[torch.Tensor, torch.Tensor]], m: int
             if part.shape[0]:
                 full[r::w.size] = part
         yield full.to(logits.device), labels
-
-
-class _PredictionWriter:
-    """Member logits written batch by batch into a chunked dataset of the object being written."""
-
-    def __init__(self, obj, m: int, n: int, fp16: bool) -> None:
-        self.obj, self.m, self.n, self.fp16 = obj, m, n, fp16
-        self.created = False
-
-    def write(self, start: int, logits: torch.Tensor) -> None:
-        if not self.created:
-            c = logits.shape[-1]
-            self.obj.create("predictions", (self.m, self.n, c), "f2" if self.fp16 else "f4",
-                            chunks=(1, min(self.n, 1024), c))
-            self.created = True
-        self.obj.write("predictions", (slice(None), slice(start, start + logits.shape[1])),
-                       logits.detach().cpu().numpy())
 
 
 # -- curvature and curves --------------------------------------------------------------

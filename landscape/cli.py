@@ -17,7 +17,8 @@ from landscape.core import distributed
 from landscape.core.bn import BN_MODES
 from landscape.core.errors import LandscapeError
 from landscape.core.loader import load_callable
-from landscape.exports import FORMATS
+from landscape.exports import FORMATS, export
+from landscape.geometry.curves import CURVES, OPTIMIZERS
 from landscape.geometry.directions import NORMALIZATIONS
 from landscape.store.store import KINDS, package_versions
 
@@ -171,7 +172,7 @@ def cmd_plot(args: argparse.Namespace) -> tuple[dict, str]:
 
 
 def cmd_export(args: argparse.Namespace) -> tuple[dict, str]:
-    res = api.export(args.file, args.name, args.format, args.output, metric=args.metric, log=args.log)
+    res = export(args.file, args.name, args.format, args.output, metric=args.metric, log=args.log)
     return res, f"wrote {res['file']} ({res['format']})"
 
 
@@ -423,13 +424,13 @@ def _add_curvature(subparsers: Any) -> None:
                 "--out study")
     p.add_argument("a", help="the snapshot at t = 0: a .pt checkpoint or STORE:NAME")
     p.add_argument("b", help="the snapshot at t = 1")
-    p.add_argument("--curve", choices=api.CURVES, default="bezier", help="a quadratic Bezier curve or a two-segment "
+    p.add_argument("--curve", choices=CURVES, default="bezier", help="a quadratic Bezier curve or a two-segment "
                    "polygonal chain, with one trained control point")
     p.add_argument("--epochs", type=int, default=20, help="training epochs of the control point")
     p.add_argument("--lr", type=float, default=0.05, help="base learning rate (Garipov et al.'s schedule)")
     p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     p.add_argument("--wd", type=float, default=0.0, help="L2 penalty on the curve's points")
-    p.add_argument("--optimizer", choices=api.OPTIMIZERS, default="sgd", help="optimizer of the control point")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd", help="optimizer of the control point")
     p.add_argument("--train-batch-size", type=int, default=128, help="samples per training step")
     p.add_argument("--num", type=int, default=21, help="values of t on [0, 1] evaluated")
     p.add_argument("--seed", type=int, default=0, help="seed of the random draws")

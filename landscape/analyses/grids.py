@@ -1,10 +1,11 @@
-"""The analysis layer: one function per kind of result, used by the API, the CLI and the study.
+"""Lines, barrier matrices and planes: the grid results (kinds curves, barriers, surfaces).
 
-Each takes an evaluator, the snapshots or directions, an optional store and a name, and owns
-the whole life of its result: the fingerprint a stored result must match (`config`), resume
+Each function takes an evaluator, the snapshots or directions, an optional store and a name, and
+owns the whole life of its result: the fingerprint a stored result must match (`config`), resume
 (only missing points are computed), the computation, and the one write of the finished object.
 Nothing is written before the store has agreed to the name (a refused command changes nothing),
 and a result that is already finished with the same arguments is returned without a write.
+One compute path (`_fill`) serves one process and many torchrun ranks.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from landscape.evaluate.engine import Evaluator
 from landscape.geometry.lines import barrier_matrices, curve_barriers, line_family
 from landscape.geometry.planes import plane_coefficients, plane_family
 from landscape.store.grid import Grid, MemoryGrid
-from landscape.store.store import Store, config_differences, same_config
+from landscape.store.store import Store, config_differences
 
 # Part of a grid: its points [offset, offset + len(coeffs)) lie on one affine family.
 Segment = tuple[Callable[[], AffineFamily], np.ndarray, int]
@@ -51,7 +52,7 @@ def _open_grid(store: Store | None, kind: str, name: str, shape: Sequence[int], 
     opened: dict[str, Grid] = {}
 
     def open_on_rank0(configs: list[str]) -> dict[str, Any]:
-        _check_same_inputs(configs, config)
+        check_same_inputs(configs, config)
         grid = opened["grid"] = (MemoryGrid(shape, metrics, arrays) if store is None else
                                  store.open_grid(kind, name, shape, metrics, arrays, config, attrs, overwrite))
         return {"done": grid.data["done"], "finished": grid.finished,
@@ -69,7 +70,7 @@ def _open_grid(store: Store | None, kind: str, name: str, shape: Sequence[int], 
     return grid
 
 
-def _check_same_inputs(configs: Sequence[str], config: Mapping[str, Any]) -> None:
+def check_same_inputs(configs: Sequence[str], config: Mapping[str, Any]) -> None:
     """Rank 0's check that every rank fingerprinted the same inputs (`configs` as JSON, by rank)."""
     mine = json.dumps(config, sort_keys=True, default=str)
     for rank, other in enumerate(configs):
@@ -255,36 +256,3 @@ def _same_directions(store: Store, name: str, directions: torch.Tensor, attrs: M
     stored, stored_attrs = store.read_directions(name)
     return bool(np.array_equal(stored.numpy(), directions.detach().cpu().numpy())) and all(
         to_jsonable(stored_attrs.get(k)) == to_jsonable(v) for k, v in attrs.items())
-
-
-def finished_ensemble(store: Store | None, name: str, config: Mapping[str, Any],
-                      overwrite: bool) -> dict[str, np.ndarray] | None:
-    """The stored arrays of ensemble `name` if it was computed with `config` (nothing to do);
-    None if it must be computed. Refuses a different config unless `overwrite`."""
-    if distributed.active():  # rank 0 reads the store, once every rank has shown the same inputs
-        def on_rank0(configs: list[str]) -> dict[str, np.ndarray] | None:
-            _check_same_inputs(configs, config)
-            return _finished_ensemble(store, name, config, overwrite)
-        return distributed.exchange(lambda: json.dumps(config, sort_keys=True, default=str), on_rank0)[1]
-    return _finished_ensemble(store, name, config, overwrite)
-
-
-def _finished_ensemble(store: Store | None, name: str, config: Mapping[str, Any],
-                       overwrite: bool) -> dict[str, np.ndarray] | None:
-    if store is None or not store.has("ensembles", name):
-        return None
-    attrs = store.read_attrs("ensembles", name)
-    stored = attrs.get("config")
-    if same_config(stored, config):
-        return store.read("ensembles", name, skip=("predictions", "labels")).arrays
-    if not overwrite:
-        raise LandscapeError(f"ensemble {name!r} in store {store.path!r} was computed with different arguments "
-                             f"({config_differences(stored, config)}); use --overwrite to replace it or choose another --name")
-    return None
-
-
-def ensemble_arrays(result: Mapping[str, Any], members: Sequence[str]) -> dict[str, np.ndarray]:
-    """The datasets of a stored ensemble: every per-size array of `result`, and the member names."""
-    arrays = {k: np.asarray(v) for k, v in result.items() if isinstance(v, (np.ndarray, list))}
-    arrays["members"] = np.array(list(members), dtype="S")
-    return arrays
