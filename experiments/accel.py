@@ -39,12 +39,15 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import torch
 from torch import nn
 
 from landscape.core.errors import LandscapeError
+
+from .data import FolderTask
+from .loaders import loader_options
 
 AMP_CHOICES = ("auto", "bf16", "off")
 AUTO = "auto"
@@ -135,28 +138,10 @@ def wants_channels_last(channels_last: bool | str | None, model: nn.Module, devi
     return _device(device).type in ("cpu", "cuda")
 
 
-@dataclass(frozen=True)
-class LoaderOptions:
-    """How FolderTask builds its DataLoaders (set on a task by `configure_loaders`)."""
-
-    pin_memory: bool
-    persistent_workers: bool
-
-
-def loader_options(runtime: Mapping[str, Any], device: torch.device | str, num_workers: int) -> LoaderOptions:
-    device = _device(device)
-    pin = runtime.get("pin_memory", AUTO)
-    pers = runtime.get("persistent_workers", AUTO)
-    pin = device.type == "cuda" if pin == AUTO else bool(pin)
-    pers = (device.type == "cuda" and num_workers > 0) if pers == AUTO else bool(pers) and num_workers > 0
-    return LoaderOptions(pin, pers)
-
-
 def configure_loaders(task: Any, runtime: Mapping[str, Any], device: torch.device | str) -> None:
     """Give a FolderTask its DataLoader options (tasks without DataLoaders are left alone)."""
-    if task is None or not hasattr(task, "_loader") or not hasattr(task, "num_workers"):
-        return
-    task.loader_options = loader_options(runtime, device, int(task.num_workers))
+    if isinstance(task, FolderTask):
+        task.set_loader_options(loader_options(runtime, _device(device), task.num_workers))
 
 
 @dataclass(frozen=True)
@@ -249,129 +234,3 @@ def forward_backward(model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimiz
         loss.backward()
         total = loss.detach() if total is None else total + loss.detach()
     return total
-
-
-# ----------------------------------------------------------------------------------------------
-# DataLoaders of image folders: pinned memory and persistent workers
-
-
-class _Indexed(torch.utils.data.Dataset):
-    """Samples addressed as (index, seed): sample `index` transformed under its own seed, the
-    global RNG restored afterwards (exactly what data._SeededSamples does for its i-th sample)."""
-
-    def __init__(self, ds) -> None:
-        self.ds = ds
-
-    def __len__(self) -> int:
-        return len(self.ds)
-
-    def __getitem__(self, key):
-        i, seed = key
-        state = torch.get_rng_state()
-        torch.manual_seed(int(seed))
-        try:
-            return self.ds[i]
-        finally:
-            torch.set_rng_state(state)
-
-
-class _EpochOrder(torch.utils.data.Sampler):
-    """A sampler that yields whatever order it was last given (one epoch's (index, seed) pairs)."""
-
-    def __init__(self, n: int) -> None:
-        self.n, self.order = n, []
-
-    def __len__(self) -> int:
-        return len(self.order) or self.n
-
-    def __iter__(self) -> Iterator:
-        return iter(self.order)
-
-
-class _Reused:
-    """One persistent DataLoader reused epoch after epoch; a second iteration while one is still
-    running (never the case in a study) gets a fresh, non-persistent loader over the same order."""
-
-    def __init__(self, loader, sampler: _EpochOrder | None, fresh) -> None:
-        self.loader, self.sampler, self.fresh = loader, sampler, fresh
-        self.busy = False
-        self.started = False
-        self.order: list | None = None
-
-    def epoch(self, order: list | None) -> "_Reused":
-        self.order = order
-        return self
-
-    def __iter__(self):
-        order = self.order
-        if self.busy:
-            yield from self.fresh(order)
-            return
-        if self.sampler is None and self.started:
-            # A non-persistent unshuffled loader draws its (unused) base seed from the global RNG
-            # every epoch; the persistent one draws it once: draw it here so the RNG moves the same.
-            torch.empty((), dtype=torch.int64).random_()
-        self.started = True
-        self.busy = True
-        try:
-            if self.sampler is not None:
-                self.sampler.order = order
-            yield from self.loader
-        finally:
-            self.busy = False
-
-
-def folder_loader(task: Any, ds, batch_size: int, shuffle: bool, g: torch.Generator | None, opts: LoaderOptions):
-    """The DataLoader of FolderTask._loader under `opts`.
-
-    Without persistent workers: today's DataLoader with pin_memory from `opts`. With them: one
-    loader per (dataset, batch size) kept on the task and reused; for the shuffled training data
-    the epoch's order is drawn from `g` exactly as a fresh DataLoader(shuffle=True, generator=g)
-    draws it (its base seed, then torch.randperm, then the randperm a RandomSampler draws when it
-    runs out), so batches and the generator's state after each epoch are identical either way.
-    """
-    from torch.utils.data import DataLoader
-
-    from .data import _seed_worker, _SeededSamples
-
-    nw = int(task.num_workers)
-    common = dict(num_workers=nw, pin_memory=opts.pin_memory, drop_last=False)
-    if not (opts.persistent_workers and nw > 0):
-        return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=g,
-                          worker_init_fn=_seed_worker if shuffle else None, persistent_workers=False, **common)
-    cache = task.__dict__.setdefault("_persistent_loaders", {})
-    if shuffle:
-        if not isinstance(ds, _SeededSamples) or g is None:
-            return DataLoader(ds, batch_size=batch_size, shuffle=True, generator=g, worker_init_fn=_seed_worker,
-                              persistent_workers=False, **common)
-        base, seeds = ds.ds, ds.seeds
-        n = len(base)
-        torch.empty((), dtype=torch.int64).random_(generator=g)  # the DataLoader iterator's base seed
-        perm = torch.randperm(n, generator=g)
-        torch.randperm(n, generator=g)  # RandomSampler's trailing randperm(n)[:0] at the end of the epoch
-        order = list(zip(perm.tolist(), seeds[perm].tolist()))
-        key = ("train", id(base), batch_size)
-        if key not in cache:
-            indexed = _Indexed(base)
-            sampler = _EpochOrder(n)
-
-            def fresh(order_, indexed=indexed):
-                return DataLoader(indexed, batch_size=batch_size, sampler=order_, worker_init_fn=_seed_worker,
-                                  generator=torch.Generator().manual_seed(0), persistent_workers=False, **common)
-
-            loader = DataLoader(indexed, batch_size=batch_size, sampler=sampler, worker_init_fn=_seed_worker,
-                                generator=torch.Generator().manual_seed(0), persistent_workers=True, **common)
-            cache[key] = (base, _Reused(loader, sampler, fresh))
-        return cache[key][1].epoch(order)
-    # Unshuffled: persistent only for the task's own datasets (test, val, train with evaluation
-    # transforms), not for one-off subsets that would each keep workers alive.
-    if not any(ds is v for v in vars(task).values()):
-        return DataLoader(ds, batch_size=batch_size, shuffle=False, persistent_workers=False, **common)
-    key = ("eval", id(ds), batch_size)
-    if key not in cache:
-        def fresh(_order, ds=ds):
-            return DataLoader(ds, batch_size=batch_size, shuffle=False, persistent_workers=False, **common)
-
-        loader = DataLoader(ds, batch_size=batch_size, shuffle=False, persistent_workers=True, **common)
-        cache[key] = (ds, _Reused(loader, None, fresh))
-    return cache[key][1].epoch(None)

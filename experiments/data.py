@@ -37,6 +37,8 @@ import torch.utils.data
 from landscape.core.data import IMAGENET_MEAN, IMAGENET_STD, TensorData
 from landscape.core.errors import LandscapeError
 
+from .loaders import FolderLoaders, LoaderOptions, SeededSamples
+
 # ----------------------------------------------------------------------------------------------
 # the embedded transfer problem
 
@@ -304,6 +306,7 @@ class FolderTask(Task):
         self.train_tf = T.Compose([T.RandomResizedCrop(image_size), T.RandomHorizontalFlip(), T.ToTensor(), norm])
         self.eval_tf = T.Compose([T.Resize(resize), T.CenterCrop(image_size), T.ToTensor(), norm])
         self.kind, self.root, self.num_workers = kind, root, int(num_workers)
+        self.loaders = FolderLoaders(self.num_workers)
         self.name = f"{kind}:{root}"
         try:
             if kind in ("cifar10", "cifar100"):
@@ -358,26 +361,20 @@ class FolderTask(Task):
     def train_size(self) -> int:
         return len(self._train)
 
+    def set_loader_options(self, options: LoaderOptions) -> None:
+        """Pinned memory and persistent workers, from the study's [runtime] table (accel.configure_loaders)."""
+        self.loaders.options = options
+
     def _loader(self, ds, batch_size, shuffle, g=None):
-        from torch.utils.data import DataLoader
-
-        # The study's runtime table (experiments.accel.apply_runtime) may set pinned memory and
-        # persistent workers; without it, the loaders of before.
-        options = self.__dict__.get("loader_options")
-        if options is not None:
-            from .accel import folder_loader
-
-            return folder_loader(self, ds, batch_size, shuffle, g, options)
-        return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=g, num_workers=self.num_workers,
-                          pin_memory=torch.cuda.is_available(), drop_last=False,
-                          worker_init_fn=_seed_worker if shuffle else None, persistent_workers=False)
+        own = any(ds is v for v in (self._train, self._train_eval, self._test, self._val))
+        return self.loaders.loader(ds, batch_size, shuffle, g, own)
 
     def train_batches(self, batch_size, g, device):
         # The order and every sample's transform seed come from `g`, so an epoch is the same
         # whatever the number of workers.
         n = len(self._train)
         seeds = torch.randint(0, 2**62, (n,), generator=g)
-        ds = _SeededSamples(self._train, seeds)
+        ds = SeededSamples(self._train, seeds)
         for x, y in self._loader(ds, batch_size, True, g):
             yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
@@ -412,31 +409,3 @@ class FolderTask(Task):
 
     def sample_input(self):
         return self._test[0][0].unsqueeze(0)
-
-
-class _SeededSamples(torch.utils.data.Dataset):
-    """A dataset whose i-th sample is transformed under its own seed (the global RNG is restored)."""
-
-    def __init__(self, ds, seeds: torch.Tensor) -> None:
-        self.ds, self.seeds = ds, seeds
-
-    def __len__(self) -> int:
-        return len(self.ds)
-
-    def __getitem__(self, i: int):
-        state = torch.get_rng_state()
-        torch.manual_seed(int(self.seeds[i]))
-        try:
-            return self.ds[i]
-        finally:
-            torch.set_rng_state(state)
-
-
-def _seed_worker(worker_id: int) -> None:
-    import random
-
-    import numpy as np
-
-    s = torch.initial_seed() % 2**32
-    np.random.seed(s)
-    random.seed(s)

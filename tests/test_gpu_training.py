@@ -15,11 +15,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from experiments import accel
-from experiments.accel import LoaderOptions, apply_runtime, loader_options
+from experiments.accel import apply_runtime
 from experiments.config import load_config
 from experiments.data import FolderTask, TensorTask
-from experiments.estimate import (TrainingEstimate, estimate_training, format_minutes, iterations_for,
-                                  measure_seconds_per_iteration)
+from experiments.estimate import (
+    TrainingEstimate,
+    estimate_training,
+    format_minutes,
+    iterations_for,
+    measure_seconds_per_iteration,
+)
+from experiments.loaders import LoaderOptions, loader_options
 from experiments.models import backbone_vector, build, head_name, load_backbone
 from experiments.training import is_channels_last, to_fast_layout, train
 from landscape.cli import main
@@ -294,7 +300,7 @@ def test_persistent_workers_give_the_same_batches_and_generator(image_folder):
     plain = FolderTask("imagefolder", image_folder, image_size=8, num_workers=2)
     kept = FolderTask("imagefolder", image_folder, image_size=8, num_workers=2)
     apply_runtime({"persistent_workers": True, "pin_memory": False}, CPU, kept, None)
-    assert kept.loader_options == LoaderOptions(False, True)
+    assert kept.loaders.options == LoaderOptions(False, True)
     ref, g_ref = epochs(plain, 1, 3)
     epochs(kept, 5, 1, stop=0)  # an epoch left half-way (as a timing run leaves it)
     got, g_got = epochs(kept, 1, 3)
@@ -302,7 +308,7 @@ def test_persistent_workers_give_the_same_batches_and_generator(image_folder):
     for (x0, y0), (x1, y1) in zip(ref, got):
         assert torch.equal(x0, x1) and torch.equal(y0, y1)
     assert torch.equal(g_ref.get_state(), g_got.get_state())
-    loaders = [entry[1] for entry in kept._persistent_loaders.values()]
+    loaders = [entry[1] for entry in kept.loaders._persistent.values()]
     assert len(loaders) == 1 and loaders[0].loader.persistent_workers  # one loader, reused epoch after epoch
     # test batches: the same, and the global RNG moves as it did
     for task in (plain, kept):
