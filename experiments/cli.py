@@ -11,6 +11,10 @@ from typing import Any
 from landscape.cli import command
 from landscape.core.errors import LandscapeError
 
+from . import demo, demo_out, run_study
+from .config import SHIPPED
+from .markdown import fmt_num, fmt_pct, pm
+
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="auto, cpu or cuda (default: the config's study.device)")
@@ -29,8 +33,6 @@ def headline(summary: dict[str, Any], out: str) -> str:
     Takes the summary as write_report returns it: None (not computed) prints as n/a, a computed
     non-finite value as nan or inf.
     """
-    from .markdown import fmt_num, fmt_pct, pm
-
     if not summary:  # a rank other than 0 of a distributed study: rank 0 reports
         return ""
     K = summary["study"]["members"]
@@ -63,20 +65,15 @@ def headline(summary: dict[str, Any], out: str) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> tuple[dict, str]:
-    from .study import run_study
-
     summary = run_study(args.config, args.out, device=args.device, quiet=args.quiet, overrides=args.overrides,
                         use_cache=not args.no_cache)
     return summary, headline(summary, args.out)
 
 
 def cmd_demo(args: argparse.Namespace) -> tuple[dict, str]:
-    from .study import run_study
-
-    config = "demo_quick" if args.quick else "demo"
-    out = args.out or ("landscape-demo-quick" if args.quick else "landscape-demo")
-    summary = run_study(config, out, device=args.device, quiet=args.quiet, overrides=args.overrides,
-                        use_cache=not args.no_cache)
+    out = args.out or demo_out(args.quick)
+    summary = demo(args.quick, out, device=args.device, quiet=args.quiet, overrides=args.overrides,
+                   use_cache=not args.no_cache)
     return summary, headline(summary, out)
 
 
@@ -86,8 +83,7 @@ def register(subparsers: Any) -> None:
                 description="Run a study: pre-training, fine-tuning, the ensemble samplers, the landscape "
                 "analysis and the report, all into DIR (resumable: rerun the same command after an "
                 "interruption).")
-    p.add_argument("config", help="a TOML file, or a shipped config: demo, demo_quick, cifar10_resnet50, "
-                   "cifar100_resnet50")
+    p.add_argument("config", help=f"a TOML file, or a shipped config: {', '.join(SHIPPED)}")
     p.add_argument("--out", required=True, help="output folder (the store DIR/results, DIR/report.md, DIR/summary.json, "
                    "DIR/figures)")
     _common(p)

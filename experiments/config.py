@@ -47,9 +47,12 @@ from typing import Any, Mapping
 from landscape.core.errors import LandscapeError
 from landscape.core.validate import check_grid_size, finite_positive, positive_int
 
+from .accel import LOADER_KEYS, RUNTIME_DEFAULTS, check_runtime
 from .data import EmbeddedSpec
 
-SHIPPED = ("demo", "demo_quick", "paper_grid", "tiny", "cifar10_resnet50", "cifar100_resnet50", "cifar100_resnet50_byol")
+# The shipped configs: every TOML file in experiments/configs (one source: the folder itself).
+SHIPPED = tuple(sorted(f.name[:-len(".toml")] for f in resources.files("experiments").joinpath("configs").iterdir()
+                       if f.name.endswith(".toml")))
 DATA_KINDS = ("embedded", "cifar10", "cifar100", "imagefolder")
 METHOD_TYPES = ("local_de", "global_de", "sse", "starsse", "fge", "swa")
 
@@ -83,9 +86,10 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
                  "ece_bins": (INT, 15), "sharpness": (BOOL, True), "sharpness_members": (INT, 2),
                  "hessian_iters": (INT, 20), "hessian_probes": (INT, 20), "curves": (BOOL, True),
                  "curve_epochs": (INT, 10), "curve_points": (INT, 11)},
-    "runtime": {"amp": (STR, "auto"), "channels_last": (BOOL_OR_AUTO, "auto"), "cudnn_benchmark": (BOOL, True),
-                "micro_batch_size": (INT, None), "pin_memory": (BOOL_OR_AUTO, "auto"),
-                "persistent_workers": (BOOL_OR_AUTO, "auto")},
+    # types here, defaults from the one table of them (experiments.accel)
+    "runtime": {k: (t, RUNTIME_DEFAULTS[k]) for k, t in (
+        ("amp", STR), ("channels_last", BOOL_OR_AUTO), ("cudnn_benchmark", BOOL), ("micro_batch_size", INT),
+        ("pin_memory", BOOL_OR_AUTO), ("persistent_workers", BOOL_OR_AUTO))},
 }
 EMBEDDED_ONLY = set(_EMBEDDED) - {"image_size"}
 REAL_ONLY = {"root", "num_workers", "val_fraction"}
@@ -495,8 +499,6 @@ def _parse_method(name: str, table: Any, st: dict, ft: dict) -> list[MethodConfi
 
 def _check_runtime(sections: dict, raw: Mapping[str, Any]) -> None:
     """[runtime] (experiments.accel) and pretrain.ignore_keys: values, and keys that do not apply."""
-    from .accel import LOADER_KEYS, check_runtime
-
     rt, pre, kind = sections["runtime"], sections["pretrain"], sections["data"]["kind"]
     _count(rt, "runtime.", "micro_batch_size")
     check_runtime(rt, "runtime.")

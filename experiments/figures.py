@@ -1,7 +1,7 @@
 """The study's figures (matplotlib, through landscape.plots' Agg backend), each written atomically.
 
 From the aggregate over seeds (experiments.aggregate: every number a mean with its std over
-seeds) and the first seed's analysis results (experiments.analysis):
+seeds) and the first seed's analysis results (experiments.seed_analysis):
 
 - ensemble_by_size.png: ensemble test accuracy and NLL against ensemble size for the cell chosen
   in each config table, mean with a ±std band over seeds; the from-scratch model as reference;

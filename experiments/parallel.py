@@ -33,8 +33,8 @@ from typing import Any, Hashable, Sequence
 from landscape.core import distributed
 from landscape.store.store import KINDS, Store
 
-from .analysis import EXTRAS, analyze_core, analyze_extras, merge_extras, sharpness_methods
 from .samplers import Unit
+from .seed_analysis import EXTRAS, analyze_core, analyze_extras, merge_extras, sharpness_methods
 
 
 def deal(costs: Sequence[tuple[Hashable, float]], size: int) -> list[list[Hashable]]:

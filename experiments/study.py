@@ -43,7 +43,6 @@ from landscape.store.store import Store
 
 from . import parallel
 from .accel import apply_runtime
-from .analysis import analyze_study
 from .config import StudyConfig, load_config
 from .data import FolderTask, Task, embedded_tasks
 from .estimate import device_name, estimate_training, iterations_for, measure_seconds_per_iteration
@@ -52,6 +51,7 @@ from .models import check_fits, load_backbone, load_checkpoint_file, seeded_buil
 from .records import unit_done, write_labels, write_predictions
 from .report import write_report
 from .samplers import Context, Plan, Unit, plan_study, run_unit
+from .seed_analysis import analyze_study
 from .training import Hooks, iterations_per_epoch, logits_metrics, predict, to_fast_layout
 
 RESULTS = "results"

@@ -1,4 +1,4 @@
-"""The study's summary: the analysis results (experiments.analysis.analyze_study) condensed to
+"""The study's summary: the analysis results (experiments.seed_analysis.analyze_study) condensed to
 the numbers the verdicts, figures, report.md and summary.json use.
 
 Values stay as computed: a diverged metric is a float nan. A value that was not computed in this

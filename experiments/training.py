@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from landscape.core.errors import LandscapeError
 
+from .accel import amp_dtype, forward_backward, wants_channels_last
 from .data import Task
 
 # Steps between reads of the running loss: often enough to stop a diverged run within a few
@@ -137,7 +138,6 @@ def train(model: nn.Module, task: Task, optimizer: torch.optim.Optimizer, *, ite
     accumulation over micro-batches of at most micro_batch_size samples. The defaults are the
     plain fp32 full-batch step.
     """
-    from .accel import amp_dtype, forward_backward
 
     dtype = amp_dtype(amp, device)
     info = RunInfo()
@@ -205,7 +205,6 @@ def to_fast_layout(model: nn.Module, device: torch.device, channels_last: bool |
     """channels_last for convolutional models (measured on the CPU: ~1.3-1.6x faster training;
     on CUDA it feeds cuDNN's NHWC tensor-core kernels). channels_last: "auto" (conv models on the
     CPU and CUDA), True (any conv model) or False (never): the study's runtime.channels_last."""
-    from .accel import wants_channels_last
 
     if wants_channels_last(channels_last, model, device):
         model = model.to(memory_format=torch.channels_last)

@@ -14,15 +14,13 @@ from landscape.cli import build_parser, main
 from landscape.core.models import build_model
 
 
-@pytest.fixture()
-def work(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+def make_work(folder):
+    """The `work` fixture's problem (tests/conftest.py): data d.pt and two tiny_cnn checkpoints."""
     g = torch.Generator().manual_seed(0)
     torch.save({"x": torch.randn(40, 3, 8, 8, generator=g), "y": torch.randint(0, 4, (40,), generator=g)}, "d.pt")
     for i in range(2):
         torch.manual_seed(i)
         torch.save(build_model("tiny_cnn", 4, (3, 8, 8)).state_dict(), f"m{i}.pt")
-    return tmp_path
 
 
 COMMON = ["--model", "tiny_cnn", "--num-classes", "4", "--data", "tensors:d.pt", "--quiet"]

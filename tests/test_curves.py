@@ -121,6 +121,7 @@ def test_training_is_deterministic_and_moves_the_control_point(two_solutions):
 
 
 def test_connect_stores_resumes_and_reruns_as_a_no_op(two_solutions, tmp_path, monkeypatch):
+    from landscape.analyses import connect as connections
     from landscape.store.store import Store
 
     x, y, xt, yt, a, b = two_solutions
@@ -141,7 +142,7 @@ def test_connect_stores_resumes_and_reruns_as_a_no_op(two_solutions, tmp_path, m
     with Store(tmp_path / "s", "a") as st, pytest.raises(KeyboardInterrupt):
         connect(ev, a, b, store=st, name="c", **kwargs)
     monkeypatch.setattr(ev, "evaluate", real)
-    monkeypatch.setattr(curves, "train_curve", lambda *a_, **k_: pytest.fail("retrained"))
+    monkeypatch.setattr(connections, "train_curve", lambda *a_, **k_: pytest.fail("retrained"))
     with Store(tmp_path / "s", "a") as st:
         assert st.has("snapshots", "c-bend") and st.unfinished("connections") == ["c"]
         res = connect(ev, a, b, store=st, name="c", **kwargs)

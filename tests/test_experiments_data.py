@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from experiments.data import EmbeddedSpec, FolderTask, make_transfer_problem, random_shift
-from experiments.models import (backbone_vector, build, check_fits, head_name, load_backbone, new_head,
-                                seeded_build)
+from experiments.models import backbone_vector, build, check_fits, head_name, load_backbone, new_head, seeded_build
 from experiments.study import run_study
 from landscape.cli import main
 from landscape.core.errors import LandscapeError

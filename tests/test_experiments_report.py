@@ -3,28 +3,25 @@ markdown), missing and non-finite values, and atomic writes that never lose a pr
 from __future__ import annotations
 
 import errno
-import inspect
 import json
 import os
-import re
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-import experiments.cli
-from landscape.store import atomic
+from experiments.aggregate import aggregate
 from experiments.cli import headline
 from experiments.config import load_config
 from experiments.files import write_json_atomically, write_text_atomically
 from experiments.markdown import fmt_num, fmt_pct, fmt_points, render_markdown
-from experiments.aggregate import aggregate
 from experiments.report import write_report
 from experiments.samplers import plan_study
 from experiments.summary import build_summary
 from experiments.verdicts import VERDICTS
 from landscape.core.errors import LandscapeError, LandscapeFault
 from landscape.plots import plt
+from landscape.store import atomic
 
 METRICS = ("test_loss", "test_error", "train_loss", "train_error")
 
@@ -38,7 +35,7 @@ def _prep(overrides: list[str] = (), seeds: int = 3, val: bool = True):
 
 
 def _results(prep, plan=None, seed: int = 0, pairwise: bool = True, scratch: bool = True, plane: bool = True) -> dict:
-    """What experiments.analysis.analyze_study returns for one seed, with made-up but plausible numbers."""
+    """What experiments.seed_analysis.analyze_study returns for one seed, with made-up but plausible numbers."""
     plan = plan or prep.plan
     rng = np.random.default_rng(seed)
     cfg = prep.cfg
@@ -207,9 +204,31 @@ def test_formatters():
     assert render_markdown.__module__ == "experiments.markdown"
 
 
-def test_cli_uses_only_public_helpers():
-    src = inspect.getsource(experiments.cli)
-    assert not re.search(r"(?<!\w)_(pct|f)\b", src) and "from .report import" not in src
+def test_headline_numbers_are_formatted_like_the_report(tmp_path):
+    """The command's headline (experiments.cli) shows each chosen method's numbers over seeds as
+    'mean ± std', formatted exactly as report.md shows them, and the verdicts the report states."""
+    summary = _report(_prep(), tmp_path)
+    text = headline(summary, str(tmp_path))
+    report = (tmp_path / "report.md").read_text()
+    lines = text.splitlines()
+    assert lines[0] == f"study 'tiny' -> {tmp_path} (3 seeds: mean ± std)"
+
+    def pct(s):
+        return f"{100 * s['mean']:.1f}% ± {100 * s['std']:.1f}"
+
+    tr = summary["transfer"]
+    assert lines[1] == f"fine-tuned {pct(tr['finetuned_acc'])}, from scratch {pct(tr['scratch_acc'])}"
+    chosen = {v["cell"] for v in summary["selected"].values()}
+    assert chosen
+    for name in chosen:
+        m = summary["methods"][name]
+        acc, nll = pct(m["stats"]["acc"]), f"{m['stats']['nll']['mean']:.3f} ± {m['stats']['nll']['std']:.3f}"
+        row = next(line for line in lines if line.startswith(m["label"] + " "))
+        assert row.split()[len(m["label"].split()):][:6] == [*acc.split(), *nll.split()], row
+        assert acc in report and nll in report
+    for f in summary["findings"]:
+        assert f"[{f['verdict']}] {f['claim']}" in lines and f["claim"] in report
+    assert lines[-1].endswith(f"report: {tmp_path}/report.md")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,8 +14,7 @@ import torch
 from experiments.config import load_config
 from experiments.samplers import Context, plan_study, run_unit, start_model
 from experiments.study import RESULTS, prepare, run_study
-from experiments.training import (Hooks, cosine_factor, cosine_lr, fge_cycle_iterations, fge_lr,
-                                  iterations_per_epoch)
+from experiments.training import Hooks, cosine_factor, fge_cycle_iterations, fge_lr, iterations_per_epoch
 from landscape.core.params import get_buffers, parameters_to_vector
 from landscape.store.store import Store
 
@@ -52,10 +51,11 @@ def tiny(tmp_path_factory):
 
 
 def test_cosine_schedule_values():
-    f = cosine_lr(0.02, 4)
-    assert [f(t) for t in range(4)] == [0.02, 0.02 * 0.5 * (1 + math.cos(math.pi / 4)), 0.01,
-                                        0.02 * 0.5 * (1 + math.cos(3 * math.pi / 4))]
+    """cosine_factor(t, E) = ½(1 + cos(π·t/E)), the factor of every cosine decay (lr = η·factor)."""
+    assert [cosine_factor(t, 4) for t in range(4)] == [1.0, 0.5 * (1 + math.cos(math.pi / 4)), 0.5,
+                                                       0.5 * (1 + math.cos(3 * math.pi / 4))]
     assert cosine_factor(0, 7) == 1.0 and cosine_factor(7, 7) == 0.0
+    assert cosine_factor(2, 3) + cosine_factor(1, 3) == pytest.approx(1.0)  # symmetric about t = E/2
 
 
 def test_fge_schedule_values():

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import json
-import shutil
 import os
+import shutil
 
 import h5py
 import numpy as np
@@ -12,9 +12,9 @@ import pytest
 from experiments.config import load_config
 from experiments.samplers import plan_study
 from experiments.study import RESULTS, run_study
-from landscape.store.store import Store
 from experiments.training import Hooks
 from landscape.cli import main
+from landscape.store.store import Store
 
 
 @pytest.fixture(autouse=True, scope="module")

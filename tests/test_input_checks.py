@@ -16,9 +16,9 @@ import landscape.core.data as data_mod
 from landscape import plots
 from landscape.cli import main
 from landscape.core.data import TensorData, load_data
-from landscape.evaluate.engine import resolve_device
 from landscape.core.errors import LandscapeError, LandscapeFault
 from landscape.core.models import build_model
+from landscape.evaluate.engine import resolve_device
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 NONFINITE = [(math.nan, "NaN"), (math.inf, "inf"), (-math.inf, "-inf")]

@@ -126,7 +126,7 @@ def _compile(job: dict) -> dict:
         out["n_regs"] = int(regs.group(1)) if regs else None
         out["n_spills"] = int(spills.group(1)) + int(spills.group(2)) if spills else None
         out["ok"] = True
-    except Exception as exc:  # noqa: BLE001 - reported per job
+    except Exception as exc:  # reported per job
         out["ok"] = False
         out["error"] = f"{type(exc).__name__}: {str(exc).strip()[:2000]}"
     return out
@@ -203,7 +203,7 @@ def record_ensemble_launches(quick: bool = False) -> list[dict]:
                 for call in calls:
                     try:
                         call()
-                    except Exception:  # noqa: BLE001 - the kernel did not run: its outputs are garbage
+                    except Exception:  # the kernel did not run: its outputs are garbage
                         pass
     finally:
         del kernel.run

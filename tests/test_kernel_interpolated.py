@@ -20,8 +20,15 @@ import torch
 import torch.nn.functional as F
 
 import kernels
-from kernels import dispatch, interp_conv2d, interp_linear, launch
-from kernels import interpolate_weights, interpolated_conv2d, interpolated_linear
+from kernels import (
+    dispatch,
+    interp_conv2d,
+    interp_linear,
+    interpolate_weights,
+    interpolated_conv2d,
+    interpolated_linear,
+    launch,
+)
 
 DEVICE = torch.device(os.environ.get("KERNELS_TEST_DEVICE", "cpu"))
 ON_GPU = DEVICE.type == "cuda"
@@ -425,16 +432,53 @@ def test_no_directions_is_the_base_network(impl: str, shared: bool) -> None:
     assert_within(yc, ref, bound, TOL[torch.float32])
 
 
-def test_naive_is_the_torch_path() -> None:
-    """Each op module keeps its torch path beside the kernel as `naive`."""
-    w0, dw, coeffs, b0, db = params(2, (6, 5), 3)
-    x = rand(3, 4, 5)
-    torch.testing.assert_close(interp_linear.naive(x, w0, dw, coeffs, b0, db),
-                               interpolated_linear(x, w0, dw, coeffs, b0, db, impl="torch"), rtol=0, atol=0)
-    cw0, cdw, cc, cb0, cdb = params(2, (4, 3, 3, 3), 3)
-    xc = rand(3, 2, 3, 5, 6)
-    torch.testing.assert_close(interp_conv2d.naive(xc, cw0, cdw, cc, cb0, cdb, 1, 1),
-                               interpolated_conv2d(xc, cw0, cdw, cc, cb0, cdb, 1, 1, impl="torch"), rtol=0, atol=0)
+# The torch paths called directly, as benchmarks/interpolated_cpu.py calls them, in each of their
+# branches: a shared input by linearity (K > d+1), a shared input broadcast (K <= d+1), per-point
+# inputs; fp32 inputs (exact and bf16 operands) and fp64 inputs (fp64 accumulation, TOL[F64]).
+NAIVE_MODES = [(torch.float32, "exact"), (torch.float32, "bf16"), (F64, "exact")]
+NAIVE_LINEAR_CASES = [
+    # K, d, N, in, out, bias, shared
+    (5, 2, 7, 13, 11, "both", True),  # linearity
+    (2, 3, 1, 1, 17, "db", True),  # broadcast; one row, one input feature
+    (3, 1, 9, 31, 1, "b0", False),  # one output feature
+    (4, 0, 3, 6, 5, "none", True),  # no directions
+    (1, 4, 19, 23, 29, "both", False),
+]
+NAIVE_CONV_CASES = [
+    # K, d, N, I, O, H, W, kernel, stride, padding, dilation, groups, bias, shared
+    (5, 2, 2, 6, 9, 7, 5, (3, 2), (2, 1), (1, 2), (1, 2), 3, "both", True),  # linearity
+    (2, 2, 1, 4, 6, 9, 11, (1, 3), 3, 0, 1, 2, "db", True),  # broadcast
+    (3, 1, 3, 3, 5, 8, 6, (3, 3), 1, 1, 2, 1, "b0", False),
+    (1, 3, 2, 2, 1, 5, 5, (5, 5), 1, 2, 1, 1, "none", False),  # kernel as large as the input
+]
+
+
+@pytest.mark.parametrize("dtype,precision", NAIVE_MODES)
+@pytest.mark.parametrize("K,d,N,fin,fout,bias,shared", NAIVE_LINEAR_CASES)
+def test_linear_naive_matches_fp64(dtype, precision, K, d, N, fin, fout, bias, shared) -> None:
+    """interp_linear.naive against W_k = W0 + Σ_j c_kj·D_j materialised in fp64 and F.linear in fp64."""
+    w0, dw, coeffs, b0, db = params(d, (fout, fin), K, bias=bias, dtype=dtype)
+    x = rand(N, fin, dtype=dtype) if shared else rand(K, N, fin, dtype=dtype)
+    y = interp_linear.naive(x, w0, dw, coeffs, b0, db, precision=precision)
+    assert y.dtype == dtype
+    ref, bound = reference(F.linear, x, w0, dw, coeffs, b0, db, shared)
+    assert_within(y, ref, bound, tolerance(dtype, precision))
+
+
+@pytest.mark.parametrize("dtype,precision", NAIVE_MODES)
+@pytest.mark.parametrize("K,d,N,I,O,H,W,kernel,stride,padding,dilation,groups,bias,shared", NAIVE_CONV_CASES)
+def test_conv2d_naive_matches_fp64(
+    dtype, precision, K, d, N, I, O, H, W, kernel, stride, padding, dilation, groups, bias, shared
+) -> None:
+    """interp_conv2d.naive (positional stride, padding, dilation, groups) against W_k materialised
+    in fp64 and F.conv2d in fp64."""
+    w0, dw, coeffs, b0, db = params(d, (O, I // groups, *kernel), K, bias=bias, dtype=dtype)
+    x = rand(N, I, H, W, dtype=dtype) if shared else rand(K, N, I, H, W, dtype=dtype)
+    y = interp_conv2d.naive(x, w0, dw, coeffs, b0, db, stride, padding, dilation, groups, precision=precision)
+    assert y.dtype == dtype
+    ref, bound = reference(F.conv2d, x, w0, dw, coeffs, b0, db, shared, stride=stride, padding=padding,
+                           dilation=dilation, groups=groups)
+    assert_within(y, ref, bound, tolerance(dtype, precision))
 
 
 @pytest.mark.parametrize("precision", ["exact", "bf16"])
@@ -444,9 +488,9 @@ def test_batched_forward_through_the_kernels(monkeypatch: pytest.MonkeyPatch, pr
     from torch import nn
     from torch.func import functional_call
 
-    from landscape.evaluate.batched import BatchedForward
     from landscape.core.family import AffineFamily
     from landscape.core.params import ParamLayout, get_buffers
+    from landscape.evaluate.batched import BatchedForward
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.Conv2d(6, 5, 3, stride=2),

@@ -17,11 +17,19 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
-from kernels import dispatch, interp_conv2d, interp_linear, interp_weights, launch
-from kernels import interpolate_weights, interpolated_conv2d, interpolated_linear
-from kernels.launch import GemmConfig, PointwiseConfig
 from test_kernel_interpolated import DEVICE, F64, TOL, assert_within, params, rand, reference, tolerance
+
+from kernels import (
+    dispatch,
+    interp_conv2d,
+    interp_linear,
+    interp_weights,
+    interpolate_weights,
+    interpolated_conv2d,
+    interpolated_linear,
+    launch,
+)
+from kernels.launch import GemmConfig, PointwiseConfig
 
 SMALL = GemmConfig(16, 16, 16, group_m=2, num_warps=1, num_stages=1)  # short groups, many programs
 

@@ -31,12 +31,12 @@ USER_MODULE = textwrap.dedent("""
 """)
 
 
-@pytest.fixture()
-def work(tmp_path, monkeypatch):
-    (tmp_path / "user_model.py").write_text(USER_MODULE)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.chdir(tmp_path)
-    sys.modules.pop("user_model", None)
+WORK_FILES = {"user_model.py": USER_MODULE}
+
+
+def make_work(tmp_path):
+    """The `work` fixture's problem (tests/conftest.py): train/test data, three checkpoints (one
+    wrapped the way DataParallel saves it) and a wider model's."""
     import user_model
 
     g = torch.Generator().manual_seed(0)
@@ -54,7 +54,6 @@ def work(tmp_path, monkeypatch):
                    tmp_path / f"m{i}.pt")
     torch.manual_seed(20)
     torch.save(user_model.make_wide().state_dict(), tmp_path / "wide.pt")
-    return tmp_path
 
 
 COMMON = ["--model", "user_model:make", "--data", "tensors:train.pt", "--test-data", "tensors:test.pt", "--quiet"]
@@ -285,6 +284,7 @@ def test_bad_inputs(work, capsys):
 
     # snapshots of different architectures on one line (store snapshots carry their layout)
     import user_model
+
     from landscape.core.checkpoints import Snapshot
     from landscape.store.store import Store
 
@@ -313,6 +313,7 @@ def test_bad_inputs(work, capsys):
 
 def test_store_snapshot_roundtrip_and_overwrite_flag(work, capsys):
     import user_model
+
     from landscape.core.checkpoints import Snapshot
     from landscape.store.store import Store
 

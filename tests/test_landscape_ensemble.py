@@ -4,7 +4,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import sys
 import textwrap
 
 import numpy as np
@@ -27,12 +26,12 @@ USER_MODULE = textwrap.dedent("""
 """)
 
 
-@pytest.fixture()
-def work(tmp_path, monkeypatch):
-    (tmp_path / "ens_model.py").write_text(USER_MODULE)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.chdir(tmp_path)
-    sys.modules.pop("ens_model", None)
+WORK_FILES = {"ens_model.py": USER_MODULE}
+
+
+def make_work(folder):
+    """The `work` fixture's problem (tests/conftest.py): test/val data, four members, a member of
+    another architecture, one with 7 classes and one holding a NaN."""
     import ens_model
 
     g = torch.Generator().manual_seed(1)
@@ -53,7 +52,6 @@ def work(tmp_path, monkeypatch):
     nan = torch.load("m0.pt")
     nan["4.bias"][2] = float("nan")
     torch.save(nan, "nan.pt")
-    return tmp_path
 
 
 def reference_probs(paths, split="test"):
@@ -140,6 +138,7 @@ def test_calibrated_nll_uses_the_best_temperature(work, capsys):
 
 def test_random_orders_and_store_snapshots(work, capsys):
     import ens_model
+
     from landscape.core.checkpoints import Snapshot
     from landscape.store.store import Store
 

@@ -3,7 +3,6 @@ fp64 forward passes."""
 from __future__ import annotations
 
 import json
-import sys
 import textwrap
 
 import pytest
@@ -24,12 +23,11 @@ USER = textwrap.dedent("""
 """)
 
 
-@pytest.fixture()
-def work(tmp_path, monkeypatch):
-    (tmp_path / "user_losses.py").write_text(USER)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.chdir(tmp_path)
-    sys.modules.pop("user_losses", None)
+WORK_FILES = {"user_losses.py": USER}
+
+
+def make_work(folder):
+    """The `work` fixture's problem (tests/conftest.py): regression data and two regressors."""
     import user_losses
 
     g = torch.Generator().manual_seed(0)
@@ -38,7 +36,6 @@ def work(tmp_path, monkeypatch):
     for i in range(2):
         torch.manual_seed(i)
         torch.save(user_losses.regressor().state_dict(), f"r{i}.pt")
-    return tmp_path
 
 
 def run(capsys, *argv):

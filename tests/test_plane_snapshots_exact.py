@@ -4,7 +4,6 @@ carries exactly the snapshot's statistics) and `recompute` re-estimates them as 
 References are independent fp64 forward passes (and torch's own swa_utils.update_bn)."""
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch

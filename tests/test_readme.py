@@ -48,7 +48,7 @@ def test_python_examples(ran, monkeypatch):
     monkeypatch.chdir(ran)
     code = blocks("python", "## Python API")[0]
     namespace: dict = {}
-    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - our own README
+    exec(compile(code, "README.md", "exec"), namespace)  # our own README
     assert namespace["line"]["bn_mode"] == "recompute"
     assert len(namespace["rows"]) == 2
     assert np.asarray(namespace["plane"]["test_loss"]).shape == (5, 5)

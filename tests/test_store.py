@@ -72,14 +72,11 @@ SLOW = textwrap.dedent("""
 """)
 
 
-@pytest.fixture()
-def work(tmp_path, monkeypatch):
-    (tmp_path / "user_model.py").write_text(USER_MODULE)
-    (tmp_path / "kill_at.py").write_text(KILL_AT)
-    (tmp_path / "slow.py").write_text(SLOW)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.chdir(tmp_path)
-    sys.modules.pop("user_model", None)
+WORK_FILES = {"user_model.py": USER_MODULE, "kill_at.py": KILL_AT, "slow.py": SLOW}
+
+
+def make_work(tmp_path):
+    """The `work` fixture's problem (tests/conftest.py): train/test data and three checkpoints."""
     import user_model
 
     g = torch.Generator().manual_seed(0)
@@ -90,7 +87,6 @@ def work(tmp_path, monkeypatch):
     for i in range(3):
         torch.manual_seed(10 + i)
         torch.save(user_model.make().state_dict(), tmp_path / f"m{i}.pt")
-    return tmp_path
 
 
 COMMON = ["--model", "user_model:make", "--data", "tensors:train.pt", "--test-data", "tensors:test.pt", "--quiet"]

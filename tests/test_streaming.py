@@ -4,7 +4,6 @@ sample by its index in the whole data set."""
 from __future__ import annotations
 
 import json
-import sys
 import textwrap
 
 import numpy as np
@@ -13,8 +12,8 @@ import torch
 
 from landscape.cli import main
 from landscape.core.data import StreamData, load_data
-from landscape.evaluate.engine import Evaluator
 from landscape.core.models import build_model
+from landscape.evaluate.engine import Evaluator
 
 USER_DATA = textwrap.dedent("""
     import torch
@@ -45,12 +44,12 @@ USER_DATA = textwrap.dedent("""
 """)
 
 
-@pytest.fixture()
-def work(tmp_path, monkeypatch):
-    (tmp_path / "user_data.py").write_text(USER_DATA)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.chdir(tmp_path)
-    sys.modules.pop("user_data", None)
+WORK_FILES = {"user_data.py": USER_DATA}
+
+
+def make_work(folder):
+    """The `work` fixture's problem (tests/conftest.py): the generated data sets saved as tensors
+    and two tiny_cnn checkpoints."""
     import user_data
 
     for name, ds in (("train", user_data.train()), ("test", user_data.test())):
@@ -59,7 +58,6 @@ def work(tmp_path, monkeypatch):
     for i in range(2):
         torch.manual_seed(i)
         torch.save(build_model("tiny_cnn", 4, (3, 8, 8)).state_dict(), f"m{i}.pt")
-    return tmp_path
 
 
 def run(capsys, *argv):

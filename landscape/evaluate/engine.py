@@ -23,13 +23,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from kernels import PRECISIONS, precision_from_torch_flags
+from landscape.core.allocator import tune_allocator
 from landscape.core.bn import BN_MODES, FoldedEval, bn_modules, recompute_bn
 from landscape.core.checkpoints import Snapshot
 from landscape.core.data import StreamData, TensorData, check_labels
 from landscape.core.errors import LandscapeError
 from landscape.core.family import AffineFamily
 from landscape.core.params import ParamLayout, set_buffers, vector_to_model
-from landscape.core.runtime import tune_allocator
 from landscape.core.validate import positive_int
 
 from .batched import BatchedForward, batched_metrics

@@ -1,8 +1,10 @@
 """Hessian spectra of the mean loss at a snapshot: top-k eigenpairs, trace, spectral density.
 
 Everything rests on exact Hessian-vector products (HVPs) of the mean loss over the WHOLE given
-data set, L(θ) = Σ_b (n_b / N)·loss_b(θ), in eval mode (BatchNorm uses the snapshot's buffers,
-as the surface commands evaluate), so H·v = Σ_b (n_b / N)·H_b·v.
+data set, L(θ) = Σ_b (n_b / N)·loss_b(θ), in eval mode, so H·v = Σ_b (n_b / N)·H_b·v. BatchNorm
+uses the buffers of the snapshot it is given: the analyses (landscape.analyses.hessian) pass the
+snapshot's own buffers under BN mode keep and statistics recomputed at the point under recompute
+(`Evaluator.with_point_buffers`), as the surface commands evaluate.
 
 How an HVP is computed (measured on the CPU, 2 cores, torch 2.14.1; minimum of 7 interleaved
 runs, 1,000 samples in batches of 250; see benchmarks/hessian.py):
@@ -533,7 +535,8 @@ def hessian_directions(evaluator, center: Snapshot, *, normalization: str = "fil
     random planes are (`normalize_direction`), and the direction attributes for analyses.plane.
 
     The Hessian is that of the evaluator's data (training split if present) and loss, computed
-    on its device; BN as in `hessian` (the snapshot's buffers, or recomputed with bn_mode recompute)."""
+    on its device; BN as the analyses evaluate it (the snapshot's buffers under BN mode keep,
+    statistics recomputed at `center` under recompute); the products at the evaluator's precision."""
     d = evaluator.loss_data()
     split = d["split"]
     snap = evaluator.with_point_buffers(center)

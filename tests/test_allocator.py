@@ -10,12 +10,12 @@ import pytest
 
 CHECK = """
 import torch
-from landscape.core import runtime
+from landscape.core import allocator
 from landscape.core.data import TensorData
 from landscape.evaluate.engine import Evaluator
-assert not runtime._done
+assert not allocator._done
 Evaluator(torch.nn.Linear(3, 2), TensorData(torch.randn(4, 3), torch.tensor([0, 1, 0, 1])))
-print(runtime._done)
+print(allocator._done)
 """
 
 
@@ -32,8 +32,8 @@ def test_first_layer_share_matches_torchs_flop_counter():
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from landscape.evaluate.engine import first_layer_flop_share
     from landscape.core.models import build_model
+    from landscape.evaluate.engine import first_layer_flop_share
 
     for spec, shape in (("small_cnn", (3, 32, 32)), ("mlp", (3, 16, 16)), ("tiny_cnn", (3, 8, 8))):
         model = build_model(spec, 10, shape).eval()
