@@ -553,7 +553,7 @@ def section_planes(rep: Report, args) -> None:
             v[name], got = fn()
         except ImportError:
             v[name] = {"seconds": None, "note": "not installed"}
-        except Exception as exc:  # noqa: BLE001 - reported; the other variants still run
+        except Exception as exc:  # reported; the other variants still run
             v[name] = {"seconds": None, "note": f"error: {type(exc).__name__}: {exc}"}
             rep.error(f"planes: {st['label']}: {name}", exc)
         if got is not None:
@@ -607,7 +607,7 @@ def main() -> int:
         t0 = time.perf_counter()
         try:
             fn(rep, args)
-        except Exception as exc:  # noqa: BLE001 - a broken section is reported, the rest still run
+        except Exception as exc:  # a broken section is reported, the rest still run
             rep.error(name, exc)
         rep.data.setdefault("section_seconds", {})[name] = time.perf_counter() - t0
     rep.data["total_seconds"] = time.perf_counter() - t_all
@@ -615,7 +615,7 @@ def main() -> int:
     out.write_text(json.dumps(rep.data, indent=1, default=str))
     try:
         print(summary_table(rep.data))
-    except Exception as exc:  # noqa: BLE001 - the JSON file has everything
+    except Exception as exc:  # the JSON file has everything
         print(f"(summary table failed: {type(exc).__name__}: {exc})")
     print(f"\nwritten {out} ({rep.data['total_seconds']:.0f} s); "
           f"{'all checks passed' if rep.ok else 'SOME CHECKS FAILED'}")

@@ -256,7 +256,7 @@ def _unknown(where: str, key: str, known: list[str]) -> str:
     return f"unknown key {where}{key!r}{hint}"
 
 
-def _fill(table: Mapping[str, Any], schema: Mapping[str, tuple[str, Any]], where: str) -> dict[str, Any]:
+def _with_defaults(table: Mapping[str, Any], schema: Mapping[str, tuple[str, Any]], where: str) -> dict[str, Any]:
     if not isinstance(table, Mapping):
         raise LandscapeError(f"{where.rstrip('.')} must be a table, got {_describe(table)}")
     out = {}
@@ -436,7 +436,7 @@ def _parse_method(name: str, table: Any, st: dict, ft: dict) -> list[MethodConfi
         raise LandscapeError(f"{where}type is required (one of {', '.join(METHOD_TYPES)})")
     if mtype not in METHOD_TYPES:
         raise LandscapeError(f"{where}type must be one of {', '.join(METHOD_TYPES)}, got {_describe(mtype)}")
-    filled = _fill(table, {**METHOD_COMMON, **METHOD_SCHEMA[mtype]}, where)
+    filled = _with_defaults(table, {**METHOD_COMMON, **METHOD_SCHEMA[mtype]}, where)
     filled.pop("type")
     _count(filled, where, "members", minimum=1 if mtype == "swa" else 2)
     members = filled.pop("members") or st["members"]
@@ -534,7 +534,7 @@ def _parse(raw: Mapping[str, Any], check_paths: bool) -> "_Parsed":
     for key in raw:
         if key not in known:
             raise LandscapeError(_unknown("", key, known))
-    sections = {name: _fill(raw.get(name, {}), schema, f"{name}.") for name, schema in SCHEMA.items()}
+    sections = {name: _with_defaults(raw.get(name, {}), schema, f"{name}.") for name, schema in SCHEMA.items()}
     st, data, model, pre, ft, sc, an = (sections[k] for k in ("study", "data", "model", "pretrain", "finetune",
                                                               "scratch", "analysis"))
     _seed(st, "study.", "seed")

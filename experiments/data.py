@@ -328,7 +328,7 @@ class FolderTask(Task):
                     raise LandscapeError(f"image folder {root!r}: train and test hold different classes")
         except LandscapeError:
             raise
-        except Exception as exc:  # noqa: BLE001 - torchvision's own message, on one line
+        except Exception as exc:  # torchvision's own message, on one line
             raise LandscapeError(f"data {kind}:{root}: {str(exc).splitlines()[0]}") from None
         if len(self._train) == 0 or len(self._test) == 0:
             raise LandscapeError(f"data {kind}:{root} is empty")

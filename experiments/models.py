@@ -110,7 +110,7 @@ def check_fits(model: nn.Module, sample: torch.Tensor, num_classes: int, what: s
     try:
         with torch.no_grad():
             out = model(sample)
-    except Exception as exc:  # noqa: BLE001 - the model does not fit the data
+    except Exception as exc:  # the model does not fit the data
         raise LandscapeError(f"{what} does not fit the data (input {list(sample.shape[1:])}): "
                              f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
     finally:

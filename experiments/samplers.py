@@ -178,7 +178,7 @@ def plan_study(cfg: StudyConfig, seed: int | None = None) -> Plan:
 
 
 @dataclass
-class Context:
+class TrainingContext:
     """What a unit needs to run: tasks, model factory, recipes, device, and how to find snapshots."""
 
     cfg: StudyConfig
@@ -214,18 +214,18 @@ LR_KEY = {"pretrain": "pretrain.lr", "scratch": "scratch.lr, which defaults to f
           "swa": "methods.{}.lr_scale"}
 
 
-def _diverged_text(ctx: Context, unit: Unit) -> dict[str, str]:
+def _diverged_text(ctx: TrainingContext, unit: Unit) -> dict[str, str]:
     """train()'s `what` and `hint`: which study and unit diverged, and the key that sets its lr."""
     key = LR_KEY["fge_cyclic" if unit.extra.get("schedule") == "cyclic" else unit.kind].format(unit.extra.get("group", unit.method))
     return {"what": f"config {ctx.cfg.source}, unit {unit.name}", "hint": f"({key}; this run's lr {unit.lr:g})"}
 
 
-def _bar(ctx: Context, unit: Unit, total: int) -> tqdm:
+def _bar(ctx: TrainingContext, unit: Unit, total: int) -> tqdm:
     return tqdm(total=total, desc=f"  {unit.name} epochs", unit="ep", leave=False, disable=ctx.quiet,
                 dynamic_ncols=True)
 
 
-def start_model(ctx: Context, unit: Unit) -> nn.Module:
+def start_model(ctx: TrainingContext, unit: Unit) -> nn.Module:
     """The unit's starting point, on the device, in train mode."""
     if unit.kind == "pretrain":
         model = ctx.build(ctx.source.num_classes, unit.seed)
@@ -242,7 +242,7 @@ def start_model(ctx: Context, unit: Unit) -> nn.Module:
     return to_fast_layout(model.to(ctx.device), ctx.device, channels_last=ctx.runtime()["channels_last"]).train()
 
 
-def run_unit(ctx: Context, unit: Unit) -> nn.Module:
+def run_unit(ctx: TrainingContext, unit: Unit) -> nn.Module:
     """Train one unit from its starting point; returns the trained model (SWA: the averaged one)."""
     model = start_model(ctx, unit)
     g = _generator(unit.seed)
@@ -263,7 +263,7 @@ def run_unit(ctx: Context, unit: Unit) -> nn.Module:
     raise AssertionError(unit.kind)
 
 
-def _cosine_run(ctx: Context, unit: Unit, model: nn.Module, task: Task, optim: Optim, epochs: float,
+def _cosine_run(ctx: TrainingContext, unit: Unit, model: nn.Module, task: Task, optim: Optim, epochs: float,
                 g: torch.Generator) -> nn.Module:
     """A cosine decay from the unit's lr: a fine-tuning, a pre-training or one SSE/StarSSE cycle.
 
@@ -288,7 +288,7 @@ def _cosine_run(ctx: Context, unit: Unit, model: nn.Module, task: Task, optim: O
     return model
 
 
-def _fge_run(ctx: Context, unit: Unit, model: nn.Module, optim: Optim, g: torch.Generator) -> nn.Module:
+def _fge_run(ctx: TrainingContext, unit: Unit, model: nn.Module, optim: Optim, g: torch.Generator) -> nn.Module:
     """One FGE segment: from the previous minimum (or the fine-tuned model) to the next minimum."""
     ipe = iterations_per_epoch(ctx.target.train_size(), optim.batch_size)
     c = fge_cycle_iterations(unit.extra["cycle_epochs"], ipe)
@@ -311,7 +311,7 @@ def _fge_run(ctx: Context, unit: Unit, model: nn.Module, optim: Optim, g: torch.
 CYCLIC_FLOOR, CYCLIC_MOMENTUM = 0.01, (0.8, 0.9)
 
 
-def _cyclic_fge_run(ctx: Context, unit: Unit, model: nn.Module, optim: Optim, g: torch.Generator) -> nn.Module:
+def _cyclic_fge_run(ctx: TrainingContext, unit: Unit, model: nn.Module, optim: Optim, g: torch.Generator) -> nn.Module:
     """One cycle of the authors' FGE schedule from the previous snapshot (or the fine-tuned model):
     torch.optim.lr_scheduler.CyclicLR rises per iteration from 0.01·η_c to η_c over the first half
     of the cycle and falls back over the second, while the momentum falls from 0.9 to 0.8 and rises
@@ -332,7 +332,7 @@ def _cyclic_fge_run(ctx: Context, unit: Unit, model: nn.Module, optim: Optim, g:
     return model
 
 
-def _swa_run(ctx: Context, unit: Unit, model: nn.Module, optim: Optim, g: torch.Generator) -> nn.Module:
+def _swa_run(ctx: TrainingContext, unit: Unit, model: nn.Module, optim: Optim, g: torch.Generator) -> nn.Module:
     """SWA from the fine-tuned model with torch.optim.swa_utils: SWALR to the SWA lr, an average
     of the weights at the end of every epoch, then update_bn."""
     from torch.optim.swa_utils import SWALR, AveragedModel, update_bn

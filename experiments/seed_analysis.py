@@ -49,7 +49,7 @@ BARRIER_KEYS = ("test_loss", "test_error", "train_loss", "train_error")
 
 
 @dataclass
-class Context:
+class AnalysisContext:
     """What every stage needs: the prepared study, its stores, its snapshots, the evaluator.
 
     `store` receives the results; `records` holds the study's predictions and labels (the same
@@ -99,7 +99,7 @@ def analyze_study(prep, store: Store, runner, quiet: bool = True, plan=None, ext
 def analyze_core(prep, store: Store, runner, quiet: bool = True, plan=None,
                  records: Store | None = None) -> dict[str, Any]:
     """Every number of one seed's summary: members, ensembles, soups, lines, pairwise barriers."""
-    ctx = Context(prep, store, runner, quiet, plan, records)
+    ctx = AnalysisContext(prep, store, runner, quiet, plan, records)
     out: dict[str, Any] = {"methods": {}, "members": {}}
     singles = single_metrics(ctx)
     out["finetuned"] = {"name": ctx.plan.finetuned, **singles[ctx.plan.finetuned]}
@@ -132,7 +132,7 @@ EXTRAS = ("plane", "sharpness", "curves")
 def analyze_extras(prep, store: Store, runner, quiet: bool = True, plan=None,
                    records: Store | None = None, parts: tuple[str, ...] = EXTRAS) -> dict[str, Any]:
     """The plane, the sharpness and the curved paths of one seed (those of `parts` the config asks for)."""
-    ctx = Context(prep, store, runner, quiet, plan, records)
+    ctx = AnalysisContext(prep, store, runner, quiet, plan, records)
     ctx.evaluator, ctx.provenance = landscape_evaluator(ctx)
     stage = {"plane": study_plane, "sharpness": sharpness, "curves": study_curves}
     return {part: stage[part](ctx) for part in parts if ctx.an[part]}
@@ -160,7 +160,7 @@ def sharpness_methods(cfg) -> list:
     return out
 
 
-def sharpness(ctx: Context) -> dict[str, dict[str, Any]]:
+def sharpness(ctx: AnalysisContext) -> dict[str, dict[str, Any]]:
     """Top Hessian eigenvalue and trace (training loss, BN recomputed) of each method's first
     members other than the fine-tuned model: is a member that left the basin somewhere sharper?"""
     out = {}
@@ -179,7 +179,7 @@ def sharpness(ctx: Context) -> dict[str, dict[str, Any]]:
     return out
 
 
-def curve_pairs(ctx: Context) -> list[tuple[str, str, str]]:
+def curve_pairs(ctx: AnalysisContext) -> list[tuple[str, str, str]]:
     """(label, a, b): two Global DE members (a wall or a bend between checkpoints?) and the
     fine-tuned model with the member of the largest cycle learning rate (did it leave the basin?)."""
     pairs = []
@@ -195,7 +195,7 @@ def curve_pairs(ctx: Context) -> list[tuple[str, str, str]]:
     return pairs
 
 
-def study_curves(ctx: Context) -> list[dict[str, Any]]:
+def study_curves(ctx: AnalysisContext) -> list[dict[str, Any]]:
     """A trained Bezier curve against the straight line for each pair of `curve_pairs`."""
     out = []
     for label, a, b in curve_pairs(ctx):
@@ -209,7 +209,7 @@ def study_curves(ctx: Context) -> list[dict[str, Any]]:
     return out
 
 
-def single_metrics(ctx: Context) -> dict[str, dict[str, float]]:
+def single_metrics(ctx: AnalysisContext) -> dict[str, dict[str, float]]:
     labels = ctx.prep.target.test_labels()
     scratch = ctx.px + "scratch"
     names = ctx.member_names() + ([scratch] if ctx.records.has("snapshots", scratch) else [])
@@ -220,7 +220,7 @@ def single_metrics(ctx: Context) -> dict[str, dict[str, float]]:
     return out
 
 
-def ensembles_by_size(ctx: Context) -> dict[str, dict[str, Any]]:
+def ensembles_by_size(ctx: AnalysisContext) -> dict[str, dict[str, Any]]:
     """Every method's ensemble metrics by size on test, and on validation when the task has it
     (the grid's cells are chosen on validation)."""
     target = ctx.prep.target
@@ -243,7 +243,7 @@ def ensembles_by_size(ctx: Context) -> dict[str, dict[str, Any]]:
     return out
 
 
-def landscape_evaluator(ctx: Context) -> tuple[Evaluator, dict[str, Any]]:
+def landscape_evaluator(ctx: AnalysisContext) -> tuple[Evaluator, dict[str, Any]]:
     """The evaluator of every line, matrix and plane (BN recomputed at every point), and the
     provenance that identifies its model and data in the results' fingerprints."""
     cfg, an, target = ctx.cfg, ctx.an, ctx.prep.target
@@ -256,7 +256,7 @@ def landscape_evaluator(ctx: Context) -> tuple[Evaluator, dict[str, Any]]:
     return ev, prov
 
 
-def soups(ctx: Context) -> dict[str, dict[str, float]]:
+def soups(ctx: AnalysisContext) -> dict[str, dict[str, float]]:
     """Uniform weight averages, BN recomputed, evaluated on the whole test split."""
     prep, runner, an = ctx.prep, ctx.runner, ctx.an
     bs = ctx.cfg["study"]["eval_batch_size"]
@@ -291,7 +291,7 @@ def _root_checkpoint(plan, name: str) -> int | None:
     return None
 
 
-def member_lines(ctx: Context, singles: dict[str, dict[str, float]]) -> dict[str, dict[str, Any]]:
+def member_lines(ctx: AnalysisContext, singles: dict[str, dict[str, float]]) -> dict[str, dict[str, Any]]:
     """Each member's distances to the fine-tuned and pre-trained models and its line to the fine-tuned one."""
     cfg, plan, runner, target = ctx.cfg, ctx.plan, ctx.runner, ctx.prep.target
     ft_name = plan.finetuned
@@ -339,7 +339,7 @@ def member_lines(ctx: Context, singles: dict[str, dict[str, float]]) -> dict[str
     return out
 
 
-def pairwise_barriers(ctx: Context) -> dict[str, dict[str, Any]]:
+def pairwise_barriers(ctx: AnalysisContext) -> dict[str, dict[str, Any]]:
     """The barrier matrix among each method's members and its mean over pairs."""
     alphas = line_alphas(ctx.an["pairwise_points"])
     todo = [m for m in ctx.cfg.methods if m.pairwise and len(ctx.plan.members[m.name]) >= 2]
@@ -358,7 +358,7 @@ def pairwise_barriers(ctx: Context) -> dict[str, dict[str, Any]]:
     return out
 
 
-def store_ensembles(ctx: Context, methods: dict[str, dict[str, Any]]) -> None:
+def store_ensembles(ctx: AnalysisContext, methods: dict[str, dict[str, Any]]) -> None:
     """Each method's metrics by size and soup metrics, stored once per set of members."""
     for m in ctx.cfg.methods:
         res = methods[m.name]
@@ -394,7 +394,7 @@ def plane_members(cfg, plan) -> list[str]:
     return picked
 
 
-def study_plane(ctx: Context) -> dict[str, Any]:
+def study_plane(ctx: AnalysisContext) -> dict[str, Any]:
     plan, runner = ctx.plan, ctx.runner
     picked = plane_members(ctx.cfg, plan)
     ft = runner.snapshot(plan.finetuned)

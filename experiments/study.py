@@ -50,7 +50,7 @@ from .files import write_atomically, write_json_atomically
 from .models import check_fits, load_backbone, load_checkpoint_file, seeded_build
 from .records import unit_done, write_labels, write_predictions
 from .report import write_report
-from .samplers import Context, Plan, Unit, plan_study, run_unit
+from .samplers import Plan, TrainingContext, Unit, plan_study, run_unit
 from .seed_analysis import analyze_study
 from .training import Hooks, iterations_per_epoch, logits_metrics, predict, to_fast_layout
 
@@ -96,7 +96,7 @@ def prepare(cfg: StudyConfig, device: str | None = None) -> Prepared:
         template = seeded_build(m["name"], target.num_classes, target.input_shape, m["width"], 0)
     except LandscapeError as exc:
         raise LandscapeError(f"config {cfg.source}: {exc}") from None
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise LandscapeError(f"config {cfg.source}: {what} cannot be built: {str(exc).splitlines()[0]}") from None
     try:
         check_fits(template, target.sample_input(), target.num_classes, what)
@@ -196,7 +196,7 @@ class Runner:
         self.use_cache = use_cache and prep.cfg["data"]["kind"] == "embedded" and prep.cfg["pretrain"].get("cache", False)
         self.timings: dict[str, float] = {}
         self.trained: list[str] = []
-        self.ctx = Context(prep.cfg, prep.source, prep.target, prep.device, self.snapshot, self.pretrained,
+        self.ctx = TrainingContext(prep.cfg, prep.source, prep.target, prep.device, self.snapshot, self.pretrained,
                            hooks, quiet)
         self._snapshots: dict[str, Snapshot] = {}
         self._pinned: dict[str, Snapshot] = {}

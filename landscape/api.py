@@ -28,10 +28,10 @@ from landscape.core.checkpoints import KeyFilter, Snapshot, check_same_architect
 from landscape.core.data import StreamData, TensorData, load_data
 from landscape.core.errors import LandscapeError
 from landscape.core.jsonable import to_jsonable
-from landscape.core.loader import load_callable
+from landscape.core.losses import LossFn, resolve_loss
 from landscape.core.models import BUILTIN_MODELS, build_model
 from landscape.core.validate import check_writable_dir, positive_int
-from landscape.evaluate.engine import Evaluator, LossFn, resolve_device
+from landscape.evaluate.engine import Evaluator, resolve_device
 from landscape.evaluate.ensembles import MemberForward, fit_temperatures, member_orders, table_rows
 from landscape.evaluate.hessian import check_spectrum_args
 from landscape.geometry.curves import check_training_args
@@ -77,26 +77,6 @@ class Setup:
 # (relative: B at (1, 0), C at (x, 1), so the units of x and y differ)
 COORD_UNITS = {"relative": "relative", "distance": "weight-space distance"}
 
-
-LOSSES = ("ce", "mse")
-
-
-def resolve_loss(loss: str | LossFn | None) -> tuple[LossFn | None, bool, str]:
-    """(loss function, whether accuracy means something, the kind of targets) for `--loss`:
-    `ce` (cross-entropy on class labels; accuracy reported), `mse` (regression on float targets;
-    loss only) or `module:callable` (your loss(outputs, targets) -> mean over the batch, on class
-    labels; accuracy reported)."""
-    if loss is None or loss == "ce":
-        return None, True, "labels"
-    if callable(loss):
-        return loss, True, "labels"
-    if loss == "mse":
-        def mse(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-            return torch.nn.functional.mse_loss(outputs.reshape(targets.shape).to(targets.dtype), targets)
-        return mse, False, "values"
-    if ":" not in str(loss):  # a name, not a module:callable spec
-        raise LandscapeError(f"unknown --loss {loss!r}: choose ce, mse or package.module:callable")
-    return load_callable(str(loss), "--loss", expected="ce, mse or package.module:callable"), True, "labels"
 
 
 def setup(model: str | nn.Module, data: str | TensorData | None, test_data: str | TensorData | None = None, *,

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from experiments.config import load_config
-from experiments.samplers import Context, plan_study, run_unit, start_model
+from experiments.samplers import TrainingContext, plan_study, run_unit, start_model
 from experiments.study import RESULTS, prepare, run_study
 from experiments.training import Hooks, cosine_factor, fge_cycle_iterations, fge_lr, iterations_per_epoch
 from landscape.core.params import get_buffers, parameters_to_vector
@@ -214,7 +214,7 @@ def test_swa_matches_swa_utils(tiny, study_threads):
 
     cfg, plan, store, rec = tiny
     prep = prepare(cfg, "cpu")
-    ctx = Context(cfg, prep.source, prep.target, prep.device, store.read_snapshot, lambda c: None, Hooks(), True)
+    ctx = TrainingContext(cfg, prep.source, prep.target, prep.device, store.read_snapshot, lambda c: None, Hooks(), True)
     unit = plan.unit("swa-1")
     ours = run_unit(ctx, unit)
 
@@ -256,6 +256,6 @@ def test_runs_are_deterministic_from_their_start(tiny, study_threads):
     """The basis of exact resume: a unit rerun from its stored parent gives the same weights."""
     cfg, plan, store, rec = tiny
     prep = prepare(cfg, "cpu")
-    ctx = Context(cfg, prep.source, prep.target, prep.device, store.read_snapshot, lambda c: None, Hooks(), True)
+    ctx = TrainingContext(cfg, prep.source, prep.target, prep.device, store.read_snapshot, lambda c: None, Hooks(), True)
     model = run_unit(ctx, copy.deepcopy(plan.unit("starsse_small-1")))
     assert torch.equal(parameters_to_vector(model), store.read_snapshot("starsse_small-1").params)

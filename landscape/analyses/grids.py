@@ -5,7 +5,7 @@ owns the whole life of its result: the fingerprint a stored result must match (`
 (only missing points are computed), the computation, and the one write of the finished object.
 Nothing is written before the store has agreed to the name (a refused command changes nothing),
 and a result that is already finished with the same arguments is returned without a write.
-One compute path (`_fill`) serves one process and many torchrun ranks.
+One compute path (`_compute_missing`) serves one process and many torchrun ranks.
 """
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ def check_same_inputs(configs: Sequence[str], config: Mapping[str, Any]) -> None
                                  "the same checkpoints and data at the same paths")
 
 
-def _fill(evaluator: Evaluator, grid: Grid, segments: Sequence[Segment], chunk: int | None, quiet: bool,
+def _compute_missing(evaluator: Evaluator, grid: Grid, segments: Sequence[Segment], chunk: int | None, quiet: bool,
           desc: str) -> None:
     """The missing points of `grid`: the one compute path of lines, barrier matrices and planes.
     Chunks of `chunk` points are formed per segment, in order, and dealt round-robin to the ranks;
@@ -161,7 +161,7 @@ def line(evaluator: Evaluator, a: Snapshot, b: Snapshot, alphas: np.ndarray, *, 
     grid = _open_grid(store, "curves", name, (len(alphas),), evaluator.metric_names, {"alphas": alphas}, config,
                       {**prov, "bn_mode": evaluator.bn_mode, "a": a.name, "b": b.name}, overwrite, 1, evaluator)
     todo = len(grid.missing())
-    _fill(evaluator, grid, [(lambda: line_family(a, b), alphas.reshape(-1, 1), 0)], chunk, quiet, "line")
+    _compute_missing(evaluator, grid, [(lambda: line_family(a, b), alphas.reshape(-1, 1), 0)], chunk, quiet, "line")
 
     def finish() -> dict[str, Any]:
         barriers = curve_barriers(alphas, grid.data)
@@ -192,7 +192,7 @@ def barrier_matrix(evaluator: Evaluator, snapshots: Sequence[Snapshot], alphas: 
     todo = len(grid.missing())
     segments = [(lambda i=i, j=j: line_family(snaps[i], snaps[j]), alphas.reshape(-1, 1), p * len(alphas))
                 for p, (i, j) in enumerate(pairs.tolist())]
-    _fill(evaluator, grid, segments, chunk, quiet, "barriers")
+    _compute_missing(evaluator, grid, segments, chunk, quiet, "barriers")
 
     def finish() -> dict[str, Any]:
         matrices = barrier_matrices(alphas, grid.data, [tuple(p) for p in pairs], n)
@@ -230,7 +230,7 @@ def plane(evaluator: Evaluator, center: Snapshot, directions: torch.Tensor, xs: 
                       overwrite, 2, evaluator)
     todo = len(grid.missing())
     segment = (lambda: plane_family(center, directions, dict(buffer_directions or {})), plane_coefficients(xs, ys), 0)
-    _fill(evaluator, grid, [segment], chunk, quiet, "plane")
+    _compute_missing(evaluator, grid, [segment], chunk, quiet, "plane")
 
     def finish() -> dict[str, Any]:
         names, coords, dists = projections or ([], np.zeros((0, 2)), np.zeros(0))

@@ -69,7 +69,7 @@ class FoldedEval:
         self.pairs: list[_FoldedPair] = []
         try:
             gm = torch.fx.symbolic_trace(model)
-        except Exception:  # noqa: BLE001 - dynamic control flow: evaluate the model as is
+        except Exception:  # dynamic control flow: evaluate the model as is
             self.module: nn.Module = model
             return
         modules = dict(gm.named_modules())

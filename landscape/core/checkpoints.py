@@ -99,7 +99,7 @@ def read_state_dict(path: str, mmap: bool = False, keys: KeyFilter | None = None
     except pickle.UnpicklingError:
         raise LandscapeError(f"checkpoint {path!r} needs arbitrary code to load (not weights-only); "
                              "refused") from None
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise LandscapeError(f"checkpoint {path!r} cannot be read: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
     for key in _WRAPPER_KEYS:
         if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):

@@ -265,7 +265,7 @@ def _tensors(spec: str, path: str, targets: str = "labels") -> TensorData:
         raise LandscapeError(f"data file {path!r} does not exist")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise LandscapeError(f"data file {path!r} cannot be loaded safely: {str(exc).splitlines()[0]}") from None
     if not isinstance(obj, dict) or "x" not in obj or "y" not in obj:
         raise LandscapeError(f"data file {path!r} must hold a dict with 'x' and 'y' tensors")
@@ -286,7 +286,7 @@ def _torchvision_split(spec: str, kind: str, root: str, split: str) -> "TensorDa
         cls = torchvision.datasets.CIFAR10 if kind == "cifar10" else torchvision.datasets.CIFAR100
         try:
             ds = cls(root, train=(split == "train"), download=False)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise LandscapeError(f"data {spec!r}: {str(exc).splitlines()[0]}") from None
         x = torch.from_numpy(ds.data).permute(0, 3, 1, 2).float().div_(255)
         mean, std = torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1), torch.tensor(CIFAR_STD).view(1, 3, 1, 1)
@@ -294,7 +294,7 @@ def _torchvision_split(spec: str, kind: str, root: str, split: str) -> "TensorDa
     tf = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
     try:
         ds = torchvision.datasets.ImageFolder(root, transform=tf)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise LandscapeError(f"data {spec!r}: {str(exc).splitlines()[0]}") from None
     if len(ds) == 0:
         raise LandscapeError(f"data {spec!r} is empty")
@@ -313,7 +313,7 @@ def _dataset_factory(spec: str, target: str, targets: str = "labels") -> StreamD
     try:
         takes_split = "split" in inspect.signature(factory).parameters
         ds = factory(split=split) if takes_split and split else factory()
-    except Exception as exc:  # noqa: BLE001 - user code
+    except Exception as exc:  # user code
         raise LandscapeError(f"data spec {spec!r}: the factory failed: {str(exc).splitlines()[0]}") from None
     return StreamData(ds, spec, getattr(ds, "num_classes", None), targets=targets)
 

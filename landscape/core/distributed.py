@@ -151,7 +151,7 @@ def init_from_env(device: str | torch.device | None = "auto") -> World:
         try:
             # Object collectives run on the CPU through Gloo; NCCL serves CUDA tensors.
             dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo", timeout=timedelta(seconds=timeout))
-        except Exception as exc:  # noqa: BLE001 - a rendezvous failure, whatever its type
+        except Exception as exc:  # a rendezvous failure, whatever its type
             raise LandscapeFault(f"cannot join the other ranks at {os.environ.get('MASTER_ADDR')}:"
                                  f"{os.environ.get('MASTER_PORT')}: {_short(exc)}") from None
         _State.owns_group = True
@@ -174,7 +174,7 @@ def shutdown() -> None:
         _State.owns_group = False
         try:
             dist.destroy_process_group()
-        except Exception:  # noqa: BLE001 - peers may be gone already
+        except Exception:  # peers may be gone already
             pass
     _State.world = World()
 
@@ -233,7 +233,7 @@ def _collective(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return fn(*args, **kwargs)
     except LandscapeError:  # SIGTERM while waiting
         raise
-    except Exception as exc:  # noqa: BLE001 - Gloo/NCCL errors are RuntimeErrors of several kinds
+    except Exception as exc:  # Gloo/NCCL errors are RuntimeErrors of several kinds
         raise _agreed(PeerLost(f"lost contact with another rank ({_short(exc)}); {RESUME}")) from None
     finally:
         _State.waiting -= 1
@@ -256,7 +256,7 @@ def exchange(local: Callable[[], T] | None = None,
     own: BaseException | None = None
     try:
         payload: tuple = (_OK, local() if local is not None else None)
-    except Exception as exc:  # noqa: BLE001 - every error goes to rank 0, then to every rank
+    except Exception as exc:  # every error goes to rank 0, then to every rank
         own, payload = exc, _error_payload(exc)
     received: list[tuple] | None = [None] * w.size if w.writer else None  # type: ignore[list-item]
     _collective(dist.gather_object, payload, received, dst=0)
@@ -269,7 +269,7 @@ def exchange(local: Callable[[], T] | None = None,
         else:
             try:
                 verdict[0] = (_OK, at_rank0([p[1] for p in received]) if at_rank0 is not None else None)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 own, verdict[0] = exc, _error_payload(exc)
     _collective(dist.broadcast_object_list, verdict, src=0)
     if verdict[0][0] == _ERR:
@@ -421,12 +421,12 @@ class _Heartbeat:
             port = int(os.environ["MASTER_PORT"])
             store = dist.TCPStore(os.environ["MASTER_ADDR"], port, is_master=False,
                                   timeout=timedelta(seconds=max(1.0, min(10.0, limit / 3))))
-        except Exception:  # noqa: BLE001 - no store to reach: the collectives' own errors still end a run
+        except Exception:  # no store to reach: the collectives' own errors still end a run
             return None
         hb = cls(w, store, limit, _connection_to(port, before))
         try:  # the first beat before any work: a rank frozen from its first round on is judged too
             hb._ops([])
-        except Exception:  # noqa: BLE001
+        except Exception:
             return None
         hb.thread.start()
         return hb
@@ -447,7 +447,7 @@ class _Heartbeat:
         while not self.stop_event.wait(self.interval):
             try:
                 counts = self._ops(peers)
-            except Exception:  # noqa: BLE001 - judged by how long it lasts
+            except Exception:  # judged by how long it lasts
                 continue
             now = time.monotonic()
             for r, count in zip(peers, counts):
@@ -478,7 +478,7 @@ class _Heartbeat:
         for cleanup in list(_State.on_abort):
             try:
                 cleanup()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 pass
         os._exit(1)
 

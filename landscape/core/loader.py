@@ -113,7 +113,7 @@ def load_callable(spec: str, what: str, *, expected: str = DEFAULT_EXPECTED,
                                  "(looked in the working directory and on sys.path)") from None
         raise LandscapeError(f"{label}: cannot import module {module_name!r}: it raised "
                              f"{type(exc).__name__}: {exc}") from None
-    except Exception as exc:  # noqa: BLE001 - an error inside the user's module, reported as such
+    except Exception as exc:  # an error inside the user's module, reported as such
         raise LandscapeError(f"{label}: cannot import module {module_name!r}: it raised "
                              f"{type(exc).__name__}: {exc}") from None
     obj: Any = module
@@ -123,7 +123,7 @@ def load_callable(spec: str, what: str, *, expected: str = DEFAULT_EXPECTED,
         except AttributeError:
             where = f"module {module_name!r}" if i == 0 else repr(".".join(attr.split(".")[:i]))
             raise LandscapeError(f"{label}: {where} has no attribute {part!r}") from None
-        except Exception as exc:  # noqa: BLE001 - a property or module __getattr__ of the user's
+        except Exception as exc:  # a property or module __getattr__ of the user's
             raise LandscapeError(f"{label}: reading {attr!r} from module {module_name!r} raised "
                                  f"{type(exc).__name__}: {exc}") from None
     if not callable(obj):

@@ -95,7 +95,7 @@ def build_model(spec: str, num_classes: int | None = None, input_shape: Sequence
             if num_classes is not None:
                 kwargs["num_classes"] = num_classes
             return torchvision.models.get_model(name, **kwargs)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise LandscapeError(f"model spec {spec!r}: {exc}") from None
     factory = load_callable(spec, "model spec", expected=f"a built-in name ({', '.join(BUILTIN_MODELS)}), "
                                                           "torchvision:NAME or package.module:factory")
@@ -108,7 +108,7 @@ def build_model(spec: str, num_classes: int | None = None, input_shape: Sequence
             pass
     try:
         model = factory(**kwargs)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise LandscapeError(f"model spec {spec!r}: the factory failed: {exc}") from None
     if not isinstance(model, nn.Module):
         raise LandscapeError(f"model spec {spec!r}: the factory returned {type(model).__name__}, not an nn.Module")

@@ -43,7 +43,7 @@ def _trace_supported(model: nn.Module) -> tuple[torch.fx.GraphModule | None, str
             return None, f"BatchNorm {name!r} does not track running statistics"
     try:
         gm = torch.fx.symbolic_trace(model)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         return None, f"torch.fx cannot trace the model ({type(exc).__name__})"
     if any(n.op == "get_attr" for n in gm.graph.nodes):
         return None, "the model uses parameters outside modules"

@@ -18,7 +18,6 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -29,12 +28,11 @@ from landscape.core.checkpoints import Snapshot
 from landscape.core.data import StreamData, TensorData, check_labels
 from landscape.core.errors import LandscapeError
 from landscape.core.family import AffineFamily
+from landscape.core.losses import LossFn, default_loss
 from landscape.core.params import ParamLayout, set_buffers, vector_to_model
 from landscape.core.validate import positive_int
 
 from .batched import BatchedForward, batched_metrics
-
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -76,10 +74,6 @@ def _tf32(allow: bool):
         yield
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
-
-
-def default_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits, target)
 
 
 class Evaluator:
@@ -215,7 +209,7 @@ class Evaluator:
         try:
             with torch.no_grad():
                 out = self.model(x)
-        except Exception as exc:  # noqa: BLE001 - the model does not fit the data
+        except Exception as exc:  # the model does not fit the data
             raise LandscapeError(f"the model does not accept the data: {str(exc).splitlines()[0]}") from None
         if not self.accuracy:  # regression: the loss function decides what outputs mean
             self.num_classes = None

@@ -51,15 +51,10 @@ from tqdm.auto import tqdm
 
 from landscape.core.checkpoints import Snapshot
 from landscape.core.errors import LandscapeError
+from landscape.core.losses import LossFn, default_loss
 from landscape.core.params import ParamLayout
 from landscape.core.validate import finite_positive, positive_int
 from landscape.geometry.directions import normalize_direction
-
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def _default_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return nn.functional.cross_entropy(logits, target)
 
 
 def _resolve_dtype(dtype: str | torch.dtype | None, fallback: torch.dtype) -> torch.dtype:
@@ -100,7 +95,7 @@ class HessianOperator:
             raise LandscapeError("the Hessian needs a non-empty data set (as many inputs as labels)")
         self.device = torch.device(device)
         self.dtype = _resolve_dtype(dtype, snapshot.params.dtype)
-        self.loss_fn = loss_fn or _default_loss
+        self.loss_fn = loss_fn or default_loss
         self.model = copy.deepcopy(model)
         snapshot.load_into(self.model)
         # channels_last (the evaluator's choice for forward passes) measured 1.6x slower for the

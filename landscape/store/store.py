@@ -88,7 +88,7 @@ def _own_version() -> str:
         from importlib.metadata import version
 
         return version("landscape-toolkit")
-    except Exception:  # noqa: BLE001 - running from a source tree
+    except Exception:  # running from a source tree
         return "dev"
 
 
@@ -169,7 +169,7 @@ def _read_file(path: str, what: str, skip: Sequence[str] = ()) -> tuple[dict[str
     return arrays, attrs
 
 
-def _fill(f: h5py.File, arrays: Mapping[str, Any], attrs: Mapping[str, Any]) -> None:
+def _write_object(f: h5py.File, arrays: Mapping[str, Any], attrs: Mapping[str, Any]) -> None:
     for key, value in arrays.items():
         value = np.asarray(value)
         if value.dtype.kind == "U":  # h5py stores fixed-width bytes, not numpy unicode
@@ -183,7 +183,7 @@ def _fill(f: h5py.File, arrays: Mapping[str, Any], attrs: Mapping[str, Any]) -> 
 def hdf5_image(arrays: Mapping[str, Any], attrs: Mapping[str, Any]) -> bytes:
     """The bytes of an HDF5 file holding `arrays` at its root with `attrs`, built in memory."""
     with h5py.File(f"{uuid.uuid4().hex}.h5", "w", driver="core", backing_store=False, locking=False) as f:
-        _fill(f, arrays, attrs)
+        _write_object(f, arrays, attrs)
         f.flush()
         return f.id.get_file_image()
 
@@ -207,10 +207,10 @@ class ObjectWriter:
         self._file[key][index] = values
 
     def put(self, key: str, value: Any) -> None:
-        _fill(self._file, {key: value}, {})
+        _write_object(self._file, {key: value}, {})
 
     def set_attrs(self, attrs: Mapping[str, Any]) -> None:
-        _fill(self._file, {}, attrs)
+        _write_object(self._file, {}, attrs)
 
 
 class Store:
@@ -524,7 +524,7 @@ class Store:
         tmp = temp_path(self._file(kind, name))
         try:
             with _open_h5(tmp, "w") as f:
-                _fill(f, {}, root)
+                _write_object(f, {}, root)
                 yield ObjectWriter(f)
                 f.flush()
             with open(tmp, "rb+") as fh:
