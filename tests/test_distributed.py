@@ -1,4 +1,4 @@
-"""`torchrun ... -m landscape COMMAND` (landscape/distributed.py): two Gloo ranks on the CPU give
+"""`torchrun ... -m landscape COMMAND` (landscape/core/distributed.py): two Gloo ranks on the CPU give
 every stored number of a one-process run, bit for bit; a bad input ends every rank with one line;
 a killed or frozen rank ends every rank (and torchrun) within 60 s, rank 0 having saved what was
 finished, and the rerun completes only what is missing with the uninterrupted run's numbers.

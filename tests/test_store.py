@@ -1,4 +1,4 @@
-"""The store's guarantees (landscape/store.py, README "What the store guarantees"), each shown by
+"""The store's guarantees (landscape/store/store.py, README "What the store guarantees"), each shown by
 breaking things the way the world does: kills at every write step and at random moments, write
 failures through RLIMIT_FSIZE (what a full disk or a quota does to a write), two writers with
 HDF5's file locking off, refused and overwriting commands, and removing the store mid-run."""

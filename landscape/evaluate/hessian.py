@@ -72,7 +72,7 @@ class HessianOperator:
     """v ↦ H·v for the mean loss over a data set at a snapshot, in eval mode.
 
     `model` is a template (left untouched). The data are tensors (x, y), or with `stream` a
-    streamed data set (landscape.data.StreamData: `batches(batch_size, device)` and `len()`),
+    streamed data set (landscape.core.data.StreamData: `batches(batch_size, device)` and `len()`),
     read batch by batch for every product except the batches whose graphs are kept.
     `cache`: keep the first-order graphs of the batches
     (True, False, or "auto": as many as fit `cache_bytes`, default 2 GiB on the CPU and half the

@@ -103,7 +103,7 @@ def train_curve(model: nn.Module, a: Snapshot, b: Snapshot, x: torch.Tensor | No
                 device: str | torch.device = "cpu", loss_fn=None, init: torch.Tensor | None = None,
                 quiet: bool = True) -> tuple[torch.Tensor, list[float]]:
     """Train the control point θ of the curve from A to B on (x, y), or on a streamed data set
-    (`stream`, a landscape.data.StreamData, shuffled through a seeded DataLoader); returns θ (flat,
+    (`stream`, a landscape.core.data.StreamData, shuffled through a seeded DataLoader); returns θ (flat,
     on the CPU) and the mean training loss of each epoch (at the sampled t's)."""
     check_same_architecture([a, b])
     check_training_args(curve, epochs, lr, momentum, weight_decay, optimizer, batch_size)
