@@ -525,8 +525,9 @@ def hessian(snapshots: Sequence[str | Snapshot] = (), *, model: str | nn.Module,
                   ignore_keys=ignore_keys, snapshots=list(along or snapshots))
         if along is not None:
             a, b = s.snapshots(list(along))
-            res = hessian_analysis.hessian_line(s.evaluator, a, b, alphas, store=store, name=name, provenance=s.provenance(),
-                               overwrite=overwrite, quiet=quiet, **settings)
+            res = hessian_analysis.hessian_line(s.evaluator, a, b, alphas, store=store, name=name,
+                                                provenance=s.provenance(), overwrite=overwrite, quiet=quiet,
+                                                **settings)
             body = {k: res.get(k) for k in ("kind", "name", "a", "b", "bn_mode", "alphas", "eigenvalues", "trace",
                                              "trace_stderr", "loss", "grad_norm", "converged", "computed_now")}
             if density:
@@ -536,7 +537,7 @@ def hessian(snapshots: Sequence[str | Snapshot] = (), *, model: str | nn.Module,
         snaps = s.snapshots(snapshots)
         names = [name] if len(snaps) == 1 else [f"{name}-{i}" for i in range(len(snaps))]
         results = [hessian_analysis.hessian(s.evaluator, sn, store=store, name=nm, provenance=s.provenance(),
-                                    overwrite=overwrite, quiet=quiet, **settings)
+                                            overwrite=overwrite, quiet=quiet, **settings)
                    for sn, nm in zip(snaps, names)]
     points = [_point_json(r, density) for r in results]
     if len(points) == 1:
@@ -568,9 +569,9 @@ def connect(a: str | Snapshot, b: str | Snapshot, *, model: str | nn.Module, dat
                   ignore_keys=ignore_keys, snapshots=[a, b])
         sa, sb = s.snapshots([a, b])
         res = connect_analysis.connect(s.evaluator, sa, sb, curve=curve, alphas=alphas, epochs=epochs, lr=lr,
-                               momentum=momentum, weight_decay=weight_decay, optimizer=optimizer,
-                               train_batch_size=train_batch_size, seed=seed, store=store, name=name,
-                               provenance=s.provenance(), overwrite=overwrite, chunk=chunk, quiet=quiet)
+                                       momentum=momentum, weight_decay=weight_decay, optimizer=optimizer,
+                                       train_batch_size=train_batch_size, seed=seed, store=store, name=name,
+                                       provenance=s.provenance(), overwrite=overwrite, chunk=chunk, quiet=quiet)
     res.pop("control_point", None)
     bend = f"{out}:{res['bend']}" if out is not None and res.get("bend") else None
     return to_json({**res, "bend": bend, "store": out, **_ignored(s.keys)})

@@ -357,19 +357,21 @@ def _plugins() -> list[tuple[str, Callable[[Any], None]]]:
         try:
             out.append((name, load_callable(spec, f"plugin {name!r}")))
         except LandscapeError as exc:
-            print(f"landscape: warning: its commands are unavailable: {exc}", file=sys.stderr)
+            print(f"landscape: warning: {exc} (its commands are unavailable)", file=sys.stderr)
     return out
 
 
 def cmd_hessian(args: argparse.Namespace) -> tuple[dict, str]:
     res = api.hessian(args.snapshots, along=args.along, num=args.num, top_k=args.top_k, trace=args.trace,
-                  density=args.density, probes=args.probes, iters=args.iters, tol=args.tol,
-                  density_runs=args.density_runs, seed=args.seed, name=args.name or "hessian", **_eval_kwargs(args))
+                      density=args.density, probes=args.probes, iters=args.iters, tol=args.tol,
+                      density_runs=args.density_runs, seed=args.seed, name=args.name or "hessian",
+                      **_eval_kwargs(args))
     lines = []
     if res["kind"] == "hessian_line":
         lines.append(f"Hessian along {res['a']} -> {res['b']} ({len(res['alphas'])} points, BN {res['bn_mode']})")
         for i, al in enumerate(res["alphas"]):
-            tr = "" if res["trace"] is None else f"  trace {_fmt_g(res['trace'][i])} ± {_fmt_g(res['trace_stderr'][i], '.2g')}"
+            tr = "" if res["trace"] is None else \
+                f"  trace {_fmt_g(res['trace'][i])} ± {_fmt_g(res['trace_stderr'][i], '.2g')}"
             lines.append(f"  α={al:.3f}  λ {', '.join(_fmt_g(v) for v in res['eigenvalues'][i])}{tr}"
                          f"  loss {_fmt_g(res['loss'][i])}")
         return res, "\n".join(lines)
@@ -387,8 +389,8 @@ def cmd_hessian(args: argparse.Namespace) -> tuple[dict, str]:
 
 def cmd_connect(args: argparse.Namespace) -> tuple[dict, str]:
     res = api.connect(args.a, args.b, curve=args.curve, epochs=args.epochs, lr=args.lr, momentum=args.momentum,
-                  weight_decay=args.wd, optimizer=args.optimizer, train_batch_size=args.train_batch_size,
-                  num=args.num, seed=args.seed, name=args.name or "connect", **_eval_kwargs(args))
+                      weight_decay=args.wd, optimizer=args.optimizer, train_batch_size=args.train_batch_size,
+                      num=args.num, seed=args.seed, name=args.name or "connect", **_eval_kwargs(args))
     lines = [f"{res['curve']} curve {res['a']} -> {res['b']} ({len(res['alphas'])} points, BN {res['bn_mode']})"]
     for key in res["barriers"]:
         c, ln = res["barriers"][key], res["line_barriers"][key]

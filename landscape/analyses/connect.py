@@ -29,7 +29,8 @@ from landscape.store.store import Store
 KIND = "connections"
 
 
-def bend_snapshot(evaluator: Evaluator, a: Snapshot, bend: torch.Tensor, name: str, meta: Mapping[str, Any]) -> Snapshot:
+def bend_snapshot(evaluator: Evaluator, a: Snapshot, bend: torch.Tensor, name: str,
+                  meta: Mapping[str, Any]) -> Snapshot:
     """The control point as a snapshot; its BN statistics are recomputed at θ itself on the
     evaluator's training data (the bend has no statistics of its own)."""
     buffers = {k: v.clone() for k, v in a.buffers.items()}
