@@ -4,6 +4,7 @@ own commands exist whatever the plugins do (a broken plugin is reported, never s
 from __future__ import annotations
 
 import json
+import os
 from types import SimpleNamespace
 
 import numpy as np
@@ -86,9 +87,7 @@ def test_hessian_directions_are_found_in_the_store_on_a_rerun(problem, capsys, m
     again = _run(argv, capsys)
     assert again["computed_now"] == 0 and again["test_loss"] == first["test_loss"]
     # a killed run (surface unfinished) resumes along the stored directions, not fresh ones
-    surface = Store("s")._file("surfaces", "plane")
-    import os
-    os.unlink(surface)
+    os.unlink(Store("s")._file("surfaces", "plane"))
     resumed = _run(argv, capsys)
     assert resumed["computed_now"] == 9 and resumed["test_loss"] == first["test_loss"]
 
