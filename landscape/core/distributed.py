@@ -1,4 +1,4 @@
-"""Many processes and machines: `torchrun ... -m landscape COMMAND` (DESIGN.md, "Scale-out").
+"""Many processes and machines: `torchrun ... -m landscape COMMAND` (docs/design.md, "Scale-out").
 
 There is no launch flag: a command started by torchrun (or with the same environment: WORLD_SIZE,
 RANK, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) joins the process group the environment describes
