@@ -68,7 +68,8 @@ def test_hessian_chunk_batches_the_probes_with_the_same_numbers(problem, capsys)
 def test_connect_stores_precision(problem, capsys):
     _run(["connect", "m1.pt", "m2.pt", "--num", "3", "--epochs", "1", "--precision", "bf16", "--chunk", "2",
           "--out", "s", "--json", *problem], capsys)
-    assert Store("s").read_attrs("connections", "connect")["config"]["precision"] == "bf16"
+    attrs = Store("s").read_attrs("connections", "connect")
+    assert attrs["config"]["precision"] == "bf16" and attrs["chunk"] == 2
 
 
 def test_hessian_directions_are_found_in_the_store_on_a_rerun(problem, capsys, monkeypatch):

@@ -75,8 +75,10 @@ def connect(evaluator: Evaluator, a: Snapshot, b: Snapshot, *, curve: str = "bez
     # the control point is stored (and refused) on the same terms as the connection itself
     trained = store is not None and store.resume_or_refuse("snapshots", bend_name, config, overwrite)
     metrics = evaluator.metric_names
+    # the chunk (points saved together) is recorded, not fingerprinted: it changes no number, so a
+    # resume may use another, as the grids' resumes may
     attrs = {**prov, "bn_mode": evaluator.bn_mode, "a": a.name, "b": b.name, "curve": curve,
-             "bend": bend_name if store is not None else None}
+             "bend": bend_name if store is not None else None, "chunk": chunk}
     if store is None:
         grid = MemoryGrid((len(ts),), metrics + [f"line_{m}" for m in metrics], {"alphas": ts})
     else:
