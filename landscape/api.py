@@ -45,6 +45,7 @@ from landscape.geometry.directions import (
 )
 from landscape.geometry.planes import project_snapshots, through_buffer_directions
 from landscape.geometry.ranges import alpha_range, line_alphas, parse_range
+from landscape.store.outputs import check_output_file
 from landscape.store.refs import head_classes, load_snapshot, stored_predictions
 from landscape.store.store import Store
 
@@ -297,14 +298,14 @@ def plot(path: str, name: str, *, out: str | None = None, metric: str | None = N
     """Draw a stored curve, surface, barrier matrix or ensemble to PNG/PDF."""
     from . import plots  # matplotlib only when drawing: it adds to every command's start-up
 
+    # beside the store folder, not inside it: the store holds only its own objects
+    out = check_output_file(out or os.path.join(os.path.dirname(os.path.abspath(path)), f"{name}.png"), "--output")
     with Store(path, mode="r") as store:
         kind = next((k for k in ("surfaces", "curves", "barriers", "ensembles") if store.has(k, name)), None)
         if kind is None:
             raise LandscapeError(f"store {path!r} has no curve, surface, barrier matrix or ensemble named {name!r}")
         obj = store.read(kind, name, skip=("predictions", "labels"))
         data, attrs = obj.arrays, obj.attrs
-    # beside the store folder, not inside it: the store holds only its own objects
-    out = out or os.path.join(os.path.dirname(os.path.abspath(path)), f"{name}.png")
     title = f"{name} (BN {attrs['bn_mode']})" if "bn_mode" in attrs else name
     available = [k for k, v in data.items() if np.ndim(v) >= 1 and k.endswith(
         ("_loss", "_acc", "_barrier") if kind != "ensembles" else ("acc", "nll", "ece", "brier", "kl",

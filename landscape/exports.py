@@ -22,6 +22,7 @@ import numpy as np
 
 from landscape.core.errors import LandscapeError
 from landscape.store.atomic import write_atomically
+from landscape.store.outputs import check_output_file
 from landscape.store.store import Store, write_hdf5_file
 
 FORMATS = ("goldstein", "vtp", "csv")
@@ -44,9 +45,7 @@ def export(store_path: str, name: str, fmt: str, out: str, *, metric: str | None
     """Write stored curve or surface `name` to `out` in format `fmt` (see the module docstring)."""
     if fmt not in FORMATS:
         raise LandscapeError(f"unknown export format {fmt!r}: choose {', '.join(FORMATS)}")
-    folder = os.path.dirname(os.path.abspath(out))
-    if not os.path.isdir(folder):
-        raise LandscapeError(f"output folder {folder!r} does not exist")
+    out = check_output_file(out, "--output")
     kind, data, attrs = _load(store_path, name)
     metrics = [m for m in METRICS if m in data]
     if fmt == "goldstein":

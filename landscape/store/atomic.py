@@ -11,7 +11,7 @@ import os
 import secrets
 from typing import BinaryIO, Callable
 
-from landscape.core.errors import LandscapeFault
+from landscape.core.errors import LandscapeError, LandscapeFault
 
 TMP_SUFFIX = ".tmp"
 
@@ -48,10 +48,16 @@ def write_atomically(path: str, write: Callable[[BinaryIO], None], what: str | N
     """Call `write(f)` on a new temporary file beside `path`, then rename it to `path`.
 
     On any failure the temporary file is removed and `path` is left as it was; an OSError
-    becomes LandscapeFault("cannot write WHAT: REASON") (WHAT defaults to the path).
+    becomes LandscapeFault("cannot write WHAT: REASON") (WHAT defaults to the path). A `path`
+    that exists as anything but a regular file (a symbolic link, a folder, a device, a FIFO) is
+    refused (LandscapeError) before anything is written.
     The folder must exist. The file gets the permissions a plain write would (the umask's).
     """
     path = os.path.abspath(os.path.expanduser(path))
+    if os.path.lexists(path) and not (os.path.isfile(path) and not os.path.islink(path)):
+        # the rename would replace the link, folder, device or FIFO itself: never
+        raise LandscapeError(f"cannot write {what or path}: {path!r} is not a regular file (a symbolic link, "
+                             "folder, device or FIFO is never replaced); give another path")
     tmp = temp_path(path)
     created = False
     try:

@@ -1,0 +1,112 @@
+"""Outputs the user names (`export -o`, `plot -o`) go only to regular files outside every store:
+a FIFO, a symbolic link, a folder and a store's own files are refused in one line (exit 2) and
+left exactly as they were (never a real device: a FIFO stands in for one)."""
+from __future__ import annotations
+
+import hashlib
+import os
+
+import pytest
+import torch
+
+from landscape import cli
+from landscape.core.errors import LandscapeError
+from landscape.store.atomic import write_atomically
+
+USER_MODEL = ("from torch import nn\n\ndef make(num_classes=3, **_):\n"
+              "    return nn.Sequential(nn.Flatten(), nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, num_classes))\n")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A store holding a finished 3x3 surface named `plane`, made by the CLI."""
+    folder = tmp_path_factory.mktemp("outputs")
+    cwd = os.getcwd()
+    os.chdir(folder)
+    try:
+        (folder / "outputs_user_mlp.py").write_text(USER_MODEL)
+        g = torch.Generator().manual_seed(0)
+        torch.save({"x": torch.randn(30, 6, generator=g), "y": torch.randint(0, 3, (30,), generator=g)}, "d.pt")
+        torch.manual_seed(0)
+        torch.save(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(6, 8), torch.nn.Tanh(),
+                                       torch.nn.Linear(8, 3)).state_dict(), "m.pt")
+        import sys
+        sys.path.insert(0, str(folder))
+        try:
+            code = cli.main(["plane", "m.pt", "--random", "filter", "--x", "-1:1:3", "--y", "-1:1:3",
+                             "--model", "outputs_user_mlp:make", "--data", "tensors:d.pt", "--out", "s", "--quiet"])
+        finally:
+            sys.path.remove(str(folder))
+        assert code == 0
+    finally:
+        os.chdir(cwd)
+    return folder / "s"
+
+
+def _digest(path) -> str:
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def _refused(argv, capsys, needle: str) -> None:
+    code = cli.main(argv)
+    out, err = capsys.readouterr()
+    assert code == 2 and out == "" and err.count("\n") == 1 and needle in err, (argv, err)
+
+
+COMMANDS = [("export", ["--format", "csv"]), ("export", ["--format", "goldstein"]), ("plot", [])]
+
+
+@pytest.mark.parametrize("command, extra", COMMANDS)
+def test_a_fifo_is_refused_and_left_a_fifo(store, tmp_path, capsys, command, extra):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    _refused([command, str(store), "plane", *extra, "-o", str(fifo)], capsys, "is a FIFO")
+    assert os.path.exists(fifo) and not os.path.isfile(fifo) and os.stat(fifo).st_mode & 0o170000 == 0o010000
+
+
+@pytest.mark.parametrize("command, extra", COMMANDS)
+def test_a_symlink_is_refused_and_neither_it_nor_its_target_changes(store, tmp_path, capsys, command, extra):
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me")
+    link = tmp_path / "out.png"
+    os.symlink(target, link)
+    _refused([command, str(store), "plane", *extra, "-o", str(link)], capsys, "is a symbolic link")
+    assert os.path.islink(link) and os.readlink(link) == str(target) and target.read_text() == "keep me"
+
+
+@pytest.mark.parametrize("command, extra", COMMANDS)
+def test_a_folder_is_refused(store, tmp_path, capsys, command, extra):
+    _refused([command, str(store), "plane", *extra, "-o", str(tmp_path)], capsys, "is a folder")
+
+
+@pytest.mark.parametrize("inside", ["surfaces/plane.h5", "store.json", "surfaces/new.h5", "elsewhere.csv"])
+@pytest.mark.parametrize("command, extra", COMMANDS)
+def test_nothing_is_written_inside_a_store(store, capsys, command, extra, inside):
+    before = {p: _digest(os.path.join(d, p)) for d, _, fs in os.walk(store) for p in fs}
+    listing = sorted(os.listdir(store))
+    _refused([command, str(store), "plane", *extra, "-o", str(store / inside)], capsys, "lies inside the store")
+    assert {p: _digest(os.path.join(d, p)) for d, _, fs in os.walk(store) for p in fs} == before
+    assert sorted(os.listdir(store)) == listing
+
+
+@pytest.mark.parametrize("command, extra, name", [("export", ["--format", "csv"], "plane.csv"),
+                                                  ("export", ["--format", "vtp"], "plane.vtp"),
+                                                  ("plot", [], "plane.png")])
+def test_a_regular_file_outside_the_store_is_written_and_replaced(store, tmp_path, capsys, command, extra, name):
+    out = tmp_path / name
+    out.write_text("old")
+    assert cli.main([command, str(store), "plane", *extra, "-o", str(out)]) == 0, capsys.readouterr()[1]
+    assert os.path.isfile(out) and not os.path.islink(out) and out.read_bytes() != b"old"
+
+
+def test_the_atomic_writer_never_replaces_a_special_file(tmp_path):
+    """The last line of defence under every writer (store objects, figures, reports)."""
+    fifo, link, target = tmp_path / "fifo", tmp_path / "link", tmp_path / "target"
+    os.mkfifo(fifo)
+    target.write_text("keep")
+    os.symlink(target, link)
+    for path in (fifo, link, tmp_path):
+        with pytest.raises(LandscapeError, match="not a regular file"):
+            write_atomically(str(path), lambda f: f.write(b"new"))
+    assert target.read_text() == "keep" and os.path.islink(link) and not os.path.isfile(fifo)
+    assert sorted(os.listdir(tmp_path)) == ["fifo", "link", "target"]  # no temporary file left
