@@ -8,7 +8,9 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import signal
 import sys
+import threading
 from importlib.metadata import entry_points
 from typing import Any, Callable, Sequence
 
@@ -471,7 +473,45 @@ def _launched_rank() -> int:
     return w.rank if w is not None else 0
 
 
+class _Stopped(BaseException):
+    """SIGTERM or SIGHUP during a command: unwinds like Ctrl-C (temporary files removed, the
+    store's lock released), then one line and exit status 128 + the signal's number."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_stopped(signum: int, frame: Any) -> None:
+    raise _Stopped(signum)
+
+
+def _catch_stop_signals() -> dict[int, Any]:
+    """Handlers that turn SIGTERM and SIGHUP into `_Stopped` (main thread only); the previous ones.
+    Under torchrun, joining the ranks replaces the SIGTERM one with the ranks' own."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    previous = {}
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        previous[sig] = signal.signal(sig, _raise_stopped)
+    return previous
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    previous = _catch_stop_signals()
+    try:
+        return _main(argv)
+    except _Stopped as exc:
+        name = signal.Signals(exc.signum).name
+        print(f"landscape: stopped by {name} (finished chunks are saved; rerun the same command to resume)",
+              file=sys.stderr)
+        return 128 + exc.signum
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(_join_negative_ranges(sys.argv[1:] if argv is None else argv))
     rank = _launched_rank()  # under torchrun only rank 0 prints results and progress

@@ -1,0 +1,53 @@
+"""SIGTERM and SIGHUP end a command as Ctrl-C does: one line, the store's lock released, the
+finished chunks kept, and the same command resumes (exit status 128 + the signal's number)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+USER_MODEL = ("from torch import nn\n\ndef make(num_classes=3, **_):\n"
+              "    return nn.Sequential(nn.Flatten(), nn.Linear(6, 64), nn.Tanh(), nn.Linear(64, num_classes))\n")
+
+
+@pytest.fixture()
+def folder(tmp_path):
+    (tmp_path / "signals_user_mlp.py").write_text(USER_MODEL)
+    g = torch.Generator().manual_seed(0)
+    torch.save({"x": torch.randn(4000, 6, generator=g), "y": torch.randint(0, 3, (4000,), generator=g)}, tmp_path / "d.pt")
+    torch.manual_seed(0)
+    torch.save(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(6, 64), torch.nn.Tanh(),
+                                   torch.nn.Linear(64, 3)).state_dict(), tmp_path / "m.pt")
+    return tmp_path
+
+
+ARGV = [sys.executable, "-m", "landscape", "plane", "m.pt", "--random", "filter", "--x", "-1:1:40", "--y",
+        "-1:1:40", "--chunk", "8", "--model", "signals_user_mlp:make", "--data", "tensors:d.pt", "--out", "s",
+        "--quiet", "--json"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_a_stop_signal_is_one_line_releases_the_lock_and_the_rerun_resumes(folder, sig):
+    env = {**os.environ, "PYTHONPATH": str(folder), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(ARGV, cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    partial = folder / "s" / "surfaces" / ".partial-plane.h5"
+    deadline = time.time() + 120
+    while not partial.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the plane finished before it could be stopped: make the grid larger"
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + sig, err
+    assert out == "" and err.count("\n") == 1 and f"stopped by {signal.Signals(sig).name}" in err, err
+    assert not (folder / "s" / ".lock").exists()
+    assert not [f for f in os.listdir(folder / "s" / "surfaces") if f.endswith(".tmp")]
+    rerun = subprocess.run(ARGV, cwd=folder, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    res = json.loads(rerun.stdout)
+    assert 0 < res["computed_now"] < res["points"] == 1600  # the chunks finished before were kept
