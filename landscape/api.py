@@ -124,6 +124,8 @@ def open_store(out: str | None) -> Store | nullcontext:
     takes the lock, before any point is evaluated."""
     if out is None or not distributed.world().writer:  # one writer: rank 0 alone opens the store
         return nullcontext(None)
+    if os.path.lexists(out) and not os.path.isdir(out):
+        raise LandscapeError(f"--out {out!r} is not a folder: give a store folder (new or existing)")
     store = Store(out, mode="a")
     if not store.exists:
         check_writable_dir(os.path.dirname(store.path), "output folder")
@@ -302,6 +304,10 @@ def plot(path: str, name: str, *, out: str | None = None, metric: str | None = N
     out = check_output_file(out or os.path.join(os.path.dirname(os.path.abspath(path)), f"{name}.png"), "--output")
     with Store(path, mode="r") as store:
         kind = next((k for k in ("surfaces", "curves", "barriers", "ensembles") if store.has(k, name)), None)
+        unfinished = next((k for k in ("surfaces", "curves", "barriers") if name in store.unfinished(k)), None)
+        if kind is None and unfinished is not None:
+            raise LandscapeError(f"{unfinished[:-1]} {name!r} in store {path!r} is not finished: rerun the command "
+                                 "that computes it (it resumes), then plot it")
         if kind is None:
             raise LandscapeError(f"store {path!r} has no curve, surface, barrier matrix or ensemble named {name!r}")
         obj = store.read(kind, name, skip=("predictions", "labels"))

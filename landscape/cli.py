@@ -379,6 +379,10 @@ def cmd_hessian(args: argparse.Namespace) -> tuple[dict, str]:
         return res, "\n".join(lines)
     points = [res] if res["kind"] == "hessian" else res["results"]
     for p in points:
+        if p.get("diverged"):  # a NaN/inf loss is not a Lanczos that needs more steps
+            lines.append(f"{p['snapshot']} (BN {res['bn_mode']}): the loss is not finite there "
+                         f"({_fmt_g(p['loss'])}): no spectrum (stored as NaN)")
+            continue
         conv = f"Lanczos {p['iterations']} steps" + ("" if p["converged"] else ", NOT converged (raise --iters)")
         lines.append(f"{p['snapshot']} (BN {res['bn_mode']}): λ {', '.join(_fmt_g(v) for v in p['eigenvalues'])} "
                      f"({conv})")
