@@ -37,7 +37,37 @@ def _load(store_path: str, name: str) -> tuple[str, dict[str, np.ndarray], dict[
                                  f"(surfaces: {', '.join(store.names('surfaces')) or 'none'}; "
                                  f"curves: {', '.join(store.names('curves')) or 'none'})")
         obj = store.read(kind, name)
+    _check_arrays(kind, name, obj.arrays)
     return kind, obj.arrays, obj.attrs
+
+
+def _check_arrays(kind: str, name: str, data: dict[str, np.ndarray]) -> None:
+    """Refuse, in one line, a stored curve or surface whose arrays do not fit together."""
+    what = f"{kind[:-1]} {name!r} is malformed"
+    axes = ("alphas",) if kind == "curves" else ("xcoordinates", "ycoordinates")
+    shape = []
+    for axis in axes:
+        if axis not in data:
+            raise LandscapeError(f"{what}: it has no {axis}")
+        values = np.asarray(data[axis])
+        if values.ndim != 1 or values.size == 0 or values.dtype.kind not in "fiu":
+            raise LandscapeError(f"{what}: {axis} is not a non-empty vector of numbers "
+                                 f"(shape {list(values.shape)}, dtype {values.dtype})")
+        values = values.astype(np.float64)
+        if not np.isfinite(values).all():
+            raise LandscapeError(f"{what}: {axis} holds non-finite values")
+        if values.size > 1 and not (np.diff(values) > 0).all():
+            raise LandscapeError(f"{what}: {axis} is not strictly increasing")
+        shape.append(values.size)
+    metrics = [m for m in METRICS if m in data]
+    if not metrics:
+        raise LandscapeError(f"{what}: it holds none of {', '.join(METRICS)}")
+    for m in metrics + [k for k in ("done", "nonfinite") if k in data]:
+        values = np.asarray(data[m])
+        if values.shape != tuple(shape):
+            raise LandscapeError(f"{what}: {m} has shape {list(values.shape)}, its coordinates give {shape}")
+        if values.dtype.kind not in ("b" if m in ("done", "nonfinite") else "fiu"):
+            raise LandscapeError(f"{what}: {m} is of dtype {values.dtype}")
 
 
 def export(store_path: str, name: str, fmt: str, out: str, *, metric: str | None = None,

@@ -163,6 +163,49 @@ def test_connect_stores_resumes_and_reruns_as_a_no_op(two_solutions, tmp_path, m
     assert bend.meta["method"] == "curve_bend" and len(bend.meta["history"]) == 3
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_a_connect_killed_mid_training_resumes_with_the_uninterrupted_numbers(two_solutions, tmp_path, monkeypatch,
+                                                                             optimizer):
+    from landscape.analyses import connect as connections
+    from landscape.store.store import Store
+
+    x, y, xt, yt, a, b = two_solutions
+    kwargs = dict(curve="bezier", num=5, epochs=5, lr=0.05, seed=3, optimizer=optimizer, train_batch_size=64)
+    with Store(tmp_path / "whole", "a") as st:
+        whole = connect(_evaluator(x, y, xt, yt), a, b, store=st, name="c", **kwargs)
+    real, epochs_seen = connections.train_curve, []
+
+    def killed_after_epoch_2(*args, on_epoch=None, progress=None, **kw):
+        assert progress is None  # the first run starts from nothing
+
+        def save_then_die(state):
+            on_epoch(state)
+            epochs_seen.append(state["epoch"])
+            if state["epoch"] == 2:
+                raise KeyboardInterrupt
+        return real(*args, on_epoch=save_then_die, progress=progress, **kw)
+
+    monkeypatch.setattr(connections, "train_curve", killed_after_epoch_2)
+    with Store(tmp_path / "s", "a") as st, pytest.raises(KeyboardInterrupt):
+        connect(_evaluator(x, y, xt, yt), a, b, store=st, name="c", **kwargs)
+    assert epochs_seen == [1, 2] and Store(tmp_path / "s").unfinished("snapshots") == ["c-bend"]
+    resumed_from = []
+
+    def resumes(*args, progress=None, **kw):
+        resumed_from.append(None if progress is None else progress["epoch"])
+        return real(*args, progress=progress, **kw)
+
+    monkeypatch.setattr(connections, "train_curve", resumes)
+    with Store(tmp_path / "s", "a") as st:
+        res = connect(_evaluator(x, y, xt, yt), a, b, store=st, name="c", **kwargs)
+    assert resumed_from == [2]  # epochs 3 to 5 only
+    assert torch.equal(res["control_point"].params, whole["control_point"].params)
+    assert res["history"] == whole["history"]
+    for key in ("train_loss", "test_loss", "line_train_loss"):
+        np.testing.assert_array_equal(res[key], whole[key])
+    assert Store(tmp_path / "s").unfinished("snapshots") == []  # the progress goes once the bend is stored
+
+
 class _BNNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()

@@ -9,6 +9,8 @@ training is landscape.geometry.curves'.
 from __future__ import annotations
 
 import copy
+import io
+import json
 from typing import Any, Mapping
 
 import numpy as np
@@ -24,7 +26,7 @@ from landscape.geometry.curves import check_training_args, curve_point, train_cu
 from landscape.geometry.lines import curve_barriers, line_snapshot
 from landscape.geometry.ranges import line_alphas
 from landscape.store.grid import MemoryGrid
-from landscape.store.store import Store
+from landscape.store.store import Store, same_config
 
 KIND = "connections"
 
@@ -95,13 +97,16 @@ def connect(evaluator: Evaluator, a: Snapshot, b: Snapshot, *, curve: str = "bez
                                      curve=curve, epochs=epochs, lr=lr, momentum=momentum,
                                      weight_decay=weight_decay, optimizer=optimizer,
                                      batch_size=train_batch_size, seed=seed, device=evaluator.device,
-                                     loss_fn=evaluator.loss_fn, quiet=quiet)
+                                     loss_fn=evaluator.loss_fn, quiet=quiet,
+                                     progress=_training_progress(store, bend_name, config),
+                                     on_epoch=_progress_saver(store, bend_name, config))
         meta = {"method": "curve_bend", "curve": curve, "a": a.name, "b": b.name, "history": history,
                 **{k: v for k, v in training.items() if k != "curve"}}
         bend = bend_snapshot(evaluator, a, theta, bend_name, meta)
         if store is not None:
             store.write_snapshot(bend, bend_name, overwrite=store.has("snapshots", bend_name),
                                  attrs={"config": config})
+            store.drop_progress("snapshots", bend_name)
     if bend is not None:
         history = [float(v) for v in bend.meta.get("history", [])]
         theta = bend.params
@@ -132,6 +137,34 @@ def connect(evaluator: Evaluator, a: Snapshot, b: Snapshot, *, curve: str = "bez
             "bend": bend_name if store is not None else None, "control_point": bend,
             "points": int(done.size), "computed_now": int(len(todo)), "diverged": int(nonfinite.sum()),
             "done": done, "nonfinite": nonfinite}
+
+
+# The curve's training is saved after every epoch as the progress of its control point (the
+# snapshot NAME-bend): a killed run trains on from the last epoch with the numbers of an
+# uninterrupted one. The state is a torch.save image of tensors and numbers, read back with
+# weights_only=True like every checkpoint.
+def _progress_saver(store: Store | None, bend_name: str, config: Mapping[str, Any]):
+    if store is None:
+        return None
+    config_json = json.dumps(config, sort_keys=True, default=str)
+
+    def save(state: dict[str, Any]) -> None:
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        store.write_progress("snapshots", bend_name, {"training_state": np.frombuffer(buf.getvalue(), np.uint8)},
+                             {"config": config_json, "epoch": int(state["epoch"])})
+    return save
+
+
+def _training_progress(store: Store | None, bend_name: str, config: Mapping[str, Any]) -> dict[str, Any] | None:
+    saved = store.read_progress("snapshots", bend_name) if store is not None else None
+    if saved is None or not same_config(saved[1].get("config"), config) or "training_state" not in saved[0]:
+        return None  # none, or another training's (it is replaced by this one's first epoch)
+    try:
+        return torch.load(io.BytesIO(np.asarray(saved[0]["training_state"], np.uint8).tobytes()),
+                          map_location="cpu", weights_only=True)
+    except Exception:  # a damaged progress file costs only the progress: train from the start
+        return None
 
 
 def _flag_nonfinite(values: Mapping[str, list[float]]) -> dict[str, np.ndarray]:

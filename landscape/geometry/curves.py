@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
@@ -98,13 +98,18 @@ def check_training_args(curve: str, epochs: Any, lr: Any, momentum: Any, weight_
 
 
 def train_curve(model: nn.Module, a: Snapshot, b: Snapshot, x: torch.Tensor | None = None,
-                y: torch.Tensor | None = None, *, stream=None, curve: str = "bezier", epochs: int = 20, lr: float = 0.05,
-                momentum: float = 0.9, weight_decay: float = 0.0, optimizer: str = "sgd", batch_size: int = 128, seed: int = 0,
-                device: str | torch.device = "cpu", loss_fn=None, init: torch.Tensor | None = None,
-                quiet: bool = True) -> tuple[torch.Tensor, list[float]]:
+                y: torch.Tensor | None = None, *, stream=None, curve: str = "bezier", epochs: int = 20,
+                lr: float = 0.05, momentum: float = 0.9, weight_decay: float = 0.0, optimizer: str = "sgd",
+                batch_size: int = 128, seed: int = 0, device: str | torch.device = "cpu", loss_fn=None,
+                init: torch.Tensor | None = None, quiet: bool = True, progress: Mapping[str, Any] | None = None,
+                on_epoch: Callable[[dict[str, Any]], None] | None = None) -> tuple[torch.Tensor, list[float]]:
     """Train the control point θ of the curve from A to B on (x, y), or on a streamed data set
     (`stream`, a landscape.core.data.StreamData, shuffled through a seeded DataLoader); returns θ (flat,
-    on the CPU) and the mean training loss of each epoch (at the sampled t's)."""
+    on the CPU) and the mean training loss of each epoch (at the sampled t's).
+
+    `on_epoch(state)` is called after every epoch with everything the next epochs depend on (the
+    epoch, θ, the optimizer's state, the random generator's state, the BN buffers, the history);
+    given back as `progress`, training goes on from there with the numbers of an uninterrupted run."""
     check_same_architecture([a, b])
     check_training_args(curve, epochs, lr, momentum, weight_decay, optimizer, batch_size)
     epochs, batch_size = int(epochs), int(batch_size)
@@ -144,7 +149,17 @@ def train_curve(model: nn.Module, a: Snapshot, b: Snapshot, x: torch.Tensor | No
             yield xb.to(device, dtype if dtype.is_floating_point else xb.dtype), torch.as_tensor(yb).to(device)
 
     history: list[float] = []
-    for epoch in tqdm(range(1, epochs + 1), desc=f"{curve} curve", disable=quiet, leave=False):
+    first = 1
+    if progress is not None:
+        with torch.no_grad():
+            bend.copy_(progress["bend"].to(device, dtype))
+        opt.load_state_dict(progress["optimizer"])
+        g.set_state(progress["generator"])
+        for k, v in progress["buffers"].items():
+            buffers[k].copy_(v.to(device))
+        history, first = [float(h) for h in progress["history"]], int(progress["epoch"]) + 1
+    for epoch in tqdm(range(first, epochs + 1), desc=f"{curve} curve", disable=quiet, leave=False,
+                      initial=first - 1, total=epochs):
         for group in opt.param_groups:
             group["lr"] = lr * lr_factor(epoch, epochs)
         total = 0.0
@@ -161,4 +176,8 @@ def train_curve(model: nn.Module, a: Snapshot, b: Snapshot, x: torch.Tensor | No
         history.append(total / n)
         if not math.isfinite(history[-1]):
             raise LandscapeError(f"curve training diverged (loss {history[-1]} in epoch {epoch}): lower --lr")
+        if on_epoch is not None and epoch < epochs:
+            on_epoch({"epoch": epoch, "bend": bend.detach().cpu().clone(), "optimizer": opt.state_dict(),
+                      "generator": g.get_state(), "history": list(history),
+                      "buffers": {k: v.detach().cpu().clone() for k, v in buffers.items()}})
     return bend.detach().cpu(), history

@@ -33,16 +33,24 @@ class Grid:
             self.data[m] = np.full(self.shape, np.nan)
         self.data["done"] = np.zeros(self.shape, dtype=bool)
 
-    def load_partial(self, arrays: Mapping[str, np.ndarray]) -> None:
-        done = np.asarray(arrays.get("done", np.zeros(self.shape, bool)), dtype=bool)
-        if done.shape != self.shape or any(np.shape(arrays.get(m)) != self.shape for m in self.metrics):
-            return  # not the grid we expect: start afresh
-        self.data["done"] = done
-        for m in self.metrics:
-            self.data[m] = np.asarray(arrays[m], dtype=np.float64)
+    def load_partial(self, arrays: Mapping[str, np.ndarray]) -> bool:
+        """Take a saved grid's points; False (nothing taken: start afresh) unless its `done` is a boolean
+        mask and every metric a real array, all of the grid's shape."""
+        done = np.asarray(arrays.get("done", np.zeros(self.shape, bool)))
+        if done.dtype.kind != "b" or done.shape != self.shape:
+            return False  # not the grid we expect (bytes, numbers, another shape): start afresh
+        values = [np.asarray(arrays.get(m)) for m in self.metrics]
+        if any(v.shape != self.shape or v.dtype.kind not in "fiu" for v in values):
+            return False
+        self.data["done"] = done.copy()
+        for m, v in zip(self.metrics, values):
+            self.data[m] = v.astype(np.float64)
+        return True
 
     def load_finished(self, arrays: Mapping[str, np.ndarray], attrs: Mapping[str, Any]) -> None:
-        self.load_partial(arrays)
+        if not self.load_partial(arrays):
+            raise LandscapeError(f"{self.kind[:-1]} {self.name!r} is damaged: its done mask or metrics are not "
+                                 f"arrays of shape {list(self.shape)} (done a boolean mask)")
         self.fixed.update({k: v for k, v in arrays.items() if k not in self.data and k != "nonfinite"})
         self.attrs.update({k: v for k, v in attrs.items() if k != "config"})
         self.finished = bool(self.data["done"].all())

@@ -253,9 +253,20 @@ class Store:
         try:
             with open(marker) as f:
                 meta = json.load(f)
-            version = int(meta["schema_version"])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise LandscapeError(f"store {self.path!r} is unreadable: {MARKER} is damaged ({_reason(exc)})") from None
+            version = meta["schema_version"]
+            if type(version) is not int:
+                raise ValueError(f"schema_version {str(version)[:40]} is not a whole number")
+            if not isinstance(meta.get("attrs", {}), dict):
+                raise ValueError("attrs is not a mapping")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+            why = f"no {exc}" if isinstance(exc, KeyError) else _reason(exc)
+            raise LandscapeError(f"store {self.path!r} is unreadable: {MARKER} is damaged ({why})") from None
+        if version < SCHEMA_VERSION:
+            if version < 1:
+                raise LandscapeError(f"store {self.path!r} is unreadable: {MARKER} is damaged (schema_version "
+                                     f"{version})")
+            raise LandscapeError(f"store {self.path!r} has schema {version}, from an older version of this toolkit "
+                                 f"(this one reads schema {SCHEMA_VERSION} only): recompute with this version")
         if version > SCHEMA_VERSION:
             raise LandscapeError(f"store {self.path!r} has schema version {version}, newer than this toolkit's "
                                  f"{SCHEMA_VERSION}")
@@ -332,11 +343,28 @@ class Store:
             raise
 
     def _holder(self, lock: str) -> dict[str, Any] | None:
+        """The lock's holder; None when the lock is gone. A lock is written whole before it is linked
+        into place, so one that does not name a holder is damaged: refused in one line."""
         try:
             with open(lock) as f:
-                return json.load(f)
-        except (OSError, ValueError):
+                text = f.read()
+        except OSError:
             return None
+        try:
+            h = json.loads(text)
+        except ValueError:
+            h = None
+        why = None
+        if not isinstance(h, dict):
+            why = "it does not name a holder"
+        elif not isinstance(h.get("host"), str):
+            why = "its host is missing or not a name"
+        elif type(h.get("pid")) is not int or not 0 < h["pid"] < 2 ** 31:
+            why = f"its pid {str(h.get('pid'))[:40]!r} is not a process id"
+        if why:
+            raise LandscapeError(f"store {self.path!r} has a damaged lock file {lock!r} ({why}); remove it if no "
+                                 "writer runs")
+        return h
 
     def _busy_message(self, lock: str) -> str:
         h = self._holder(lock) or {}
@@ -347,14 +375,16 @@ class Store:
     def _break_stale_lock(self, lock: str) -> bool:
         """Take over a lock whose holder is a dead process on this host."""
         h = self._holder(lock)
-        if not h or h.get("host") != socket.gethostname():
+        if h is None:
+            return True  # released meanwhile: try again
+        if h.get("host") != socket.gethostname():
             return False
         try:
             os.kill(int(h["pid"]), 0)
             return False  # alive (or not ours to signal): a real holder
         except ProcessLookupError:
             pass
-        except (PermissionError, ValueError, KeyError, TypeError):
+        except (PermissionError, ValueError, KeyError, TypeError, OverflowError):
             return False
         stale = temp_path(lock)
         try:
@@ -453,7 +483,14 @@ class Store:
         return sorted(n[len(PARTIAL):-3] for n in os.listdir(folder) if n.startswith(PARTIAL) and n.endswith(".h5"))
 
     def has(self, kind: str, name: str) -> bool:
-        return os.path.isfile(self._file(kind, name))
+        path = self._file(kind, name)
+        if os.path.isfile(path):
+            return True
+        if os.path.lexists(path):  # a folder, a dangling link, a FIFO where the object's file should be
+            what = "a folder" if os.path.isdir(path) else "not a regular file"
+            raise LandscapeError(f"{self._what(kind, name)} in store {self.path!r} is damaged: {path!r} is {what}, "
+                                 "not an object file")
+        return False
 
     def _what(self, kind: str, name: str) -> str:
         return f"{kind[:-1]} {name!r}"
@@ -560,13 +597,35 @@ class Store:
 
     def read_snapshot(self, name: str) -> Snapshot:
         obj = self.read("snapshots", name)
+        what = f"snapshot {name!r} in store {self.path!r} is damaged"
+        for key, value in obj.arrays.items():
+            if (key == "params" or key.startswith("buffers/")) and np.asarray(value).dtype.kind not in "fiub":
+                raise LandscapeError(f"{what}: {key} is of dtype {np.asarray(value).dtype}, not "
+                                     f"{'floating point' if key == 'params' else 'numbers'}")
         try:
             params = torch.from_numpy(obj["params"])
             buffers = {k[len("buffers/"):]: torch.from_numpy(np.asarray(v)) for k, v in obj.arrays.items()
                        if k.startswith("buffers/")}
             layout = ParamLayout.from_json(obj.attrs["layout"])
-        except (KeyError, TypeError) as exc:
-            raise LandscapeError(f"snapshot {name!r} in store {self.path!r} is damaged: missing {exc}") from None
+        except KeyError as exc:
+            raise LandscapeError(f"{what}: missing {exc}") from None
+        except (TypeError, ValueError, AttributeError, OverflowError) as exc:
+            raise LandscapeError(f"{what}: unreadable layout or arrays ({_reason(exc)})") from None
+        raw = obj["params"]
+        if raw.dtype.kind != "f":
+            raise LandscapeError(f"{what}: params are of dtype {raw.dtype}, not floating point")
+        if raw.ndim != 1:
+            raise LandscapeError(f"{what}: params have shape {list(raw.shape)}, not one vector")
+        if raw.shape[0] != layout.numel:
+            raise LandscapeError(f"{what}: params hold {raw.shape[0]} values, its layout says {layout.numel}")
+        for key, value in buffers.items():
+            owner, _, leaf = key.rpartition(".")
+            weight = f"{owner}.weight" if owner else "weight"
+            if leaf in ("running_mean", "running_var") and weight in layout.names:  # a norm layer's statistics
+                shape = layout.shapes[layout.names.index(weight)]
+                if tuple(value.shape) != tuple(shape):
+                    raise LandscapeError(f"{what}: buffer {key!r} has shape {list(value.shape)}, its layer's weight "
+                                         f"{list(shape)}")
         return Snapshot(name, params, layout, buffers, obj.attrs.get("meta", {}) or {})
 
     # -- directions ----------------------------------------------------------------------
@@ -593,6 +652,32 @@ class Store:
                                  f"arguments ({config_differences(old, config)}); use --overwrite to replace it or "
                                  "choose another --name")
         return False
+
+    # -- progress of an object being made (a grid's points, a curve's training) ------------
+    def write_progress(self, kind: str, name: str, arrays: Mapping[str, Any], attrs: Mapping[str, Any]) -> None:
+        """Save the progress of object `name` as its `.partial-` file, replaced whole (the writer's lock first)."""
+        check_name(name)
+        self.lock()
+        root = {"schema_version": SCHEMA_VERSION, "object": kind[:-1], "name": name, **provenance(), **attrs}
+        self._write_h5(kind, f"{PARTIAL}{name}.h5", arrays, root, f"progress of {self._what(kind, name)}")
+
+    def read_progress(self, kind: str, name: str) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
+        """The saved progress of `name` (arrays, attributes); None when there is none or it was cut
+        short mid-write (then only that progress is lost)."""
+        path = self._partial_file(kind, name)
+        if not os.path.isfile(path) or os.path.islink(path):
+            return None
+        try:
+            return _read_file(path, "partial")
+        except LandscapeError:
+            return None
+
+    def drop_progress(self, kind: str, name: str) -> None:
+        """Remove the progress of `name` once the object itself is stored."""
+        try:
+            os.unlink(self._partial_file(kind, name))
+        except FileNotFoundError:
+            pass
 
     # -- resumable grids -----------------------------------------------------------------
     def open_grid(self, kind: str, name: str, shape: Sequence[int], metrics: Sequence[str],
