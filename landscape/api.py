@@ -30,7 +30,7 @@ from landscape.core.errors import LandscapeError
 from landscape.core.jsonable import to_jsonable
 from landscape.core.losses import LossFn, resolve_loss
 from landscape.core.models import BUILTIN_MODELS, build_model
-from landscape.core.validate import check_writable_dir, positive_int
+from landscape.core.validate import check_seed, check_writable_dir, positive_int
 from landscape.evaluate.engine import Evaluator, resolve_device
 from landscape.evaluate.ensembles import MemberForward, fit_temperatures, member_orders, table_rows
 from landscape.evaluate.hessian import check_spectrum_args
@@ -124,8 +124,6 @@ def open_store(out: str | None) -> Store | nullcontext:
     takes the lock, before any point is evaluated."""
     if out is None or not distributed.world().writer:  # one writer: rank 0 alone opens the store
         return nullcontext(None)
-    if os.path.lexists(out) and not os.path.isdir(out):
-        raise LandscapeError(f"--out {out!r} is not a folder: give a store folder (new or existing)")
     store = Store(out, mode="a")
     if not store.exists:
         check_writable_dir(os.path.dirname(store.path), "output folder")
@@ -208,6 +206,7 @@ def plane(center: str | Snapshot, *, model: str | nn.Module, data=None, test_dat
     Through-planes: `coords="relative"` puts the second snapshot at (1, 0) and the third at
     (x3, 1); `"distance"` uses weight-space distances. With BN mode `keep` the buffers move with
     the weights, so each snapshot's own point is exactly that snapshot."""
+    seed = check_seed(seed, "--seed", offset=1)  # the plane's second direction uses seed + 1
     if sum(v is not None and v is not False for v in (through, random, pca, hessian_directions)) != 1:
         raise LandscapeError("give one of --through B C, --random filter|layer|none, --pca S1 S2 ... or "
                              "--hessian-directions")
@@ -358,6 +357,7 @@ def ensemble(members: Sequence[str | Snapshot], *, model: str | nn.Module | None
     """
     from tqdm.auto import tqdm
 
+    seed = check_seed(seed, "--seed")
     if not members:
         raise LandscapeError("ensemble needs at least one member")
     keys = KeyFilter(tuple(ignore_keys))
@@ -515,6 +515,7 @@ def hessian(snapshots: Sequence[str | Snapshot] = (), *, model: str | nn.Module,
     `precision` is the products' matmul precision and `chunk` the probe vectors per batched
     Hessian-vector product; both are part of the stored result's config."""
     check_spectrum_args(top_k, probes, iters, tol, density_runs)
+    seed = check_seed(seed, "--seed")
     snapshots = list(snapshots or [])
     if along is not None and len(along) != 2:
         raise LandscapeError("--along needs exactly two snapshots A B")
@@ -567,6 +568,7 @@ def connect(a: str | Snapshot, b: str | Snapshot, *, model: str | nn.Module, dat
     straight line at `num` values of t with BN recomputed at each point; JSON with both barriers
     (`barriers` along the curve, `line_barriers` along the line) and both metric curves."""
     check_training_args(curve, epochs, lr, momentum, weight_decay, optimizer, train_batch_size)
+    seed = check_seed(seed, "--seed")
     alphas = line_alphas(positive_int(num, "--num"))
     if data is None:
         raise LandscapeError("connect trains the curve on training data: give --data")

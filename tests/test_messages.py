@@ -1,5 +1,6 @@
 """Messages that name the real cause: an unfinished grid is unfinished (not missing), a NaN loss
-is not a Lanczos short of steps, and an `--out` that is a file is not a folder."""
+is not a Lanczos short of steps, and an `--out` that is a FIFO or a dangling link is not a store
+folder (not "File exists")."""
 from __future__ import annotations
 
 import json
@@ -32,10 +33,11 @@ def test_a_nan_loss_is_reported_as_such_not_as_too_few_steps(problem, capsys):  
     assert code == 0 and json.loads(capsys.readouterr()[0])["diverged"] is True
 
 
-def test_an_out_that_is_a_file_is_not_a_folder(problem, capsys):  # noqa: F811
-    with open("taken", "w") as f:
-        f.write("keep")
-    code = cli.main(["interpolate", "m1.pt", "m2.pt", "--alpha-range", "0:1:3", "--out", "taken", *problem])
-    err = capsys.readouterr()[1]
-    assert code == 2 and err.count("\n") == 1 and "is not a folder" in err, err
-    assert open("taken").read() == "keep"
+def test_an_out_that_is_a_special_file_is_not_a_store_folder(problem, capsys):  # noqa: F811
+    os.mkfifo("pipe")  # standing in for a device such as /dev/null
+    os.symlink("nowhere", "dangling")
+    for out in ("pipe", "dangling"):
+        code = cli.main(["interpolate", "m1.pt", "m2.pt", "--alpha-range", "0:1:3", "--out", out, *problem])
+        err = capsys.readouterr()[1]
+        assert code == 2 and err.count("\n") == 1 and "not a store folder" in err, err
+    assert not os.path.isfile("pipe") and os.path.islink("dangling") and not os.path.exists("nowhere")

@@ -1,6 +1,7 @@
 """Snapshots (points in weight space) and loading `.pt`/`.pth` state dicts (weights_only only)."""
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import os
@@ -88,6 +89,34 @@ class Snapshot:
         return h.hexdigest()[:16]
 
 
+def storage_short(t: torch.Tensor) -> bool:
+    """Whether `t`'s storage is smaller than its shape claims (a stride-0, expanded view: a
+    real checkpoint's tensors never are; such a shape would size a model of terabytes)."""
+    try:
+        return t.untyped_storage().nbytes() < t.numel() * t.element_size()
+    except (RuntimeError, NotImplementedError):  # a tensor without a plain storage (sparse, meta...)
+        return False
+
+
+def _not_a_checkpoint(path: str) -> str:
+    """Why the file at `path` is not a PyTorch checkpoint by its first bytes ('' when it may be
+    one: a zip archive, torch.save's format, or a pickle, torch's legacy format)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError:
+        return ""
+    if not head:
+        return "an empty file"
+    if head.startswith((b"PK\x03\x04", b"PK\x05\x06", b"\x80")):
+        return ""
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)  # a cut last character is fine
+    except UnicodeDecodeError:
+        return "neither a zip archive nor a pickle"
+    return "a text file?" if b"\0" not in head else "neither a zip archive nor a pickle"
+
+
 def read_state_dict(path: str, mmap: bool = False, keys: KeyFilter | None = None) -> dict[str, torch.Tensor]:
     """A tensor state dict from a checkpoint file, loaded with weights_only=True only.
     `mmap`: map the tensors instead of reading them (for looking at shapes only).
@@ -100,6 +129,9 @@ def read_state_dict(path: str, mmap: bool = False, keys: KeyFilter | None = None
         raise LandscapeError(f"checkpoint {path!r} needs arbitrary code to load (not weights-only); "
                              "refused") from None
     except Exception as exc:
+        not_torch = _not_a_checkpoint(path)
+        if not_torch:
+            raise LandscapeError(f"checkpoint {path!r} is not a PyTorch checkpoint ({not_torch})") from None
         raise LandscapeError(f"checkpoint {path!r} cannot be read: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
     for key in _WRAPPER_KEYS:
         if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
@@ -107,6 +139,14 @@ def read_state_dict(path: str, mmap: bool = False, keys: KeyFilter | None = None
             break
     if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise LandscapeError(f"checkpoint {path!r} does not hold a state_dict of tensors")
+    bad_key = next((k for k in obj if not isinstance(k, str)), None)
+    if bad_key is not None:
+        raise LandscapeError(f"checkpoint {path!r} does not hold a state_dict: keys must be strings, got "
+                             f"{type(bad_key).__name__} key {bad_key!r}")
+    for k, v in obj.items():  # an expanded (stride-0) view claims more elements than it stores
+        if storage_short(v):
+            raise LandscapeError(f"checkpoint {path!r}: tensor {k!r} of shape {list(v.shape)} claims more "
+                                 "elements than its storage holds (an expanded view); refused")
     out = OrderedDict()
     for k, v in obj.items():
         out[k[len("module."):] if k.startswith("module.") else k] = v

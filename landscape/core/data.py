@@ -151,6 +151,9 @@ def validate_tensors(x: torch.Tensor, y: torch.Tensor, spec: str, targets: str =
     if y.is_floating_point() or y.is_complex():
         raise LandscapeError(f"data {spec!r}: labels must be integers, got {y.dtype} (regression targets? "
                              "use --loss mse)")
+    if y.dtype == torch.bool:  # True/False would silently be classes 1/0
+        raise LandscapeError(f"data {spec!r}: labels must be integer class indices, got {y.dtype} "
+                             "(convert them, e.g. y.long())")
     if int(y.min()) < 0:
         raise LandscapeError(f"data {spec!r}: label {int(y.min())} at sample {int(y.argmin())} is negative")
     if not x.is_floating_point():

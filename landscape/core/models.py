@@ -7,8 +7,10 @@ Spec forms
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
+import sys
 from typing import Sequence
 
 import torch
@@ -16,6 +18,10 @@ from torch import nn
 
 from .errors import LandscapeError
 from .loader import load_callable
+from .validate import bounded_int
+
+# A built-in CNN's width (base channels): 4096 already makes a ~1e9-parameter model.
+MAX_WIDTH = 4096
 
 
 def _conv_bn(cin: int, cout: int) -> list[nn.Module]:
@@ -84,7 +90,9 @@ def build_model(spec: str, num_classes: int | None = None, input_shape: Sequence
             if key != "width" or not eq or not value.isdigit() or int(value) < 1:
                 raise LandscapeError(f"malformed model spec {spec!r}: a built-in model takes only width=N "
                                      f"(e.g. {base}:width=12)")
-            width = int(value)
+            width = bounded_int(value, f"model spec {base!r}: width", 1, MAX_WIDTH)
+        if width is not None:
+            width = bounded_int(width, f"model spec {base!r}: width", 1, MAX_WIDTH)
         return _builtin(base, num_classes or 10, input_shape, width)
     if spec.startswith("torchvision:"):
         name = spec.split(":", 1)[1]
@@ -107,9 +115,16 @@ def build_model(spec: str, num_classes: int | None = None, input_shape: Sequence
         except (TypeError, ValueError):
             pass
     try:
-        model = factory(**kwargs)
-    except Exception as exc:
-        raise LandscapeError(f"model spec {spec!r}: the factory failed: {exc}") from None
+        with contextlib.redirect_stdout(sys.stderr):  # a chatty factory must not break --json's stdout
+            model = factory(**kwargs)
+    except KeyboardInterrupt:
+        raise
+    except SystemExit as exc:  # sys.exit() inside the factory: not the end of the command
+        raise LandscapeError(f"model spec {spec!r}: the factory exited (SystemExit({exc.code!r})) "
+                             "instead of returning a model") from None
+    except BaseException as exc:
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        raise LandscapeError(f"model spec {spec!r}: the factory failed: {text}") from None
     if not isinstance(model, nn.Module):
         raise LandscapeError(f"model spec {spec!r}: the factory returned {type(model).__name__}, not an nn.Module")
     return model

@@ -19,7 +19,12 @@ def parse_range(text: str, what: str = "grid") -> np.ndarray:
     if num < 1 or not np.isfinite(lo) or not np.isfinite(hi) or (num > 1 and hi <= lo):
         raise LandscapeError(f"malformed {what} {text!r}: need MAX > MIN and NUM >= 1")
     check_grid_size((num,), what)  # before the axis itself is allocated
-    return np.linspace(lo, hi, num)
+    with np.errstate(over="ignore", invalid="ignore"):
+        span, grid = hi - lo, np.linspace(lo, hi, num)
+    if not np.isfinite(span) or not np.isfinite(grid).all():  # e.g. -1e308:1e308: MAX-MIN overflows
+        raise LandscapeError(f"malformed {what} {text!r}: MAX - MIN ({lo:g} to {hi:g}) is too large to be "
+                             "spaced in floating point; use smaller bounds")
+    return grid
 
 
 def line_alphas(num: int = 21, lo: float = 0.0, hi: float = 1.0) -> np.ndarray:

@@ -8,6 +8,7 @@ file stays whole until its replacement is complete.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from typing import BinaryIO, Callable
 
@@ -22,8 +23,13 @@ def temp_path(path: str) -> str:
     return os.path.join(folder, f".{base}.{os.getpid()}-{secrets.token_hex(6)}{TMP_SUFFIX}")
 
 
-def is_temp_name(name: str) -> bool:
-    return name.startswith(".") and name.endswith(TMP_SUFFIX)
+_TEMP = re.compile(r"^\..+\.(\d{1,10})-[0-9a-f]{12}" + re.escape(TMP_SUFFIX) + "$")
+
+
+def temp_writer(name: str) -> int | None:
+    """The pid of the process that made temporary file `name` (as `temp_path` names them), else None."""
+    m = _TEMP.match(name)
+    return int(m.group(1)) if m else None
 
 
 def fsync_dir(folder: str) -> None:

@@ -41,8 +41,13 @@ def load_snapshot(ref: str, model: nn.Module, keys: KeyFilter | None = None) -> 
         with Store(path, mode="r") as store:
             snap = store.read_snapshot(name)
         ParamLayout.of(model).check_same(snap.layout, "model", f"snapshot {ref!r}")
-        if set(snap.buffers) != set(dict(model.named_buffers())):
+        model_buffers = dict(model.named_buffers())
+        if set(snap.buffers) != set(model_buffers):
             raise LandscapeError(f"snapshot {ref!r} does not fit the model: its buffers differ")
+        for key, value in snap.buffers.items():
+            if tuple(value.shape) != tuple(model_buffers[key].shape):
+                raise LandscapeError(f"snapshot {ref!r} is damaged or does not fit the model: buffer {key!r} has "
+                                     f"shape {list(value.shape)}, the model's {list(model_buffers[key].shape)}")
         snap.name = ref
         return snap
     if store_ref is not None and not os.path.exists(ref):
@@ -80,9 +85,19 @@ def head_classes(ref: str | Snapshot, keys: KeyFilter | None = None) -> int | No
                     layout = ParamLayout.from_json(store.read_attrs("snapshots", store_ref[1])["layout"])
                 shapes = [shape for _, shape, _ in layout.slices()]
             else:
-                # mapped, not read: the snapshot itself is loaded once, later
-                shapes = [tuple(v.shape) for v in read_state_dict(ref, mmap=True, keys=keys).values() if v.is_floating_point()]
+                from landscape.core.checkpoints import storage_short
+
+                # mapped, not read: the snapshot itself is loaded once, later; an expanded
+                # (stride-0) view claims a shape its storage does not hold: not a real head
+                shapes = [tuple(v.shape) for v in read_state_dict(ref, mmap=True, keys=keys).values()
+                          if v.is_floating_point() and not storage_short(v)]
     except (LandscapeError, KeyError, TypeError):
         return None  # the snapshot's own loading reports what is wrong with it
     heads = [s for s in shapes if len(s) == 2]
+    MAX_CLASSES = 10**6  # more rows than this in a head is no classifier's
+    if heads and int(heads[-1][0]) > MAX_CLASSES:
+        what = f"snapshot {ref.name!r}" if isinstance(ref, Snapshot) else f"checkpoint {ref!r}"
+        raise LandscapeError(f"{what}: its last 2-D weight has {int(heads[-1][0]):,} rows, taken for the number "
+                             f"of classes; the limit is {MAX_CLASSES:,} (not a classifier's head?)")
     return int(heads[-1][0]) if heads else None
+

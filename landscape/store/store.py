@@ -62,8 +62,9 @@ import torch
 from landscape.core.checkpoints import Snapshot
 from landscape.core.errors import LandscapeError, LandscapeFault
 from landscape.core.params import ParamLayout
+from landscape.core.validate import check_name_bytes
 
-from .atomic import fsync_dir, is_temp_name, temp_path, write_atomically
+from .atomic import fsync_dir, temp_path, temp_writer, write_atomically
 from .grid import Grid
 
 SCHEMA_VERSION = 2
@@ -127,11 +128,22 @@ def _reason(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def _alive(pid: int) -> bool:
+    """Whether process `pid` exists on this host (one we may not signal counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
 def check_name(name: str) -> str:
     if (not isinstance(name, str) or not name or "/" in name or "\0" in name or name.startswith(".")
             or name.strip() != name or len(name) > 200):
         raise LandscapeError(f"invalid name {name!r}: use a non-empty name without '/' or a leading '.'")
-    return name
+    return check_name_bytes(name)  # a file name of at most 255 bytes, with room for the partial/temp names
 
 
 def _open_h5(path: str, mode: str) -> h5py.File:
@@ -233,6 +245,9 @@ class Store:
                 raise LandscapeError(f"{self.path!r} is a single HDF5 file, not a store folder (stores are folders "
                                      "since schema 2): choose another path")
             raise LandscapeError(f"{self.path!r} is a file, not a store folder")
+        if os.path.lexists(self.path) and not os.path.isdir(self.path):  # a device, FIFO, socket, dangling link
+            raise LandscapeError(f"{self.path!r} is not a store folder (nor a regular file): give a folder, new or "
+                                 "existing")
         if os.path.isdir(self.path):
             self._meta = self._read_marker()
         elif mode == "r":
@@ -410,16 +425,22 @@ class Store:
                 pass
 
     def _remove_leftovers(self) -> None:
-        """Temporary files of writers that died (we hold the lock, so none is being written)."""
+        """Temporary files of writers that died (we hold the lock, so none is being written): only
+        regular files named as the atomic writer names them, whose writer is not alive, in the
+        store's own folders (a kind folder that is a symbolic link is never looked into)."""
         for folder in [self.path] + [os.path.join(self.path, k) for k in KINDS]:
-            if not os.path.isdir(folder):
+            if os.path.islink(folder) or not os.path.isdir(folder):
                 continue
             for n in os.listdir(folder):
-                if is_temp_name(n):
-                    try:
-                        os.unlink(os.path.join(folder, n))
-                    except OSError:
-                        pass
+                path = os.path.join(folder, n)
+                pid = temp_writer(n)
+                if pid is None or pid == os.getpid() or _alive(pid) or os.path.islink(path) \
+                        or not os.path.isfile(path):
+                    continue
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
 
     # -- atomic files ------------------------------------------------------------------------
     def _ensure_folder(self, folder: str) -> None:
@@ -432,6 +453,10 @@ class Store:
                 os.mkdir(folder)
             except FileExistsError:
                 pass
+            if os.path.islink(folder) or not os.path.isdir(folder):
+                raise LandscapeError(f"store {self.path!r}: {os.path.basename(folder)!r} is "
+                                     f"{'a symbolic link' if os.path.islink(folder) else 'not a folder'}, where "
+                                     "the store keeps its own objects: nothing was written (move it away)")
 
     def _write_marker(self, meta: dict[str, Any]) -> None:
         data = json.dumps(meta, indent=1, default=str).encode()
