@@ -23,7 +23,7 @@ def problem(tmp_path, monkeypatch):
     g = torch.Generator().manual_seed(0)
     x, xt = torch.randn(20, 6, generator=g), torch.randn(12, 6, generator=g)
     y, yt = torch.randint(0, 3, (20,), generator=g), torch.randint(0, 3, (12,), generator=g)
-    (tmp_path / "hostile_user_mlp.py").write_text(
+    (tmp_path / "input_hostile_user_mlp.py").write_text(
         "import sys\nfrom torch import nn\n\n"
         "def make(num_classes=3, **_):\n"
         "    return nn.Sequential(nn.Flatten(), nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, num_classes))\n\n"
@@ -35,7 +35,7 @@ def problem(tmp_path, monkeypatch):
     torch.save({"x": xt, "y": yt}, "test.pt")
     torch.manual_seed(1)
     torch.save(_mlp().state_dict(), "m1.pt")
-    return ["--model", "hostile_user_mlp:make", "--data", "tensors:train.pt", "--test-data", "tensors:test.pt",
+    return ["--model", "input_hostile_user_mlp:make", "--data", "tensors:train.pt", "--test-data", "tensors:test.pt",
             "--quiet"]
 
 
@@ -82,11 +82,11 @@ def test_huge_model_width_is_refused_with_the_bound(problem, capsys):
 
 # 3. user factories that exit, or print to stdout
 def test_factory_calling_sys_exit_is_a_one_line_error(problem, capsys):
-    _refused([*PLANE, *problem, "--model", "hostile_user_mlp:quits"], capsys, "hostile_user_mlp:quits", "exit")
+    _refused([*PLANE, *problem, "--model", "input_hostile_user_mlp:quits"], capsys, "input_hostile_user_mlp:quits", "exit")
 
 
 def test_factory_printing_does_not_break_json(problem, capsys):
-    code = cli.main([*PLANE, "--json", *problem, "--model", "hostile_user_mlp:chatty"])
+    code = cli.main([*PLANE, "--json", *problem, "--model", "input_hostile_user_mlp:chatty"])
     out, err = capsys.readouterr()
     assert code == 0, err
     json.loads(out)
