@@ -283,18 +283,28 @@ def _with_defaults(table: Mapping[str, Any], schema: Mapping[str, tuple[str, Any
 SEED_LIMIT = 2**32
 # The embedded problem is generated in memory: refuse one that could not be.
 MAX_EMBEDDED_BYTES = 8 << 30
+# Counts that set how long a study trains or how big it is: a typo (1e11 epochs) must not run until killed.
+MAX_EPOCHS = 100_000
+MAX_MEMBERS = 1_000
+MAX_WIDTH = 4_096
+# The config file itself: read whole and parsed recursively (tomllib), so its size and nesting are bounded.
+MAX_CONFIG_BYTES = 1 << 20
+MAX_CONFIG_DEPTH = 100
 
 
-def _count(table: dict, where: str, key: str, minimum: int = 1) -> None:
-    """An integer >= minimum (1: a positive integer, 0: a non-negative one); None means 'default'."""
+def _count(table: dict, where: str, key: str, minimum: int = 1, maximum: int | None = None) -> None:
+    """An integer >= minimum (1: a positive integer, 0: a non-negative one) and <= maximum when given;
+    None means 'default'."""
     v = table.get(key)
     if v is None:
         return
     if minimum == 1:
-        table[key] = positive_int(v, f"{where}{key}")
+        table[key] = v = positive_int(v, f"{where}{key}")
     elif not isinstance(v, int) or isinstance(v, bool) or v < minimum:
         kind = "a non-negative integer" if minimum == 0 else f"an integer of at least {minimum}"
         raise LandscapeError(f"{where}{key} must be {kind}, got {v!r}")
+    if maximum is not None and v > maximum:
+        raise LandscapeError(f"{where}{key} must be at most {maximum:,}, got {v!r}")
 
 
 def _rate(table: dict, where: str, key: str) -> None:
@@ -325,10 +335,19 @@ def _recipe(table: dict, where: str) -> None:
     """An SGD recipe: epochs, lr, momentum, weight decay, batch size (whichever the table has)."""
     for k in ("epochs", "batch_size", "checkpoints"):
         if k in table and not isinstance(table[k], list):
-            _count(table, where, k)
+            _count(table, where, k, maximum={"epochs": MAX_EPOCHS, "checkpoints": MAX_MEMBERS}.get(k))
     _rate(table, where, "lr")
     _momentum(table, where, "momentum")
     _decay(table, where, "weight_decay")
+
+
+def _study_name(name: str) -> None:
+    """study.name is a plain name (it is shown and stored with the study): no path, no control characters."""
+    if (not name or name in (".", "..") or "/" in name or "\\" in name or os.sep in name
+            or (os.altsep and os.altsep in name) or not name.isprintable()
+            or len(name) > 200):
+        raise LandscapeError(f"study.name must be a plain name (printable, at most 200 characters, no path "
+                             f"separators, not '.' or '..'), got {name!r}")
 
 
 def _derived_lr(value: float, what: str) -> None:
@@ -438,7 +457,7 @@ def _parse_method(name: str, table: Any, st: dict, ft: dict) -> list[MethodConfi
         raise LandscapeError(f"{where}type must be one of {', '.join(METHOD_TYPES)}, got {_describe(mtype)}")
     filled = _with_defaults(table, {**METHOD_COMMON, **METHOD_SCHEMA[mtype]}, where)
     filled.pop("type")
-    _count(filled, where, "members", minimum=1 if mtype == "swa" else 2)
+    _count(filled, where, "members", minimum=1 if mtype == "swa" else 2, maximum=MAX_MEMBERS)
     members = filled.pop("members") or st["members"]
     pairwise = filled.pop("pairwise")
     if mtype == "fge":
@@ -484,8 +503,11 @@ def _parse_method(name: str, table: Any, st: dict, ft: dict) -> list[MethodConfi
                 _derived_lr(ft["lr"] * params[k], f"finetune.lr × {cw}{k}")
         if params.get("cycle_scale") is not None:
             params["cycle_epochs"] = params["cycle_scale"] * ft["epochs"]
-        _count(params, where, "epochs")
-        _count(params, where, "anneal_epochs", minimum=0)
+        if params.get("cycle_epochs") is not None and params["cycle_epochs"] > MAX_EPOCHS:
+            raise LandscapeError(f"{cw}cycle_epochs must be at most {MAX_EPOCHS:,} (cycle_scale × finetune.epochs "
+                                 f"for cycle_scale), got {params['cycle_epochs']!r}")
+        _count(params, where, "epochs", maximum=MAX_EPOCHS)
+        _count(params, where, "anneal_epochs", minimum=0, maximum=MAX_EPOCHS)
         if mtype == "swa":
             params["epochs"] = params["epochs"] or max(1, ft["epochs"] // 2)
             if params["anneal_epochs"] > params["epochs"]:
@@ -538,7 +560,8 @@ def _parse(raw: Mapping[str, Any], check_paths: bool) -> "_Parsed":
     st, data, model, pre, ft, sc, an = (sections[k] for k in ("study", "data", "model", "pretrain", "finetune",
                                                               "scratch", "analysis"))
     _seed(st, "study.", "seed")
-    _count(st, "study.", "members", minimum=2)
+    _count(st, "study.", "members", minimum=2, maximum=MAX_MEMBERS)
+    _study_name(st["name"])
     _count(st, "study.", "eval_batch_size")
     _count(st, "study.", "threads", minimum=0)
 
@@ -583,7 +606,7 @@ def _parse(raw: Mapping[str, Any], check_paths: bool) -> "_Parsed":
     # model
     if model["width"] is not None and model["name"] not in ("small_cnn", "tiny_cnn"):
         raise LandscapeError(f"model.width only applies to small_cnn and tiny_cnn, not {model['name']!r}")
-    _count(model, "model.", "width")
+    _count(model, "model.", "width", maximum=MAX_WIDTH)
 
     # recipes (scratch's defaults come from the fine-tuning recipe, checked first)
     _recipe(ft, "finetune.")
@@ -672,6 +695,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         parsed = tomllib.loads(f"v = {value.strip()}")["v"]
     except tomllib.TOMLDecodeError:
         parsed = value.strip()
+    except RecursionError:
+        raise LandscapeError(f"--set {text!r}: the value is nested too deeply") from None
     return path, parsed
 
 
@@ -687,20 +712,70 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
+def _toml_depth(text: str) -> int:
+    """The nesting of `text`'s arrays and inline tables, scanned before tomllib (which recurses): brackets
+    and braces outside strings and comments (a close approximation; tomllib still has the last word)."""
+    depth = deepest = 0
+    quote, escaped, comment = None, False, False
+    for ch in text:
+        if comment:
+            comment = ch != "\n"
+        elif quote:
+            if escaped:
+                escaped = False
+            elif ch == "\\" and quote == '"':
+                escaped = True
+            elif ch == quote:
+                quote = None
+        elif ch in "\"'":
+            quote = ch
+        elif ch == "#":
+            comment = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth = max(0, depth - 1)
+    return deepest
+
+
+def _parse_toml(data: bytes, source: str) -> dict[str, Any]:
+    """A config file's bytes as a TOML document, or one line saying why not (size, text, nesting, syntax)."""
+    if len(data) > MAX_CONFIG_BYTES:
+        raise LandscapeError(f"config {source} is larger than {MAX_CONFIG_BYTES:,} bytes: not a study config")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is None or "\0" in text:
+        raise LandscapeError(f"config {source} is not a text file (a study config is UTF-8 TOML)")
+    if _toml_depth(text) > MAX_CONFIG_DEPTH:
+        raise LandscapeError(f"config {source} is not valid TOML: arrays or tables nested too deeply "
+                             f"(more than {MAX_CONFIG_DEPTH} levels)")
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise LandscapeError(f"config {source} is not valid TOML: {exc}") from None
+    except RecursionError:
+        raise LandscapeError(f"config {source} is not valid TOML: arrays or tables nested too deeply") from None
+
+
 def load_config(ref: str | Mapping[str, Any], overrides: list[str] = (), check_paths: bool = True) -> StudyConfig:
     """Load and validate a study config: a TOML path, a shipped config name, or an already-parsed dict."""
     if isinstance(ref, Mapping):
-        raw, source = json.loads(json.dumps(ref)), "<dict>"
+        try:
+            raw, source = json.loads(json.dumps(ref)), "<dict>"
+        except RecursionError:
+            raise LandscapeError("config <dict>: nested too deeply") from None
     else:
         path = resolve_config_path(str(ref))
         source = os.path.basename(path)
         try:
             with open(path, "rb") as f:
-                raw = tomllib.load(f)
-        except tomllib.TOMLDecodeError as exc:
-            raise LandscapeError(f"config {source} is not valid TOML: {exc}") from None
+                data = f.read(MAX_CONFIG_BYTES + 1)
         except OSError as exc:
             raise LandscapeError(f"config {path!r} cannot be read: {exc.strerror}") from None
+        raw = _parse_toml(data, source)
     try:
         raw = apply_overrides(raw, list(overrides))
     except LandscapeError as exc:

@@ -347,9 +347,11 @@ def training_estimate(prep: Prepared, runner: Runner, todo: list[Unit], rt: Any)
                                  measured_batch_size=batch(u0)))
 
 
-def export_task_data(prep: Prepared, out: str) -> None:
+def export_task_data(prep: Prepared, out: str, store: Store | None = None) -> None:
     """The embedded target task as DIR/data/{train,test}.pt (`tensors:` data specs), so that every
-    `landscape` command can analyse the study's snapshots (README). Written once."""
+    `landscape` command can analyse the study's snapshots (README). Written once, by the study's writer:
+    `store` (the study's, already a study's) is locked before a file is written, so a write that fails
+    leaves a folder that a rerun resumes."""
     if prep.cfg["data"]["kind"] != "embedded":
         return
     folder = os.path.join(out, "data")
@@ -357,6 +359,8 @@ def export_task_data(prep: Prepared, out: str) -> None:
         path = os.path.join(folder, f"{split}.pt")
         if os.path.isfile(path):
             continue
+        if store is not None:
+            store.lock()
         d = prep.target.eval_data(split, None)
         buf = io.BytesIO()
         torch.save({"x": d.x.contiguous(), "y": d.y.contiguous()}, buf)
@@ -405,7 +409,8 @@ def _run_study(cfg: StudyConfig, path: str, device: str | None, quiet: bool, hoo
         os.makedirs(out, exist_ok=True)
     except OSError as exc:
         raise LandscapeFault(f"cannot create output folder {out!r}: {exc.strerror or exc}") from None
-    export_task_data(prep, out)
+    # The store first, locked and marked as this study's, then anything else into DIR: a run that fails
+    # on its first write (a full disk, a file size limit) leaves a folder its rerun accepts.
     with Store(path, mode="a") as store:
         runner = Runner(prep, store, hooks or Hooks(), quiet, use_cache)
         todo = runner.todo()
@@ -415,6 +420,7 @@ def _run_study(cfg: StudyConfig, path: str, device: str | None, quiet: bool, hoo
         write_labels(store, prep.target.test_labels())
         if prep.target.has_val:
             write_labels(store, prep.target.labels("val"), "val")
+        export_task_data(prep, out, store)
         t1 = time.perf_counter()
         rt = _apply_runtime(prep)
         try:
