@@ -77,6 +77,7 @@ def test_study_name_must_be_a_plain_name(tmp_path, capsys, name):
 
 def _tiny_raw():
     import tomllib
+
     from experiments.config import shipped_path
     with open(shipped_path("tiny"), "rb") as f:
         return tomllib.load(f)
