@@ -10,34 +10,18 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from torch import nn
+from tiny_problem import write_problem
 
 from landscape import cli
 from landscape.store.store import Store
 
 
-def _mlp() -> nn.Module:
-    return nn.Sequential(nn.Flatten(), nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
-
-
 @pytest.fixture()
 def problem(tmp_path, monkeypatch):
     """Two checkpoints of a user model, train and test tensors, in the working folder."""
-    g = torch.Generator().manual_seed(0)
-    x, xt = torch.randn(40, 6, generator=g), torch.randn(30, 6, generator=g)
-    y, yt = torch.randint(0, 3, (40,), generator=g), torch.randint(0, 3, (30,), generator=g)
-    (tmp_path / "opts_user_mlp.py").write_text(
-        "from torch import nn\n\ndef make(num_classes=3, **_):\n"
-        "    return nn.Sequential(nn.Flatten(), nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, num_classes))\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.chdir(tmp_path)
-    torch.save({"x": x, "y": y}, "train.pt")
-    torch.save({"x": xt, "y": yt}, "test.pt")
-    for seed in (1, 2):
-        torch.manual_seed(seed)
-        torch.save(_mlp().state_dict(), f"m{seed}.pt")
-    return ["--model", "opts_user_mlp:make", "--data", "tensors:train.pt", "--test-data", "tensors:test.pt",
-            "--quiet"]
+    return write_problem("opts_user_mlp")
 
 
 def _run(argv, capsys) -> dict:

@@ -7,36 +7,23 @@ import json
 
 import pytest
 import torch
-from torch import nn
+from tiny_problem import MLP_SOURCE, write_problem
 
 from landscape import cli
 from landscape.core.errors import LandscapeError
 
-
-def _mlp() -> nn.Module:
-    return nn.Sequential(nn.Flatten(), nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
+# the user's model module, with two factories that misbehave
+SOURCE = MLP_SOURCE + ("\nimport sys\n\n\ndef quits(num_classes=3, **_):\n    sys.exit(0)\n\n"
+                       "\ndef chatty(num_classes=3, **_):\n    print('building the model...')\n"
+                       "    return make(num_classes)\n")
 
 
 @pytest.fixture()
 def problem(tmp_path, monkeypatch):
     """A checkpoint of a user model and train/test tensors in the working folder."""
-    g = torch.Generator().manual_seed(0)
-    x, xt = torch.randn(20, 6, generator=g), torch.randn(12, 6, generator=g)
-    y, yt = torch.randint(0, 3, (20,), generator=g), torch.randint(0, 3, (12,), generator=g)
-    (tmp_path / "input_hostile_user_mlp.py").write_text(
-        "import sys\nfrom torch import nn\n\n"
-        "def make(num_classes=3, **_):\n"
-        "    return nn.Sequential(nn.Flatten(), nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, num_classes))\n\n"
-        "def quits(num_classes=3, **_):\n    sys.exit(0)\n\n"
-        "def chatty(num_classes=3, **_):\n    print('building the model...')\n    return make(num_classes)\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.chdir(tmp_path)
-    torch.save({"x": x, "y": y}, "train.pt")
-    torch.save({"x": xt, "y": yt}, "test.pt")
-    torch.manual_seed(1)
-    torch.save(_mlp().state_dict(), "m1.pt")
-    return ["--model", "input_hostile_user_mlp:make", "--data", "tensors:train.pt", "--test-data", "tensors:test.pt",
-            "--quiet"]
+    return write_problem("input_hostile_user_mlp", SOURCE, samples=(20, 12), checkpoints=(1,))
 
 
 def _refused(argv, capsys, *words) -> str:
