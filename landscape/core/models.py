@@ -117,12 +117,10 @@ def build_model(spec: str, num_classes: int | None = None, input_shape: Sequence
     try:
         with contextlib.redirect_stdout(sys.stderr):  # a chatty factory must not break --json's stdout
             model = factory(**kwargs)
-    except KeyboardInterrupt:
-        raise
     except SystemExit as exc:  # sys.exit() inside the factory: not the end of the command
         raise LandscapeError(f"model spec {spec!r}: the factory exited (SystemExit({exc.code!r})) "
                              "instead of returning a model") from None
-    except BaseException as exc:
+    except Exception as exc:  # Ctrl-C and SIGTERM (BaseExceptions) end the command as they should
         text = " ".join(str(exc).split()) or type(exc).__name__
         raise LandscapeError(f"model spec {spec!r}: the factory failed: {text}") from None
     if not isinstance(model, nn.Module):

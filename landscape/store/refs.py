@@ -72,6 +72,9 @@ def stored_predictions(ref: str) -> tuple[list[str], torch.Tensor, torch.Tensor]
     return members, torch.from_numpy(obj["predictions"]).float(), torch.from_numpy(obj["labels"])
 
 
+MAX_CLASSES = 10**6  # more rows than this in a head is no classifier's
+
+
 def head_classes(ref: str | Snapshot, keys: KeyFilter | None = None) -> int | None:
     """The number of classes of a snapshot's head: the rows of its last 2-D weight (a Linear
     layer's [classes, features]); None when it cannot be told (then the model's own default)."""
@@ -85,16 +88,13 @@ def head_classes(ref: str | Snapshot, keys: KeyFilter | None = None) -> int | No
                     layout = ParamLayout.from_json(store.read_attrs("snapshots", store_ref[1])["layout"])
                 shapes = [shape for _, shape, _ in layout.slices()]
             else:
-                from landscape.core.checkpoints import storage_short
-
-                # mapped, not read: the snapshot itself is loaded once, later; an expanded
-                # (stride-0) view claims a shape its storage does not hold: not a real head
+                # mapped, not read: the snapshot itself is loaded once, later (read_state_dict
+                # refuses expanded stride-0 views, whose shapes no storage holds)
                 shapes = [tuple(v.shape) for v in read_state_dict(ref, mmap=True, keys=keys).values()
-                          if v.is_floating_point() and not storage_short(v)]
+                          if v.is_floating_point()]
     except (LandscapeError, KeyError, TypeError):
         return None  # the snapshot's own loading reports what is wrong with it
     heads = [s for s in shapes if len(s) == 2]
-    MAX_CLASSES = 10**6  # more rows than this in a head is no classifier's
     if heads and int(heads[-1][0]) > MAX_CLASSES:
         what = f"snapshot {ref.name!r}" if isinstance(ref, Snapshot) else f"checkpoint {ref!r}"
         raise LandscapeError(f"{what}: its last 2-D weight has {int(heads[-1][0]):,} rows, taken for the number "
