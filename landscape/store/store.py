@@ -684,7 +684,7 @@ class Store:
         check_name(name)
         self.lock()
         root = {"schema_version": SCHEMA_VERSION, "object": kind[:-1], "name": name, **provenance(), **attrs}
-        self._write_h5(kind, f"{PARTIAL}{name}.h5", arrays, root, f"progress of {self._what(kind, name)}")
+        self._write_h5(kind, f"{PARTIAL}{name}.h5", arrays, root, self._what(kind, name))
 
     def read_progress(self, kind: str, name: str) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
         """The saved progress of `name` (arrays, attributes); None when there is none or it was cut
@@ -721,31 +721,24 @@ class Store:
             grid.load_finished(obj.arrays, obj.attrs)
             return grid
         self.lock()  # we will compute: become the writer before any work, then look again
-        partial = self._partial_file(kind, name)
-        if os.path.isfile(partial):
-            try:
-                arrays_, attrs_ = _read_file(partial, "partial")
-            except LandscapeError:
-                arrays_, attrs_ = None, {}  # cut short mid-write: only the unfinished grid is lost
-            if arrays_ is not None and same_config(attrs_.get("config"), config):
-                grid.load_partial(arrays_)
-            elif arrays_ is not None and not overwrite:
-                raise LandscapeError(f"an unfinished {self._what(kind, name)} in store {self.path!r} was started "
-                                     f"with different arguments ({config_differences(attrs_.get('config'), config)}); "
-                                     "rerun that command to finish it, or use --overwrite to replace it")
+        saved = self.read_progress(kind, name)  # None also when cut short mid-write: only it is lost
+        if saved is not None and same_config(saved[1].get("config"), config):
+            grid.load_partial(saved[0])
+        elif saved is not None and not overwrite:
+            raise LandscapeError(f"an unfinished {self._what(kind, name)} in store {self.path!r} was started "
+                                 f"with different arguments ({config_differences(saved[1].get('config'), config)}); "
+                                 "rerun that command to finish it, or use --overwrite to replace it")
         return grid
 
     def _write_grid(self, grid: Grid, final: bool) -> None:
-        data = grid.arrays()
+        attrs = {**grid.attrs, "config": grid.config_json}
+        if not final:  # a grid's points so far are its progress
+            self.write_progress(grid.kind, grid.name, grid.arrays(), attrs)
+            return
         root = {"schema_version": SCHEMA_VERSION, "object": grid.kind[:-1], "name": grid.name, **provenance(),
-                **grid.attrs, "config": grid.config_json}
-        filename = f"{grid.name}.h5" if final else f"{PARTIAL}{grid.name}.h5"
-        self._write_h5(grid.kind, filename, data, root, self._what(grid.kind, grid.name))
-        if final:
-            try:
-                os.unlink(self._partial_file(grid.kind, grid.name))
-            except FileNotFoundError:
-                pass
+                **attrs}
+        self._write_h5(grid.kind, f"{grid.name}.h5", grid.arrays(), root, self._what(grid.kind, grid.name))
+        self.drop_progress(grid.kind, grid.name)
 
     # -- overview ------------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
