@@ -3,23 +3,46 @@ curves between snapshots, in a store that cannot lose results.
 
 Every subcommand is a function here (`landscape.interpolate`, ..., `landscape.hessian`,
 `landscape.connect`, `landscape.export`); the pieces underneath live in one layer per folder
-(core, geometry, evaluate, store, analyses: see each folder's docstring and README "Layout")."""
-from landscape.core.checkpoints import Snapshot
-from landscape.core.data import TensorData, load_data
-from landscape.core.errors import LandscapeError
-from landscape.core.family import AffineFamily
-from landscape.core.models import build_model
-from landscape.core.params import ParamLayout, parameters_to_vector, vector_to_model
-from landscape.evaluate.engine import Evaluator
-from landscape.geometry.directions import pca_directions, plane_through, project, random_direction
-from landscape.geometry.lines import barrier, curve_barriers
-from landscape.store.refs import load_snapshot
-from landscape.store.store import Store
+(core, geometry, evaluate, store, analyses: see each folder's docstring and README "Layout").
 
-from .api import barriers, connect, ensemble, hessian, info, interpolate, plane, plot, setup
-from .exports import export
+The names are imported on first use (PEP 562), so `python -m landscape` and the `landscape`
+command start without importing torch before they can handle Ctrl-C (see `landscape.launch`)."""
+from __future__ import annotations
 
-__all__ = ["AffineFamily", "Evaluator", "LandscapeError", "ParamLayout", "Snapshot", "Store", "TensorData",
-           "barrier", "barriers", "build_model", "connect", "curve_barriers", "ensemble", "export", "hessian", "info",
-           "interpolate", "load_data", "load_snapshot", "parameters_to_vector", "pca_directions", "plane",
-           "plane_through", "plot", "project", "random_direction", "setup", "vector_to_model"]
+import importlib
+from typing import Any
+
+# public name -> the module that defines it
+_EXPORTS = {
+    "Snapshot": "landscape.core.checkpoints",
+    "TensorData": "landscape.core.data", "load_data": "landscape.core.data",
+    "LandscapeError": "landscape.core.errors",
+    "AffineFamily": "landscape.core.family",
+    "build_model": "landscape.core.models",
+    "ParamLayout": "landscape.core.params", "parameters_to_vector": "landscape.core.params",
+    "vector_to_model": "landscape.core.params",
+    "Evaluator": "landscape.evaluate.engine",
+    "pca_directions": "landscape.geometry.directions", "plane_through": "landscape.geometry.directions",
+    "project": "landscape.geometry.directions", "random_direction": "landscape.geometry.directions",
+    "barrier": "landscape.geometry.lines", "curve_barriers": "landscape.geometry.lines",
+    "load_snapshot": "landscape.store.refs",
+    "Store": "landscape.store.store",
+    **{name: "landscape.api" for name in ("barriers", "connect", "ensemble", "hessian", "info", "interpolate",
+                                           "plane", "plot", "setup")},
+    "export": "landscape.exports",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'landscape' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -1,6 +1,6 @@
 """`python -m landscape ...`: the same command as `landscape ...`."""
 import sys
 
-from .cli import main
+from .launch import main
 
 sys.exit(main())

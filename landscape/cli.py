@@ -19,6 +19,7 @@ from landscape.core import distributed
 from landscape.core.bn import BN_MODES
 from landscape.core.errors import LandscapeError
 from landscape.core.loader import load_callable
+from landscape.core.signals import mark_stop, resend_swallowed_stops
 from landscape.exports import FORMATS, export
 from landscape.geometry.curves import CURVES, OPTIMIZERS
 from landscape.geometry.directions import NORMALIZATIONS
@@ -487,7 +488,7 @@ class _Stopped(BaseException):
 
 
 def _raise_stopped(signum: int, frame: Any) -> None:
-    raise _Stopped(signum)
+    raise mark_stop(_Stopped(signum), signum)
 
 
 def _catch_stop_signals() -> dict[int, Any]:
@@ -498,6 +499,7 @@ def _catch_stop_signals() -> dict[int, Any]:
     previous = {}
     for sig in (signal.SIGTERM, signal.SIGHUP):
         previous[sig] = signal.signal(sig, _raise_stopped)
+    resend_swallowed_stops()  # a stop raised inside a finaliser is delivered again, not lost
     return previous
 
 
@@ -510,6 +512,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"landscape: stopped by {name} (finished chunks are saved; rerun the same command to resume)",
               file=sys.stderr)
         return 128 + exc.signum
+    except KeyboardInterrupt:  # Ctrl-C outside a command's own handling (building the parser, plugins)
+        print("landscape: interrupted", file=sys.stderr)
+        return 130
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

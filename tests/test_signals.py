@@ -51,3 +51,78 @@ def test_a_stop_signal_is_one_line_releases_the_lock_and_the_rerun_resumes(folde
     assert rerun.returncode == 0, rerun.stderr
     res = json.loads(rerun.stdout)
     assert 0 < res["computed_now"] < res["points"] == 1600  # the chunks finished before were kept
+
+
+# A factory whose object's finaliser is running when SIGTERM arrives: the handler's exception is
+# raised inside `__del__`, where Python only prints "Exception ignored" and carries on.
+FINALISER_MODEL = USER_MODEL + """
+import os, signal
+
+
+class _Dies:
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGTERM)
+        total = 0
+        for i in range(100000):  # bytecodes for the handler to run on, still inside __del__
+            total += i
+
+
+def make_and_finalise(num_classes=3, **kw):
+    _Dies()  # dropped at once: its __del__ runs here
+    return make(num_classes, **kw)
+"""
+
+
+def test_a_stop_signal_raised_inside_a_finaliser_still_ends_the_command_in_one_line(folder):
+    """torchrun's SIGTERM often lands in one of torch's weakref callbacks; it must not be lost."""
+    (folder / "signals_user_mlp.py").write_text(FINALISER_MODEL)
+    env = {**os.environ, "PYTHONPATH": str(folder), "OMP_NUM_THREADS": "1"}
+    argv = [sys.executable, "-m", "landscape", "interpolate", "m.pt", "m.pt", "--num", "3", "--model",
+            "signals_user_mlp:make_and_finalise", "--data", "tensors:d.pt", "--out", "s", "--quiet"]
+    proc = subprocess.run(argv, cwd=folder, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "stopped by SIGTERM" in proc.stderr, proc.stderr
+    assert "Exception ignored" not in proc.stderr
+
+
+def test_the_ranks_sigterm_raised_inside_a_finaliser_reaches_the_command(tmp_path):
+    """The same under torchrun: the ranks' own SIGTERM handler (core.distributed)."""
+    script = """
+import os, signal
+from landscape.core import distributed
+from landscape.core.errors import LandscapeFault
+from landscape.core.signals import resend_swallowed_stops
+
+class Dies:
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGTERM)
+        for i in range(100000):
+            pass
+
+signal.signal(signal.SIGTERM, distributed._on_sigterm)
+resend_swallowed_stops()
+distributed._State.running = 1
+try:
+    Dies()
+    for i in range(10 ** 7):  # the re-delivered signal lands here
+        pass
+    print("went on")
+except LandscapeFault as exc:
+    print("stopped:", exc)
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.startswith("stopped: stopped by SIGTERM"), (proc.stdout, proc.stderr)
+    assert "Exception ignored" not in proc.stderr
+
+
+@pytest.mark.parametrize("delay", [0.2, 0.6])
+def test_ctrl_c_while_the_toolkit_is_still_importing_is_one_line(folder, delay):
+    """SIGINT in the first second or so (torch being imported) is exit 130 and one line."""
+    env = {**os.environ, "PYTHONPATH": str(folder)}
+    proc = subprocess.Popen([sys.executable, "-m", "landscape", "info", "nothing-here"], cwd=folder, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert err.count("\n") == 1 and "interrupted" in err and "Traceback" not in err, err

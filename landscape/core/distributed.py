@@ -46,6 +46,7 @@ from typing import Any, Callable, Iterator, Sequence, TypeVar
 import torch
 
 from .errors import LandscapeError, LandscapeFault
+from .signals import mark_stop, resend_swallowed_stops
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -159,6 +160,7 @@ def init_from_env(device: str | torch.device | None = "auto") -> World:
     _State.heartbeat = _Heartbeat.start(w)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _on_sigterm)
+        resend_swallowed_stops()
     atexit.register(shutdown)
     return w
 
@@ -373,8 +375,8 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 
 
 def _terminated() -> None:
-    raise _agreed(LandscapeFault(f"stopped by SIGTERM (torchrun stops every rank when one fails, or the job "
-                                 f"was cancelled); {RESUME}"))
+    raise mark_stop(_agreed(LandscapeFault(f"stopped by SIGTERM (torchrun stops every rank when one fails, or "
+                                           f"the job was cancelled); {RESUME}")), signal.SIGTERM)
 
 
 @contextmanager
