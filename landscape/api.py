@@ -226,6 +226,9 @@ def plane(center: str | Snapshot, *, model: str | nn.Module, data=None, test_dat
                   bn_samples=bn_samples, loss_fn=loss_fn, precision=precision,
                   ignore_keys=ignore_keys, snapshots=[center])
         snaps = s.snapshots([center, *(through or []), *(pca or []), *project_onto])
+        for sn in snaps:  # its directions are scaled to, spanned by or projected from these weights
+            sn.require_finite("a plane cannot be laid around, through or onto it (interpolate reports such "
+                              "points as diverged)")
         c = snaps[0]
         buffer_directions = None
         if through is not None:
@@ -420,6 +423,11 @@ def ensemble(members: Sequence[str | Snapshot], *, model: str | nn.Module | None
             """The member forward passes begin only here: nothing runs for a finished result.
             Under torchrun each rank runs its share of the members; rank 0 gets every batch's
             logits of all members (the other ranks' streams yield nothing)."""
+            if distributed.active():  # before any work: the ranks' models must compute the same function
+                def probe() -> torch.Tensor:
+                    xb, yb = (test.x[:8], test.y[:8]) if isinstance(test, TensorData) else next(iter(test.batches(8)))
+                    return next(MemberForward(module, snaps[:1], dev).batches(xb, yb, 8))[0]
+                distributed.check_same_outputs(probe)
             fwd = MemberForward(module, [snaps[i] for i in distributed.share(len(snaps))], dev)
             temps = None
             if val is not None:

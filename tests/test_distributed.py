@@ -51,6 +51,14 @@ MODELS = textwrap.dedent("""
 
     def slow(num_classes=3):
         return nn.Sequential(*make(num_classes), Slow())
+
+    class RankShift(nn.Module):
+        # a forward pass that depends on the rank: no input fingerprint can see it
+        def forward(self, x):
+            return x + 0.1 * int(os.environ.get("RANK", "0"))
+
+    def by_rank(num_classes=3):
+        return nn.Sequential(*make(num_classes), RankShift())
 """)
 
 DATA = ["--data", "tensors:train.pt", "--test-data", "tensors:test.pt", "--quiet"]
@@ -389,3 +397,19 @@ def test_a_killed_rank_under_torchrun(work, slow_reference):
                            timeout=180)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert_same_store(work / "slow-ref", work / "under-torchrun")
+
+
+@pytest.mark.parametrize("argv", [
+    ["plane", "m0.pt", "--random", "filter", "--x", "-1:1:3", "--y", "-1:1:3", *DATA],
+    ["ensemble", "m0.pt", "m1.pt", "m2.pt", "--data", "tensors:test.pt", "--quiet"],
+], ids=["plane", "ensemble"])
+def test_a_model_whose_forward_depends_on_the_rank_is_refused_before_work(work, argv):
+    """Every rank computes a probe batch at the same weights before work: rank 1 differs, so every
+    rank stops with one line naming it, and nothing is stored."""
+    out = work / f"by-rank-{argv[0]}"
+    (rc0, _, err0), (rc1, _, err1) = ranks(work, *argv, "--model", "models:by_rank", "--out", str(out))
+    assert rc0 == rc1 == 2, (err0, err1)
+    assert one_line(err0) == one_line(err1)
+    assert "rank 1's model computes other outputs than rank 0's" in err0 and "depend on the rank" in err0
+    for kind in ("surfaces", "ensembles"):
+        assert not [f for f in os.listdir(out / kind) if not f.startswith(".")] if (out / kind).exists() else True

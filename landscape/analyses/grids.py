@@ -93,6 +93,9 @@ def _compute_missing(evaluator: Evaluator, grid: Grid, segments: Sequence[Segmen
         mine = todo[(todo >= offset) & (todo < offset + len(coeffs))] - offset
         units += [(s, mine[i:i + size]) for i in range(0, len(mine), size)]
     w = distributed.world()
+    if w.distributed and units:  # before any work: the ranks' models must compute the same function
+        first = segments[0][0]()
+        distributed.check_same_outputs(lambda: evaluator.probe_outputs(first.origin, first.buffer_origin))
     family: tuple[int, AffineFamily] | None = None
     with tqdm(total=len(todo), desc=desc, unit="pt", disable=quiet or not w.writer, leave=False) as bar:
         for start in range(0, len(units), w.size):

@@ -348,6 +348,30 @@ def share(n: int) -> list[int]:
     return list(range(w.rank, n, w.size))
 
 
+def check_same_outputs(local: Callable[[], torch.Tensor], what: str = "model") -> None:
+    """Before work: every rank's outputs of its `what` on the same probe batch at the same weights
+    must be rank 0's. The inputs' fingerprints cannot see a forward pass that depends on the rank
+    (one that reads RANK, LOCAL_RANK or a per-process random state): its ranks would mix numbers."""
+    if not _State.world.distributed:
+        return
+
+    def at_rank0(outputs: list[torch.Tensor]) -> None:
+        ref = outputs[0]
+        for rank, out in enumerate(outputs[1:], 1):
+            if out.shape != ref.shape:
+                raise LandscapeError(f"rank {rank}'s {what} gives outputs of shape {list(out.shape)} where rank 0's "
+                                     f"gives {list(ref.shape)} on the same probe batch: its forward pass must not "
+                                     "depend on the rank")
+            scale = max(1.0, float(ref.abs().max())) if ref.numel() else 1.0
+            gap = float((out - ref).abs().max()) if ref.numel() else 0.0
+            if not gap <= 1e-4 * scale:  # NaN fails too
+                raise LandscapeError(f"rank {rank}'s {what} computes other outputs than rank 0's on the same "
+                                     f"weights and probe batch (largest difference {gap:.3g}): its forward pass "
+                                     "must not depend on the rank (RANK, LOCAL_RANK, a per-process random state)")
+
+    exchange(lambda: local().detach().cpu().double(), at_rank0)
+
+
 # ------------------------------------------------------------------------------------------
 # signals and aborts
 

@@ -295,6 +295,16 @@ class Evaluator:
         values = torch.stack(sums).tolist()
         return dict(zip(self.metric_names, values))
 
+    @torch.no_grad()
+    def probe_outputs(self, params: torch.Tensor, buffers: Mapping[str, torch.Tensor] | None = None,
+                      n: int = 8) -> torch.Tensor:
+        """The model's outputs at a weight point on the first `n` samples it is evaluated on (the
+        probe batch under torchrun: every rank must compute rank 0's)."""
+        self.load(params, buffers)
+        xb = next(iter(self._batches(self.splits[0])))[0][:n]
+        with self._precision():
+            return self.folded(xb).float()
+
     def evaluate(self, params: torch.Tensor, buffers: Mapping[str, torch.Tensor] | None = None) -> dict[str, float]:
         self.load(params, buffers)
         return self.metrics_of_loaded()
