@@ -1,10 +1,13 @@
 """Messages that name the real cause: an unfinished grid is unfinished (not missing), a NaN loss
-is not a Lanczos short of steps, and an `--out` that is a FIFO or a dangling link is not a store
-folder (not "File exists")."""
+is not a Lanczos short of steps, an `--out` that is a FIFO or a dangling link is not a store
+folder (not "File exists"), a plane around NaN weights names them (not a LAPACK assertion), and a
+BatchNorm batch of one value per channel says what to change (not torch's ValueError)."""
 from __future__ import annotations
 
 import json
 import os
+
+import sys
 
 import torch
 from test_command_options import problem  # noqa: F401 - the fixture: a user model, data, two checkpoints
@@ -41,3 +44,45 @@ def test_an_out_that_is_a_special_file_is_not_a_store_folder(problem, capsys):  
         err = capsys.readouterr()[1]
         assert code == 2 and err.count("\n") == 1 and "not a store folder" in err, err
     assert not os.path.isfile("pipe") and os.path.islink("dangling") and not os.path.exists("nowhere")
+
+
+def _one_line(code, err, *needles):
+    assert code == 2 and err.count("\n") == 1 and err.startswith("landscape: error: "), err
+    for needle in needles:
+        assert needle in err, (needle, err)
+
+
+def test_a_plane_around_or_through_non_finite_weights_names_the_snapshot(problem, capsys):  # noqa: F811
+    state = torch.load("m1.pt", weights_only=True)
+    first = next(iter(state))
+    state[first].view(-1)[1] = float("nan")
+    torch.save(state, "nan.pt")
+    for argv in (["plane", "nan.pt", "--random", "filter"], ["plane", "m1.pt", "--through", "nan.pt", "m2.pt"],
+                 ["plane", "m1.pt", "--random", "filter", "--project", "nan.pt"]):
+        code = cli.main([*argv, "--x", "-1:1:3", "--y", "-1:1:3", *problem])
+        _one_line(code, capsys.readouterr()[1], "'nan.pt' has 1 non-finite parameters", first)
+
+
+BN1D = """from torch import nn
+
+def make(num_classes=3, **_):
+    return nn.Sequential(nn.Flatten(), nn.Linear(6, 8), nn.BatchNorm1d(8), nn.Tanh(), nn.Linear(8, num_classes))
+"""
+
+
+def test_a_batchnorm_batch_of_one_sample_is_one_line_in_hessian_and_connect(tmp_path, monkeypatch, capsys):
+    (tmp_path / "messages_bn1d.py").write_text(BN1D)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    sys.modules.pop("messages_bn1d", None)
+    import messages_bn1d
+
+    for i in (1, 2):
+        torch.manual_seed(i)
+        torch.save(messages_bn1d.make().state_dict(), f"b{i}.pt")
+    torch.save({"x": torch.randn(1, 6), "y": torch.tensor([1])}, "one.pt")
+    opts = ["--model", "messages_bn1d:make", "--data", "tensors:one.pt", "--quiet"]
+    code = cli.main(["hessian", "b1.pt", "--iters", "3", "--bn", "recompute", *opts])
+    _one_line(code, capsys.readouterr()[1], "recomputing BN statistics", "one value per channel", "--bn keep")
+    code = cli.main(["connect", "b1.pt", "b2.pt", "--epochs", "1", *opts])
+    _one_line(code, capsys.readouterr()[1], "training the curve", "one value per channel", "--batch-size")

@@ -176,6 +176,43 @@ def test_a_damaged_snapshot_is_named(work, capsys, damage, needle):
     assert "damaged" in err
 
 
+def _builtin_snapshot(work) -> None:
+    """Snapshot `builtin` of the built-in `mlp` in store `s`: its class count comes from the store."""
+    from landscape.core.models import build_model
+
+    with Store("s", "a") as store:
+        store.write_snapshot(Snapshot.from_model(build_model("mlp", 3, (6,)), name="builtin"))
+
+
+BUILTIN = ["interpolate", "s:builtin", "s:builtin", "--num", "3", "--model", "mlp", "--data", "tensors:d.pt",
+           "--quiet"]
+
+
+@pytest.mark.parametrize("attr, value, needle", [
+    ("layout", "junk", "layout attribute is a str"),
+    ("layout", json.dumps({"names": "x", "shapes": 3}), "unreadable layout attribute"),
+    ("meta", "abc", "meta attribute is a str"),
+    ("meta", json.dumps([1, 2]), "meta attribute is a list"),
+])
+def test_damaged_snapshot_attributes_are_named_not_blamed_on_the_command_line(work, capsys, attr, value, needle):
+    """The class count of a built-in model is read from the snapshot's layout: a damaged one is
+    named as damaged, never "cannot tell how many classes"."""
+    _builtin_snapshot(work)
+    assert cli.main(BUILTIN) == 0
+    capsys.readouterr()
+    with h5py.File(work / "s" / "snapshots" / "builtin.h5", "a") as f:
+        f.attrs[attr] = value
+    err = _refused(BUILTIN, capsys, "snapshot 'builtin'", "damaged", needle)
+    assert "classes" not in err
+
+
+def test_a_damaged_store_json_behind_a_built_in_model_is_named(work, capsys):
+    _builtin_snapshot(work)
+    _marker(work, attrs=[1, 2, 3])
+    err = _refused(BUILTIN, capsys, "store.json is damaged")
+    assert "classes" not in err
+
+
 # -- 6. a folder where an object file should be -----------------------------------------------------
 def test_a_folder_in_place_of_an_object_is_damaged_not_missing(work, capsys):
     os.unlink(work / "s" / "snapshots" / "snap.h5")

@@ -8,12 +8,16 @@ Modes (recorded with every result):
 from __future__ import annotations
 
 import copy
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 import torch.fx
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
+
+from .errors import LandscapeError
 
 BN_MODES = ("keep", "recompute")
 _BN = nn.modules.batchnorm._BatchNorm
@@ -21,6 +25,21 @@ _BN = nn.modules.batchnorm._BatchNorm
 
 def bn_modules(model: nn.Module) -> list[_BN]:
     return [m for m in model.modules() if isinstance(m, _BN)]
+
+
+@contextmanager
+def batch_statistics(doing: str, remedy: str) -> Iterator[None]:
+    """Train-mode forward passes: a BatchNorm layer that sees one value per channel in a batch
+    (one sample into a BatchNorm1d, or a last batch of one) has no batch statistics, and torch
+    raises a ValueError from deep inside; here it is one line saying what to change."""
+    try:
+        yield
+    except ValueError as exc:
+        if "Expected more than 1 value per channel when training" not in str(exc):
+            raise
+        shape = str(exc).rpartition("input size ")[2].replace("torch.Size(", "").rstrip(")")
+        raise LandscapeError(f"{doing}: a BatchNorm layer got a batch with one value per channel (input of "
+                             f"shape {shape}), which has no batch statistics; {remedy}") from None
 
 
 @torch.no_grad()
@@ -41,8 +60,10 @@ def recompute_bn(model: nn.Module, x: torch.Tensor, batch_size: int) -> None:
         m.momentum = None
     was_training = model.training
     model.train()
-    for start in range(0, x.shape[0], batch_size):
-        model(x[start:start + batch_size])
+    with batch_statistics("recomputing BN statistics", "give more samples (--bn-samples), a --batch-size that "
+                          "leaves no last batch of one sample, or --bn keep"):
+        for start in range(0, x.shape[0], batch_size):
+            model(x[start:start + batch_size])
     for m in bns:
         m.momentum = momenta[m]
     model.train(was_training)

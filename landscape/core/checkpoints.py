@@ -81,6 +81,15 @@ class Snapshot:
         set_buffers(model, self.buffers)
         return model
 
+    def require_finite(self, why: str) -> None:
+        """Refuse a snapshot with NaN or infinite parameters where `why` needs finite ones."""
+        bad = ~torch.isfinite(self.params)
+        if bool(bad.any()):
+            first = int(bad.nonzero()[0])
+            where = next(n for n, _, sl in self.layout.slices() if sl.start <= first < sl.stop)
+            raise LandscapeError(f"snapshot {self.name!r} has {int(bad.sum()):,} non-finite parameters (the first in "
+                                 f"{where}): {why}")
+
     def fingerprint(self) -> str:
         """A short hash of the weights and buffers: what a stored result was computed from."""
         h = hashlib.sha1(self.params.detach().cpu().numpy().tobytes())

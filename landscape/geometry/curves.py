@@ -29,6 +29,7 @@ from torch.func import functional_call
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from landscape.core.bn import batch_statistics
 from landscape.core.checkpoints import Snapshot, check_same_architecture
 from landscape.core.errors import LandscapeError
 from landscape.core.params import ParamLayout
@@ -167,7 +168,9 @@ def train_curve(model: nn.Module, a: Snapshot, b: Snapshot, x: torch.Tensor | No
             t = torch.rand((), generator=g, dtype=torch.float64).to(device, dtype)
             w = curve_point(curve, pa, bend, pb, t)
             params = {name: w[sl].view(shape) for name, shape, sl in layout.slices()}
-            loss = loss_fn(functional_call(net, (params, buffers), (xb,)), yb)
+            with batch_statistics("training the curve", "give more training samples or a --batch-size that "
+                                  "leaves no last batch of one sample"):
+                loss = loss_fn(functional_call(net, (params, buffers), (xb,)), yb)
             objective = loss + 0.5 * weight_decay * (w * w).sum() if weight_decay else loss
             opt.zero_grad(set_to_none=True)
             objective.backward()

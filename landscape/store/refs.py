@@ -78,22 +78,21 @@ MAX_CLASSES = 10**6  # more rows than this in a head is no classifier's
 def head_classes(ref: str | Snapshot, keys: KeyFilter | None = None) -> int | None:
     """The number of classes of a snapshot's head: the rows of its last 2-D weight (a Linear
     layer's [classes, features]); None when it cannot be told (then the model's own default)."""
-    try:
-        if isinstance(ref, Snapshot):
-            shapes = [shape for _, shape, _ in ref.layout.slices()]
+    # A snapshot that cannot be read raises here with the reason (a damaged store, a missing
+    # file): "cannot tell how many classes" would blame the command line for it.
+    if isinstance(ref, Snapshot):
+        shapes = [shape for _, shape, _ in ref.layout.slices()]
+    else:
+        store_ref = split_store_ref(ref)
+        if store_ref is not None and os.path.isdir(store_ref[0]):
+            with Store(store_ref[0], mode="r") as store:
+                layout = store.read_snapshot_layout(store_ref[1])
+            shapes = [shape for _, shape, _ in layout.slices()]
         else:
-            store_ref = split_store_ref(ref)
-            if store_ref is not None and os.path.isdir(store_ref[0]):
-                with Store(store_ref[0], mode="r") as store:
-                    layout = ParamLayout.from_json(store.read_attrs("snapshots", store_ref[1])["layout"])
-                shapes = [shape for _, shape, _ in layout.slices()]
-            else:
-                # mapped, not read: the snapshot itself is loaded once, later (read_state_dict
-                # refuses expanded stride-0 views, whose shapes no storage holds)
-                shapes = [tuple(v.shape) for v in read_state_dict(ref, mmap=True, keys=keys).values()
-                          if v.is_floating_point()]
-    except (LandscapeError, KeyError, TypeError):
-        return None  # the snapshot's own loading reports what is wrong with it
+            # mapped, not read: the snapshot itself is loaded once, later (read_state_dict
+            # refuses expanded stride-0 views, whose shapes no storage holds)
+            shapes = [tuple(v.shape) for v in read_state_dict(ref, mmap=True, keys=keys).values()
+                      if v.is_floating_point()]
     heads = [s for s in shapes if len(s) == 2]
     if heads and int(heads[-1][0]) > MAX_CLASSES:
         what = f"snapshot {ref.name!r}" if isinstance(ref, Snapshot) else f"checkpoint {ref!r}"

@@ -620,6 +620,10 @@ class Store:
         self.write("snapshots", name, arrays, {"layout": snap.layout.to_json(), "dtype": str(snap.params.dtype),
                                                "meta": snap.meta, **(attrs or {})}, overwrite=overwrite)
 
+    def read_snapshot_layout(self, name: str) -> ParamLayout:
+        """A stored snapshot's layout (names and shapes), read from its attributes alone."""
+        return _snapshot_layout(self.read_attrs("snapshots", name), f"snapshot {name!r} in store {self.path!r}")
+
     def read_snapshot(self, name: str) -> Snapshot:
         obj = self.read("snapshots", name)
         what = f"snapshot {name!r} in store {self.path!r} is damaged"
@@ -627,15 +631,18 @@ class Store:
             if (key == "params" or key.startswith("buffers/")) and np.asarray(value).dtype.kind not in "fiub":
                 raise LandscapeError(f"{what}: {key} is of dtype {np.asarray(value).dtype}, not "
                                      f"{'floating point' if key == 'params' else 'numbers'}")
+        layout = _snapshot_layout(obj.attrs, f"snapshot {name!r} in store {self.path!r}")
+        meta = obj.attrs.get("meta", {})
+        if meta is not None and not isinstance(meta, Mapping):
+            raise LandscapeError(f"{what}: its meta attribute is a {type(meta).__name__}, not a mapping")
         try:
             params = torch.from_numpy(obj["params"])
             buffers = {k[len("buffers/"):]: torch.from_numpy(np.asarray(v)) for k, v in obj.arrays.items()
                        if k.startswith("buffers/")}
-            layout = ParamLayout.from_json(obj.attrs["layout"])
         except KeyError as exc:
-            raise LandscapeError(f"{what}: missing {exc}") from None
+            raise LandscapeError(f"{what}: dataset {exc} is missing") from None
         except (TypeError, ValueError, AttributeError, OverflowError) as exc:
-            raise LandscapeError(f"{what}: unreadable layout or arrays ({_reason(exc)})") from None
+            raise LandscapeError(f"{what}: unreadable arrays ({_reason(exc)})") from None
         raw = obj["params"]
         if raw.dtype.kind != "f":
             raise LandscapeError(f"{what}: params are of dtype {raw.dtype}, not floating point")
@@ -651,7 +658,7 @@ class Store:
                 if tuple(value.shape) != tuple(shape):
                     raise LandscapeError(f"{what}: buffer {key!r} has shape {list(value.shape)}, its layer's weight "
                                          f"{list(shape)}")
-        return Snapshot(name, params, layout, buffers, obj.attrs.get("meta", {}) or {})
+        return Snapshot(name, params, layout, buffers, dict(meta or {}))
 
     # -- directions ----------------------------------------------------------------------
     def write_directions(self, name: str, directions: torch.Tensor, attrs: Mapping[str, Any],
@@ -791,3 +798,21 @@ def config_differences(old: Any, new: Mapping[str, Any]) -> str:
     new = json.loads(json.dumps(new, sort_keys=True, default=str))
     keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     return "differs in " + ", ".join(keys) if keys else "same arguments, different encoding"
+
+
+def _snapshot_layout(attrs: Mapping[str, Any], what: str) -> ParamLayout:
+    """The `layout` attribute of a snapshot, checked: names (strings) and shapes (lists of sizes)."""
+    layout = attrs.get("layout")
+    if layout is None:
+        raise LandscapeError(f"{what} is damaged: its layout attribute is missing")
+    if not isinstance(layout, Mapping):
+        raise LandscapeError(f"{what} is damaged: its layout attribute is a {type(layout).__name__}, not a mapping")
+    try:
+        names, shapes = layout["names"], layout["shapes"]
+        if not (isinstance(names, list) and isinstance(shapes, list) and len(names) == len(shapes)
+                and all(isinstance(n, str) for n in names)
+                and all(isinstance(sh, list) and all(isinstance(d, int) and d >= 0 for d in sh) for sh in shapes)):
+            raise ValueError("names and shapes must be lists of equal length: strings, and lists of sizes")
+        return ParamLayout.from_json(layout)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise LandscapeError(f"{what} is damaged: unreadable layout attribute ({_reason(exc)})") from None
