@@ -404,7 +404,9 @@ def cmd_connect(args: argparse.Namespace) -> tuple[dict, str]:
         lines.append(f"  {key:<12} barrier: curve {_fmt_g(c['barrier'], '+.4f')} at t={_fmt_g(c['alpha'], '.3f')}, "
                      f"line {_fmt_g(ln['barrier'], '+.4f')} at t={_fmt_g(ln['alpha'], '.3f')}")
     if res.get("bend"):
-        lines.append(f"  control point stored as {res['bend']}")
+        epochs = args.epochs - res.get("epochs_trained_now", args.epochs)
+        resumed = f" (training resumed after epoch {epochs})" if 0 < epochs < args.epochs else ""
+        lines.append(f"  control point stored as {res['bend']}{resumed}")
     return res, "\n".join(lines)
 
 

@@ -126,3 +126,50 @@ def test_ctrl_c_while_the_toolkit_is_still_importing_is_one_line(folder, delay):
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert err.count("\n") == 1 and "interrupted" in err and "Traceback" not in err, err
+
+
+def test_a_sigkilled_connect_resumes_mid_training_with_the_uninterrupted_numbers(folder):
+    """SIGKILL (no handler runs) once a few epochs are saved: the rerun trains only the remaining
+    epochs and stores the numbers of a run that was never interrupted."""
+    import h5py
+
+    from landscape.store.store import Store
+
+    torch.manual_seed(1)
+    torch.save(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(6, 64), torch.nn.Tanh(),
+                                   torch.nn.Linear(64, 3)).state_dict(), folder / "m2.pt")
+    env = {**os.environ, "PYTHONPATH": str(folder), "OMP_NUM_THREADS": "1"}
+
+    def argv(out):
+        return [sys.executable, "-m", "landscape", "connect", "m.pt", "m2.pt", "--epochs", "30", "--num", "5",
+                "--train-batch-size", "32", "--name", "c", "--model", "signals_user_mlp:make", "--data",
+                "tensors:d.pt", "--out", out, "--quiet", "--json"]
+    whole = subprocess.run(argv("whole"), cwd=folder, env=env, capture_output=True, text=True, timeout=300)
+    assert whole.returncode == 0, whole.stderr
+    proc = subprocess.Popen(argv("s"), cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    progress = folder / "s" / "snapshots" / ".partial-c-bend.h5"
+
+    def saved_epoch() -> int:
+        try:
+            with h5py.File(progress, "r", locking=False) as f:
+                return int(f.attrs["epoch"])
+        except (OSError, KeyError):
+            return 0
+    deadline = time.time() + 120
+    while saved_epoch() < 3 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the training ended before it could be killed: give it more epochs"
+    proc.kill()
+    proc.communicate(timeout=60)
+    killed_at = saved_epoch()
+    assert 3 <= killed_at < 30
+    rerun = subprocess.run(argv("s"), cwd=folder, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    a, b = json.loads(whole.stdout), json.loads(rerun.stdout)
+    assert a["epochs_trained_now"] == 30 and b["epochs_trained_now"] == 30 - killed_at  # resumed, not restarted
+    for key in ("train_loss", "line_train_loss", "barriers", "history"):
+        assert a[key] == b[key], key
+    with Store(str(folder / "whole")) as st_a, Store(str(folder / "s")) as st_b:
+        bend_a, bend_b = st_a.read_snapshot("c-bend"), st_b.read_snapshot("c-bend")
+        assert torch.equal(bend_a.params, bend_b.params)
+        assert st_b.unfinished("snapshots") == []

@@ -90,15 +90,18 @@ def connect(evaluator: Evaluator, a: Snapshot, b: Snapshot, *, curve: str = "bez
     bend: Snapshot | None = None
     if trained:
         bend = store.read_snapshot(bend_name)
+    trained_now = 0  # epochs trained by this call (fewer than `epochs` when it resumes the training)
     if bend is None and grid.finished:  # finished, its control point since removed: nothing to train
         history = [float(v) for v in np.asarray(grid.fixed.get("history", []))]
     elif bend is None:
+        progress = _training_progress(store, bend_name, config)
+        trained_now = int(epochs) - (int(progress["epoch"]) if progress is not None else 0)
         theta, history = train_curve(evaluator.model, a, b, data["x"], data["y"], stream=data["stream"],
                                      curve=curve, epochs=epochs, lr=lr, momentum=momentum,
                                      weight_decay=weight_decay, optimizer=optimizer,
                                      batch_size=train_batch_size, seed=seed, device=evaluator.device,
                                      loss_fn=evaluator.loss_fn, quiet=quiet,
-                                     progress=_training_progress(store, bend_name, config),
+                                     progress=progress,
                                      on_epoch=_progress_saver(store, bend_name, config))
         meta = {"method": "curve_bend", "curve": curve, "a": a.name, "b": b.name, "history": history,
                 **{k: v for k, v in training.items() if k != "curve"}}
@@ -135,8 +138,8 @@ def connect(evaluator: Evaluator, a: Snapshot, b: Snapshot, *, curve: str = "bez
             "bn_mode": evaluator.bn_mode, "alphas": ts, **{m: data[m].copy() for m in grid.metrics},
             "barriers": barriers, "line_barriers": line_barriers, "history": history,
             "bend": bend_name if store is not None else None, "control_point": bend,
-            "points": int(done.size), "computed_now": int(len(todo)), "diverged": int(nonfinite.sum()),
-            "done": done, "nonfinite": nonfinite}
+            "points": int(done.size), "computed_now": int(len(todo)), "epochs_trained_now": trained_now,
+            "diverged": int(nonfinite.sum()), "done": done, "nonfinite": nonfinite}
 
 
 # The curve's training is saved after every epoch as the progress of its control point (the
