@@ -1,6 +1,9 @@
 """The Python functions behind every `landscape` subcommand.
 
-Each returns a JSON-able dict (what `--json` prints) and, given `out` (a store folder), stores its
+They take what PyTorch code holds: endpoints and members as checkpoint paths, `STORE:NAME`,
+Snapshots, `nn.Module`s or state dicts (`model=` may then be left out: the first module is the
+template, copied, never changed), and data as spec strings, (x, y) tensors, Datasets or
+DataLoaders (`landscape.core.data.as_data`). Each returns a JSON-able dict (what `--json` prints) and, given `out` (a store folder), stores its
 result there under `name`, resumable: rerun with the same arguments and only missing points are
 computed; rerun when everything is finished and nothing is written. The computing and the
 storing are the analysis layer's (`landscape.analyses`); this module turns arguments into its
@@ -9,7 +12,9 @@ inputs. Every argument is checked before the first forward pass.
 """
 from __future__ import annotations
 
+import copy
 import os
+from collections.abc import Mapping
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
@@ -25,7 +30,7 @@ from landscape.analyses import hessian as hessian_analysis
 from landscape.analyses.grids import to_json
 from landscape.core import distributed
 from landscape.core.checkpoints import KeyFilter, Snapshot, check_same_architecture
-from landscape.core.data import StreamData, TensorData, load_data
+from landscape.core.data import StreamData, TensorData, as_data
 from landscape.core.errors import LandscapeError
 from landscape.core.jsonable import to_jsonable
 from landscape.core.losses import LossFn, resolve_loss
@@ -46,7 +51,7 @@ from landscape.geometry.directions import (
 from landscape.geometry.planes import project_snapshots, through_buffer_directions
 from landscape.geometry.ranges import alpha_range, line_alphas, parse_range
 from landscape.store.outputs import check_output_file
-from landscape.store.refs import head_classes, load_snapshot, stored_predictions
+from landscape.store.refs import SnapshotRef, head_classes, load_snapshot, stored_predictions
 from landscape.store.store import Store
 
 
@@ -61,9 +66,10 @@ class Setup:
     evaluator: Evaluator
     keys: KeyFilter
 
-    def snapshots(self, refs: Sequence[str | Snapshot]) -> list[Snapshot]:
-        """Checkpoints, `STORE:NAME` snapshots or Snapshots as Snapshots of the model's architecture."""
-        snaps = [r if isinstance(r, Snapshot) else load_snapshot(r, self.model, self.keys) for r in refs]
+    def snapshots(self, refs: Sequence[SnapshotRef]) -> list[Snapshot]:
+        """Checkpoints, `STORE:NAME` snapshots, modules, state dicts or Snapshots as Snapshots of
+        the model's architecture (a module or state dict is named by its position: `module0`, ...)."""
+        snaps = [load_snapshot(r, self.model, self.keys, name=_positional_name(r, i)) for i, r in enumerate(refs)]
         check_same_architecture(snaps)
         return snaps
 
@@ -80,23 +86,48 @@ COORD_UNITS = {"relative": "relative", "distance": "weight-space distance"}
 
 
 
-def setup(model: str | nn.Module, data: str | TensorData | None, test_data: str | TensorData | None = None, *,
-          num_classes: int | None = None, bn: str = "auto", device: str = "auto", batch_size: int = 250,
+def _positional_name(ref: Any, i: int) -> str | None:
+    """The name of a module or state dict given as the i-th snapshot (they carry none)."""
+    if isinstance(ref, nn.Module):
+        return f"module{i}"
+    return f"state_dict{i}" if isinstance(ref, Mapping) else None
+
+
+def template_model(model: str | nn.Module | None, snapshots: Sequence[SnapshotRef]) -> str | nn.Module:
+    """The model an analysis evaluates: `model`, else (PyTorch style) the first snapshot given as
+    an nn.Module; a copy, so the caller's module is never changed."""
+    if model is None:
+        model = next((r for r in snapshots if isinstance(r, nn.Module)), None)
+        if model is None:
+            raise LandscapeError("give model= (a model spec or an nn.Module): no snapshot is an nn.Module")
+    if isinstance(model, nn.Module):
+        return copy.deepcopy(model)
+    if not isinstance(model, str):
+        raise LandscapeError(f"model of type {type(model).__name__}: give a model spec string or an nn.Module")
+    return model
+
+
+def setup(model: str | nn.Module | None, data: Any, test_data: Any = None, *,
+          num_classes: int | None = None, bn: str = "auto", device: str = "auto", batch_size: int | None = None,
           bn_samples: int = 2000, loss_fn: LossFn | str | None = None,
-          snapshots: Sequence[str | Snapshot] = (), precision: str = "exact",
+          snapshots: Sequence[SnapshotRef] = (), precision: str = "exact",
           ignore_keys: Sequence[str] = ()) -> Setup:
     """Data, model and evaluator. A model built from a spec gets its number of classes from
     `num_classes`, else from the first snapshot's head, else from its own factory's default:
     never from the labels (a test set may lack a class); labels outside the model's classes
     are refused, naming the first such sample. `ignore_keys`: checkpoint key prefixes to skip
-    (`Setup.keys.skipped` lists what was skipped)."""
+    (`Setup.keys.skipped` lists what was skipped). `model` may be None when a snapshot is an
+    nn.Module; data may be a spec, tensors, a Dataset or a DataLoader (`core.data.as_data`), and
+    `batch_size` defaults to a DataLoader's own, else 250."""
     keys = KeyFilter(tuple(ignore_keys))
     loss_fn, accuracy, targets = resolve_loss(loss_fn)
-    train = load_data(data, "train", targets) if isinstance(data, str) else data
-    test = load_data(test_data, "test", targets) if isinstance(test_data, str) else test_data
+    train = as_data(data, "train", targets)
+    test = as_data(test_data, "test", targets)
     if train is None and test is None:
         raise LandscapeError("give --data (training data), --test-data, or both")
+    batch_size = _batch_size(batch_size, train, test)
     ref = train if train is not None else test
+    model = template_model(model, snapshots)
     if isinstance(model, nn.Module):
         module, spec = model, type(model).__name__
     else:
@@ -110,6 +141,12 @@ def setup(model: str | nn.Module, data: str | TensorData | None, test_data: str 
     ev = Evaluator(module, train, test, bn_mode=bn, loss_fn=loss_fn, device=resolve_device(device),
                    batch_size=batch_size, bn_samples=bn_samples, accuracy=accuracy, precision=precision)
     return Setup(module, spec, train, test, ev, keys)
+
+
+def _batch_size(batch_size: int | None, *data: Any, default: int = 250) -> int:
+    if batch_size is not None:
+        return batch_size
+    return next((d.loader_batch_size for d in data if getattr(d, "loader_batch_size", None)), default)
 
 
 def _ignored(keys: KeyFilter) -> dict[str, Any]:
@@ -147,11 +184,11 @@ def _alphas(alphas: np.ndarray | None, num: int, spec: str | None) -> np.ndarray
 
 
 @distributed.collective
-def interpolate(a: str | Snapshot, b: str | Snapshot, *, model: str | nn.Module, data=None, test_data=None,
+def interpolate(a: SnapshotRef, b: SnapshotRef, *, model: str | nn.Module | None = None, data=None, test_data=None,
                 alphas: np.ndarray | None = None, num: int = 21, alpha_range: str | None = None,
                 bn: str = "auto", out: str | None = None,
                 name: str = "interpolate", overwrite: bool = False, device: str = "auto",
-                num_classes: int | None = None, batch_size: int = 250, bn_samples: int = 2000,
+                num_classes: int | None = None, batch_size: int | None = None, bn_samples: int = 2000,
                 quiet: bool = True, loss_fn: LossFn | str | None = None, chunk: int | None = None,
                 precision: str = "exact", ignore_keys: Sequence[str] = ()) -> dict[str, Any]:
     """Metrics along θ(α) = (1−α)·θa + α·θb, and the loss and error barriers."""
@@ -167,11 +204,11 @@ def interpolate(a: str | Snapshot, b: str | Snapshot, *, model: str | nn.Module,
 
 
 @distributed.collective
-def barriers(snapshots: Sequence[str | Snapshot], *, model: str | nn.Module, data=None, test_data=None,
+def barriers(snapshots: Sequence[SnapshotRef], *, model: str | nn.Module | None = None, data=None, test_data=None,
              num: int = 11, alpha_range: str | None = None, bn: str = "auto", out: str | None = None,
              name: str = "barriers",
              overwrite: bool = False, device: str = "auto", num_classes: int | None = None,
-             batch_size: int = 250, bn_samples: int = 2000, quiet: bool = True,
+             batch_size: int | None = None, bn_samples: int = 2000, quiet: bool = True,
              loss_fn: LossFn | str | None = None, chunk: int | None = None,
              precision: str = "exact", ignore_keys: Sequence[str] = ()) -> dict[str, Any]:
     """Loss and error barriers between every pair of snapshots, as matrices."""
@@ -189,14 +226,14 @@ def barriers(snapshots: Sequence[str | Snapshot], *, model: str | nn.Module, dat
 
 
 @distributed.collective
-def plane(center: str | Snapshot, *, model: str | nn.Module, data=None, test_data=None,
-          through: Sequence[str | Snapshot] | None = None, random: str | None = None,
-          pca: Sequence[str | Snapshot] | None = None, seed: int = 0,
+def plane(center: SnapshotRef, *, model: str | nn.Module | None = None, data=None, test_data=None,
+          through: Sequence[SnapshotRef] | None = None, random: str | None = None,
+          pca: Sequence[SnapshotRef] | None = None, seed: int = 0,
           ignore_bias_bn: bool = True, x: str | np.ndarray | None = None, y: str | np.ndarray | None = None,
-          project_onto: Sequence[str | Snapshot] = (), coords: str = "relative", bn: str = "auto",
+          project_onto: Sequence[SnapshotRef] = (), coords: str = "relative", bn: str = "auto",
           out: str | None = None,
           name: str = "plane", overwrite: bool = False, device: str = "auto", num_classes: int | None = None,
-          batch_size: int = 250, bn_samples: int = 2000, quiet: bool = True,
+          batch_size: int | None = None, bn_samples: int = 2000, quiet: bool = True,
           loss_fn: LossFn | str | None = None, chunk: int | None = None,
           precision: str = "exact", hessian_directions: bool = False,
           normalization: str = "filter", ignore_keys: Sequence[str] = ()) -> dict[str, Any]:
@@ -347,10 +384,10 @@ def plot(path: str, name: str, *, out: str | None = None, metric: str | None = N
 
 
 @distributed.collective
-def ensemble(members: Sequence[str | Snapshot], *, model: str | nn.Module | None = None, data=None,
+def ensemble(members: Sequence[SnapshotRef], *, model: str | nn.Module | None = None, data=None,
              val_data=None, out: str | None = None, name: str = "ensemble", overwrite: bool = False,
              keep_predictions: bool = False, fp16: bool = False, orders: int = 0, seed: int = 0,
-             device: str = "auto", num_classes: int | None = None, batch_size: int = 500,
+             device: str = "auto", num_classes: int | None = None, batch_size: int | None = None,
              quiet: bool = True, ignore_keys: Sequence[str] = ()) -> dict[str, Any]:
     """Metrics of the ensembles of the first m members, m = 1..K, on `data` (the evaluation set).
 
@@ -364,7 +401,8 @@ def ensemble(members: Sequence[str | Snapshot], *, model: str | nn.Module | None
     if not members:
         raise LandscapeError("ensemble needs at least one member")
     keys = KeyFilter(tuple(ignore_keys))
-    batch_size = positive_int(batch_size, "--batch-size")
+    test, val = as_data(data, "test"), as_data(val_data, "test")
+    batch_size = positive_int(_batch_size(batch_size, test, default=500), "--batch-size")
     if isinstance(orders, bool) or not isinstance(orders, int) or orders < 0:
         raise LandscapeError(f"--orders must be a non-negative integer, got {orders!r}")
     dev = resolve_device(device)
@@ -390,21 +428,20 @@ def ensemble(members: Sequence[str | Snapshot], *, model: str | nn.Module | None
     else:
         if any(s is not None for s in stored):
             raise LandscapeError("mix of stored predictions and checkpoints: give one kind of member")
-        if model is None or data is None:
-            raise LandscapeError("ensemble of checkpoints needs --model and --data (the evaluation data)")
-        test = load_data(data, "test") if isinstance(data, str) else data
-        val = load_data(val_data, "test") if isinstance(val_data, str) else val_data
+        if test is None:
+            raise LandscapeError("ensemble of checkpoints needs --data (the evaluation data)")
+        model = template_model(model, members)
         if not isinstance(model, nn.Module) and num_classes is None:
             num_classes = next((n for n in (head_classes(m, keys) for m in members) if n is not None), None)
             if num_classes is None and model.partition(":")[0] in BUILTIN_MODELS:
                 raise LandscapeError(f"cannot tell how many classes the {model!r} model has: give --num-classes")
         module = model if isinstance(model, nn.Module) else build_model(model, num_classes, test.input_shape)
         snaps = []
-        for m in members:
+        for i, m in enumerate(members):
             try:
-                snaps.append(m if isinstance(m, Snapshot) else load_snapshot(m, module, keys))
+                snaps.append(load_snapshot(m, module, keys, name=_positional_name(m, i)))
             except LandscapeError as exc:
-                raise LandscapeError(f"member {m!r}: {exc}") from None
+                raise LandscapeError(f"member {m if isinstance(m, str) else i!r}: {exc}") from None
         names = [s.name for s in snaps]
         fingerprints = [s.fingerprint() for s in snaps]
         n_samples, spec = len(test), test.spec
@@ -505,12 +542,12 @@ def _point_json(res: dict[str, Any], density: bool) -> dict[str, Any]:
     return to_jsonable(out)
 
 
-def hessian(snapshots: Sequence[str | Snapshot] = (), *, model: str | nn.Module, data=None, test_data=None,
+def hessian(snapshots: Sequence[SnapshotRef] = (), *, model: str | nn.Module | None = None, data=None, test_data=None,
             along: Sequence[str | Snapshot] | None = None, num: int = 5, top_k: int = 1, trace: bool = False,
             density: bool = False, probes: int = 100, iters: int = 100, tol: float = 1e-4, density_runs: int = 1,
             seed: int = 0, dtype: str | None = None, bn: str = "auto", out: str | None = None,
             name: str = "hessian", overwrite: bool = False, device: str = "auto", num_classes: int | None = None,
-            batch_size: int = 250, bn_samples: int = 2000, quiet: bool = True,
+            batch_size: int | None = None, bn_samples: int = 2000, quiet: bool = True,
             loss_fn: LossFn | str | None = None, precision: str = "exact", chunk: int | None = None,
             ignore_keys: Sequence[str] = ()) -> dict[str, Any]:
     """Hessian spectra (top-k eigenvalues, with `trace` the Hutchinson trace and its standard error,
@@ -564,12 +601,12 @@ def hessian(snapshots: Sequence[str | Snapshot] = (), *, model: str | nn.Module,
             **_ignored(s.keys)}
 
 
-def connect(a: str | Snapshot, b: str | Snapshot, *, model: str | nn.Module, data=None, test_data=None,
+def connect(a: SnapshotRef, b: SnapshotRef, *, model: str | nn.Module | None = None, data=None, test_data=None,
             curve: str = "bezier", epochs: int = 20, lr: float = 0.05, momentum: float = 0.9,
             weight_decay: float = 0.0, optimizer: str = "sgd", train_batch_size: int = 128, num: int = 21,
             seed: int = 0, bn: str = "auto", out: str | None = None, name: str = "connect",
-            overwrite: bool = False, device: str = "auto", num_classes: int | None = None, batch_size: int = 250,
-            bn_samples: int = 2000, quiet: bool = True, loss_fn: LossFn | str | None = None,
+            overwrite: bool = False, device: str = "auto", num_classes: int | None = None,
+            batch_size: int | None = None, bn_samples: int = 2000, quiet: bool = True, loss_fn: LossFn | str | None = None,
             chunk: int | None = None, precision: str = "exact", ignore_keys: Sequence[str] = ()
             ) -> dict[str, Any]:
     """Train a Bezier or polygonal-chain curve from A to B (Garipov et al.) and evaluate it and the

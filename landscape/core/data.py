@@ -14,12 +14,20 @@ Spec forms (never downloading):
   pairs (streamed).
 - `synthetic` or `synthetic:key=value,...`: the built-in synthetic image set (keys: n, seed,
   split (train|test), size, classes, channels).
+
+From Python (`as_data`), data may also be what PyTorch code holds: an `(x, y)` pair of tensors or
+a `TensorDataset` of two tensors (in memory), any map-style `Dataset` of (input, label) pairs, or a
+`DataLoader` (its dataset, streamed in order, in the loader's batch size unless one is given).
+Their spec, stored with every result, fingerprints the content, so a resumed run must see the
+same data.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -77,6 +85,7 @@ class StreamData:
         self._len = n
         self.num_classes = num_classes
         self.meta: dict = {}
+        self.loader_batch_size: int | None = None  # the batch size of the DataLoader it came from
         self._input_shape = self.head(1).input_shape
 
     def __len__(self) -> int:
@@ -348,3 +357,50 @@ def load_data(spec: str, role: str = "train", targets: str = "labels") -> "Tenso
         return _torchvision_split(spec, kind, root, split)
     raise LandscapeError(f"malformed data spec {spec!r}: expected tensors:PATH, cifar10:ROOT, "
                          "cifar100:ROOT, imagefolder:ROOT, dataset:module:factory or synthetic[:key=value,...]")
+
+
+def _digest(*tensors: torch.Tensor) -> str:
+    h = hashlib.sha1()
+    for t in tensors:
+        t = t.detach().cpu().contiguous()
+        h.update(str((t.dtype, tuple(t.shape))).encode())
+        h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+    return h.hexdigest()[:16]
+
+
+def as_data(data: Any, role: str = "train", targets: str = "labels") -> "TensorData | StreamData | None":
+    """Data for an analysis: a spec string, TensorData/StreamData, an (x, y) pair of tensors, a
+    TensorDataset of two tensors, a map-style Dataset or a DataLoader (see the module's docstring)."""
+    from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+    if data is None or isinstance(data, (TensorData, StreamData)):
+        return data
+    if isinstance(data, str):
+        return load_data(data, role, targets)
+    if isinstance(data, DataLoader):
+        inner = as_data(data.dataset, role, targets)
+        if isinstance(inner, StreamData):
+            inner.num_workers = int(data.num_workers)
+        inner.loader_batch_size = data.batch_size  # type: ignore[union-attr]
+        return inner
+    if isinstance(data, TensorDataset):
+        if len(data.tensors) != 2:
+            raise LandscapeError(f"a TensorDataset of {len(data.tensors)} tensors: give two (inputs, labels)")
+        data = tuple(data.tensors)
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
+        x, y = data
+        x = x.float() if not x.is_floating_point() else x
+        return TensorData(x, y, f"tensors:memory:{_digest(x, y)}", targets=targets)
+    if isinstance(data, Dataset):
+        try:
+            n = len(data)  # type: ignore[arg-type]
+        except TypeError:
+            raise LandscapeError(f"data {type(data).__name__}: the dataset has no length (a map-style Dataset "
+                                 "is needed)") from None
+        kind = f"{type(data).__module__}.{type(data).__qualname__}"
+        probe = StreamData(data, f"dataset:{kind}", targets=targets)
+        head = probe.head(min(n, 8))
+        probe.spec = f"dataset:{kind}:n={n}:{_digest(head.x, head.y)}"
+        return probe
+    raise LandscapeError(f"data of type {type(data).__name__}: give a data spec string, (x, y) tensors, a "
+                         "TensorDataset, a Dataset or a DataLoader")

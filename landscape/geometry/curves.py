@@ -143,7 +143,10 @@ def train_curve(model: nn.Module, a: Snapshot, b: Snapshot, x: torch.Tensor | No
                 idx = order[start:start + batch_size]
                 yield x[idx], y[idx]
             return
-        loader = DataLoader(stream.dataset, batch_size=batch_size, shuffle=True, generator=g,
+        # the order of the in-memory path, drawn the same way, so streamed and in-memory data train
+        # the same curve (a shuffling DataLoader would also draw its workers' seed from g)
+        order = torch.randperm(n, generator=g).tolist()
+        loader = DataLoader(stream.dataset, batch_size=batch_size, sampler=order, generator=torch.Generator(),
                             num_workers=getattr(stream, "num_workers", 0))
         for xb, yb in loader:
             xb = xb.float() if not xb.is_floating_point() else xb

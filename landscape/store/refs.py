@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import os
+from typing import Mapping, Union
 
 import torch
 from torch import nn
@@ -29,12 +30,32 @@ def split_store_ref(ref: str) -> tuple[str, str] | None:
     return None
 
 
-def load_snapshot(ref: str, model: nn.Module, keys: KeyFilter | None = None) -> Snapshot:
-    """A `.pt` checkpoint or `STORE:NAME` snapshot as a Snapshot for `model`'s architecture.
+# What an endpoint or member may be: a checkpoint path, `STORE:NAME`, a Snapshot, an nn.Module
+# or a state dict.
+SnapshotRef = Union[str, Snapshot, nn.Module, Mapping[str, torch.Tensor]]
+
+
+def load_snapshot(ref: SnapshotRef, model: nn.Module, keys: KeyFilter | None = None,
+                  name: str | None = None) -> Snapshot:
+    """A `.pt` checkpoint, `STORE:NAME` snapshot, nn.Module or state dict as a Snapshot for
+    `model`'s architecture (a Snapshot is returned as it is).
 
     `model` is used as the template (its own weights are left untouched); `keys`: checkpoint keys
-    to skip (and record as skipped).
+    to skip (and record as skipped); `name`: the name of a module or state dict (they carry none).
     """
+    if isinstance(ref, Snapshot):
+        return ref
+    if isinstance(ref, (nn.Module, Mapping)):
+        what = name or ("module" if isinstance(ref, nn.Module) else "state dict")
+        state = ref.state_dict() if isinstance(ref, nn.Module) else dict(ref)
+        if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+            raise LandscapeError(f"{what}: a state dict maps parameter names to tensors")
+        clone = copy.deepcopy(model)
+        apply_state_dict(clone, {k: v.detach().cpu() for k, v in state.items()}, what)
+        return Snapshot.from_model(clone, name=what)
+    if not isinstance(ref, str):
+        raise LandscapeError(f"a snapshot of type {type(ref).__name__}: give a checkpoint path, STORE:NAME, an "
+                             "nn.Module, a state dict or a Snapshot")
     store_ref = split_store_ref(ref)
     if store_ref is not None and os.path.isdir(store_ref[0]):
         path, name = store_ref
@@ -75,13 +96,16 @@ def stored_predictions(ref: str) -> tuple[list[str], torch.Tensor, torch.Tensor]
 MAX_CLASSES = 10**6  # more rows than this in a head is no classifier's
 
 
-def head_classes(ref: str | Snapshot, keys: KeyFilter | None = None) -> int | None:
+def head_classes(ref: SnapshotRef, keys: KeyFilter | None = None) -> int | None:
     """The number of classes of a snapshot's head: the rows of its last 2-D weight (a Linear
     layer's [classes, features]); None when it cannot be told (then the model's own default)."""
     # A snapshot that cannot be read raises here with the reason (a damaged store, a missing
     # file): "cannot tell how many classes" would blame the command line for it.
     if isinstance(ref, Snapshot):
         shapes = [shape for _, shape, _ in ref.layout.slices()]
+    elif isinstance(ref, (nn.Module, Mapping)):
+        state = ref.state_dict() if isinstance(ref, nn.Module) else ref
+        shapes = [tuple(v.shape) for v in state.values() if isinstance(v, torch.Tensor) and v.is_floating_point()]
     else:
         store_ref = split_store_ref(ref)
         if store_ref is not None and os.path.isdir(store_ref[0]):
@@ -95,7 +119,8 @@ def head_classes(ref: str | Snapshot, keys: KeyFilter | None = None) -> int | No
                       if v.is_floating_point()]
     heads = [s for s in shapes if len(s) == 2]
     if heads and int(heads[-1][0]) > MAX_CLASSES:
-        what = f"snapshot {ref.name!r}" if isinstance(ref, Snapshot) else f"checkpoint {ref!r}"
+        what = (f"snapshot {ref.name!r}" if isinstance(ref, Snapshot) else f"checkpoint {ref!r}" if isinstance(ref, str)
+                else "the state dict")
         raise LandscapeError(f"{what}: its last 2-D weight has {int(heads[-1][0]):,} rows, taken for the number "
                              f"of classes; the limit is {MAX_CLASSES:,} (not a classifier's head?)")
     return int(heads[-1][0]) if heads else None
