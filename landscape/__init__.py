@@ -30,6 +30,7 @@ _EXPORTS = {
     **{name: "landscape.api" for name in ("barriers", "connect", "ensemble", "hessian", "info", "interpolate",
                                            "plane", "plot", "setup")},
     "export": "landscape.exports",
+    "Trajectory": "landscape.trajectory",
 }
 
 __all__ = sorted(_EXPORTS)
