@@ -2,6 +2,8 @@
 
 Spec forms
 - `small_cnn`, `tiny_cnn`, `mlp`: built-in models (BatchNorm CNNs and a 3-layer MLP) sized from the data.
+- `vit` or `vit:patch=4,dim=64,depth=2,heads=2[,mlp=128][,pool=cls|mean]`: a small Vision
+  Transformer (patch embedding, pre-norm blocks of multi-head attention and MLP, LayerNorm only).
 - `torchvision:NAME`: a torchvision model built without weights (weights come from checkpoints).
 - `package.module:factory`: an importable callable returning an `nn.Module`.
 """
@@ -62,6 +64,71 @@ class MLP(nn.Module):
         return self.net(x)
 
 
+class ViTBlock(nn.Module):
+    """A pre-norm Transformer block: x + MHA(LN(x)), then x + MLP(LN(x))."""
+
+    def __init__(self, dim: int, heads: int, mlp: int) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, mlp), nn.GELU(), nn.Linear(mlp, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.norm1(x)
+        x = x + self.attn(h, h, h, need_weights=False)[0]
+        return x + self.mlp(self.norm2(x))
+
+
+class ViT(nn.Module):
+    """A small Vision Transformer (Dosovitskiy et al.) for small images: non-overlapping patches
+    embedded by a strided convolution, a class token (or mean pooling) and learned position
+    embeddings, `depth` pre-norm blocks, a final LayerNorm and a linear head. Its layers are
+    Linear and LayerNorm (no BatchNorm: `--bn auto` keeps the buffers, there are none)."""
+
+    def __init__(self, image_size: int, in_channels: int = 3, num_classes: int = 10, patch: int = 4, dim: int = 64,
+                 depth: int = 2, heads: int = 2, mlp: int | None = None, pool: str = "cls") -> None:
+        super().__init__()
+        if image_size % patch:
+            raise LandscapeError(f"vit: the image size {image_size} is not a multiple of patch={patch}")
+        if dim % heads:
+            raise LandscapeError(f"vit: dim={dim} is not a multiple of heads={heads}")
+        if pool not in ("cls", "mean"):
+            raise LandscapeError(f"vit: pool must be cls or mean, got {pool!r}")
+        self.pool = pool
+        tokens = (image_size // patch) ** 2 + (pool == "cls")
+        self.patch_embed = nn.Conv2d(in_channels, dim, patch, stride=patch)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if pool == "cls" else None
+        self.pos_embed = nn.Parameter(torch.randn(1, tokens, dim) * 0.02)
+        self.blocks = nn.Sequential(*[ViTBlock(dim, heads, mlp or 2 * dim) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(x).flatten(2).transpose(1, 2)  # [B, patches, dim]
+        if self.cls_token is not None:
+            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        x = self.norm(self.blocks(x + self.pos_embed))
+        return self.head(x[:, 0] if self.cls_token is not None else x.mean(1))
+
+
+_VIT_KEYS = {"patch": 4, "dim": 64, "depth": 2, "heads": 2, "mlp": None, "pool": "cls"}
+
+
+def _vit(spec: str, options: str, num_classes: int, input_shape: Sequence[int]) -> nn.Module:
+    kw: dict = {}
+    for item in filter(None, options.split(",")):
+        key, eq, value = item.partition("=")
+        if key not in _VIT_KEYS or not eq or not value:
+            raise LandscapeError(f"malformed model spec {spec!r}: vit takes {', '.join(_VIT_KEYS)} as key=value "
+                                 "(e.g. vit:patch=4,dim=64,depth=2,heads=2)")
+        kw[key] = value if key == "pool" else bounded_int(value, f"model spec {spec!r}: {key}", 1, MAX_WIDTH)
+    if len(input_shape) != 3 or input_shape[1] != input_shape[2]:
+        raise LandscapeError(f"model spec {spec!r}: a ViT takes square images [C, H, H], the data has "
+                             f"{list(input_shape)}")
+    return ViT(int(input_shape[1]), int(input_shape[0]), num_classes, **{**_VIT_KEYS, **kw})
+
+
 def _builtin(name: str, num_classes: int, input_shape: Sequence[int], width: int | None) -> nn.Module:
     if name in ("small_cnn", "tiny_cnn"):
         return SmallCNN(num_classes, in_channels=int(input_shape[0]), width=int(width or _WIDTHS[name]))
@@ -70,7 +137,7 @@ def _builtin(name: str, num_classes: int, input_shape: Sequence[int], width: int
     raise KeyError(name)
 
 
-BUILTIN_MODELS = ("small_cnn", "tiny_cnn", "mlp")
+BUILTIN_MODELS = ("small_cnn", "tiny_cnn", "mlp", "vit")
 _WIDTHS = {"small_cnn": 32, "tiny_cnn": 8}
 
 
@@ -82,6 +149,10 @@ def build_model(spec: str, num_classes: int | None = None, input_shape: Sequence
         raise LandscapeError("empty model spec")
     spec = spec.strip()
     base, _, options = spec.partition(":")
+    if base == "vit":
+        if input_shape is None:
+            raise LandscapeError(f"built-in model {spec!r} needs data to know its input shape")
+        return _vit(spec, options, num_classes or 10, input_shape)
     if base in BUILTIN_MODELS:  # `small_cnn` or `small_cnn:width=12`
         if input_shape is None:
             raise LandscapeError(f"built-in model {spec!r} needs data to know its input shape")
