@@ -27,8 +27,8 @@ _EXPORTS = {
     "barrier": "landscape.geometry.lines", "curve_barriers": "landscape.geometry.lines",
     "load_snapshot": "landscape.store.refs",
     "Store": "landscape.store.store",
-    **{name: "landscape.api" for name in ("barriers", "connect", "ensemble", "hessian", "info", "interpolate",
-                                           "plane", "plot", "setup")},
+    **{name: "landscape.api" for name in ("align", "barriers", "connect", "ensemble", "hessian", "info",
+                                           "interpolate", "plane", "plot", "setup")},
     "export": "landscape.exports",
     "Trajectory": "landscape.trajectory",
 }

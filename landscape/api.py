@@ -3,8 +3,8 @@
 They take what PyTorch code holds: endpoints and members as checkpoint paths, `STORE:NAME`,
 Snapshots, `nn.Module`s or state dicts (`model=` may then be left out: the first module is the
 template, copied, never changed), and data as spec strings, (x, y) tensors, Datasets or
-DataLoaders (`landscape.core.data.as_data`). Each returns a JSON-able dict (what `--json` prints) and, given `out` (a store folder), stores its
-result there under `name`, resumable: rerun with the same arguments and only missing points are
+DataLoaders (`landscape.core.data.as_data`). Each returns a JSON-able dict (what `--json`
+prints) and, given `out` (a store folder), stores its result there under `name`, resumable: rerun with the same arguments and only missing points are
 computed; rerun when everything is finished and nothing is written. The computing and the
 storing are the analysis layer's (`landscape.analyses`); this module turns arguments into its
 inputs. Every argument is checked before the first forward pass.
@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from landscape.analyses import align as align_analysis
 from landscape.analyses import connect as connect_analysis
 from landscape.analyses import ensemble as ensemble_analysis
 from landscape.analyses import grids as analyses
@@ -54,6 +55,8 @@ from landscape.store.outputs import check_output_file
 from landscape.store.refs import SnapshotRef, head_classes, load_snapshot, stored_predictions
 from landscape.store.store import Store
 
+ALIGN_SAMPLES = 2000  # inputs activation matching correlates units on
+
 
 @dataclass
 class Setup:
@@ -72,6 +75,28 @@ class Setup:
         snaps = [load_snapshot(r, self.model, self.keys, name=_positional_name(r, i)) for i, r in enumerate(refs)]
         check_same_architecture(snaps)
         return snaps
+
+    def example_input(self) -> torch.Tensor:
+        """One input sample, batched: what the permutation structure is traced with."""
+        d = self.train if self.train is not None else self.test
+        return (d.x[:1] if isinstance(d, TensorData) else d.head(1).x).to(self.evaluator.device)
+
+    def align_batches(self, samples: int = ALIGN_SAMPLES) -> Iterator[torch.Tensor]:
+        """The inputs activation matching correlates units on: the first `samples` of the data."""
+        d = self.train if self.train is not None else self.test
+        if isinstance(d, TensorData):
+            for i in range(0, min(samples, len(d)), self.evaluator.batch_size):
+                yield d.x[i:min(i + self.evaluator.batch_size, samples)].to(self.evaluator.device)
+            return
+        for x, _ in d.batches(self.evaluator.batch_size, self.evaluator.device, limit=samples):
+            yield x
+
+    def aligned(self, snaps: list[Snapshot], method: str | None) -> list[Snapshot]:
+        """`snaps` with every one after the first aligned to the first (`--align METHOD`)."""
+        if method is None:
+            return snaps
+        return align_analysis.align_all(self.evaluator.model, snaps, example=self.example_input(), method=method,
+                                        batches=self.align_batches)
 
     def provenance(self) -> dict[str, Any]:
         return {"model_spec": self.model_spec,
@@ -143,6 +168,16 @@ def setup(model: str | nn.Module | None, data: Any, test_data: Any = None, *,
     return Setup(module, spec, train, test, ev, keys)
 
 
+def _check_align(align: str | None) -> None:
+    if align is not None and align not in align_analysis.METHODS:
+        raise LandscapeError(f"unknown --align {align!r}: choose {' or '.join(align_analysis.METHODS)}")
+
+
+def _with_align(provenance: dict[str, Any], align: str | None) -> dict[str, Any]:
+    """The config of an aligned analysis says so (only then: results stored before still resume)."""
+    return provenance if align is None else {**provenance, "align": align}
+
+
 def _batch_size(batch_size: int | None, *data: Any, default: int = 250) -> int:
     if batch_size is not None:
         return batch_size
@@ -190,16 +225,20 @@ def interpolate(a: SnapshotRef, b: SnapshotRef, *, model: str | nn.Module | None
                 name: str = "interpolate", overwrite: bool = False, device: str = "auto",
                 num_classes: int | None = None, batch_size: int | None = None, bn_samples: int = 2000,
                 quiet: bool = True, loss_fn: LossFn | str | None = None, chunk: int | None = None,
-                precision: str = "exact", ignore_keys: Sequence[str] = ()) -> dict[str, Any]:
-    """Metrics along θ(α) = (1−α)·θa + α·θb, and the loss and error barriers."""
+                precision: str = "exact", ignore_keys: Sequence[str] = (),
+                align: str | None = None) -> dict[str, Any]:
+    """Metrics along θ(α) = (1−α)·θa + α·θb, and the loss and error barriers. `align`
+    ("weight" or "activation"): B's hidden units permuted to match A's first (Git Re-Basin)."""
+    _check_align(align)
     alphas = _alphas(alphas, num, alpha_range)
     with open_store(out) as store:
         s = setup(model, data, test_data, num_classes=num_classes, bn=bn, device=device, batch_size=batch_size,
                   bn_samples=bn_samples, loss_fn=loss_fn, precision=precision,
                   ignore_keys=ignore_keys, snapshots=[a, b])
-        sa, sb = s.snapshots([a, b])
-        res = analyses.line(s.evaluator, sa, sb, alphas, store=store, name=name, provenance=s.provenance(),
-                            overwrite=overwrite, chunk=chunk, quiet=quiet)
+        sa, sb = s.aligned(s.snapshots([a, b]), align)
+        res = analyses.line(s.evaluator, sa, sb, alphas, store=store, name=name,
+                            provenance=_with_align(s.provenance(), align), overwrite=overwrite, chunk=chunk,
+                            quiet=quiet)
     return analyses.to_json({**res, "store": out, **_ignored(s.keys)})
 
 
@@ -210,8 +249,11 @@ def barriers(snapshots: Sequence[SnapshotRef], *, model: str | nn.Module | None 
              overwrite: bool = False, device: str = "auto", num_classes: int | None = None,
              batch_size: int | None = None, bn_samples: int = 2000, quiet: bool = True,
              loss_fn: LossFn | str | None = None, chunk: int | None = None,
-             precision: str = "exact", ignore_keys: Sequence[str] = ()) -> dict[str, Any]:
-    """Loss and error barriers between every pair of snapshots, as matrices."""
+             precision: str = "exact", ignore_keys: Sequence[str] = (),
+             align: str | None = None) -> dict[str, Any]:
+    """Loss and error barriers between every pair of snapshots, as matrices. `align`: every
+    snapshot's hidden units permuted to match the first's before (weight or activation matching)."""
+    _check_align(align)
     if len(snapshots) < 2:
         raise LandscapeError("barriers needs at least two snapshots")
     alphas = _alphas(None, num, alpha_range)
@@ -219,9 +261,10 @@ def barriers(snapshots: Sequence[SnapshotRef], *, model: str | nn.Module | None 
         s = setup(model, data, test_data, num_classes=num_classes, bn=bn, device=device, batch_size=batch_size,
                   bn_samples=bn_samples, loss_fn=loss_fn, precision=precision,
                   ignore_keys=ignore_keys, snapshots=snapshots)
-        snaps = s.snapshots(snapshots)
+        snaps = s.aligned(s.snapshots(snapshots), align)
         res = analyses.barrier_matrix(s.evaluator, snaps, alphas, store=store, name=name,
-                                      provenance=s.provenance(), overwrite=overwrite, chunk=chunk, quiet=quiet)
+                                      provenance=_with_align(s.provenance(), align), overwrite=overwrite,
+                                      chunk=chunk, quiet=quiet)
     return analyses.to_json({**res, "store": out, **_ignored(s.keys)})
 
 
@@ -236,13 +279,16 @@ def plane(center: SnapshotRef, *, model: str | nn.Module | None = None, data=Non
           batch_size: int | None = None, bn_samples: int = 2000, quiet: bool = True,
           loss_fn: LossFn | str | None = None, chunk: int | None = None,
           precision: str = "exact", hessian_directions: bool = False,
-          normalization: str = "filter", ignore_keys: Sequence[str] = ()) -> dict[str, Any]:
+          normalization: str = "filter", ignore_keys: Sequence[str] = (),
+          align: str | None = None) -> dict[str, Any]:
     """A 2D loss plane around `center`: through two more snapshots, on two random directions,
-    or on the top two PCA directions of a trajectory of snapshots.
+    or on the top two PCA directions of a trajectory of snapshots. `align` (with `through`): the
+    other snapshots' hidden units permuted to match the centre's first.
 
     Through-planes: `coords="relative"` puts the second snapshot at (1, 0) and the third at
     (x3, 1); `"distance"` uses weight-space distances. With BN mode `keep` the buffers move with
     the weights, so each snapshot's own point is exactly that snapshot."""
+    _check_align(align)
     seed = check_seed(seed, "--seed", offset=1)  # the plane's second direction uses seed + 1
     if sum(v is not None and v is not False for v in (through, random, pca, hessian_directions)) != 1:
         raise LandscapeError("give one of --through B C, --random filter|layer|none, --pca S1 S2 ... or "
@@ -266,6 +312,10 @@ def plane(center: SnapshotRef, *, model: str | nn.Module | None = None, data=Non
         for sn in snaps:  # its directions are scaled to, spanned by or projected from these weights
             sn.require_finite("a plane cannot be laid around, through or onto it (interpolate reports such "
                               "points as diverged)")
+        if align is not None:
+            if through is None:
+                raise LandscapeError("--align works with --through B C (a plane through aligned snapshots)")
+            snaps = s.aligned(snaps, align)
         c = snaps[0]
         buffer_directions = None
         if through is not None:
@@ -302,7 +352,8 @@ def plane(center: SnapshotRef, *, model: str | nn.Module | None = None, data=Non
             ys = ys if ys is not None else parse_range("-1:1:11")
         dir_attrs["snapshots"] = [sn.fingerprint() for sn in snaps[: 1 + len(through or pca or [])]]
         projections = project_snapshots(snaps, c.params, directions)
-        res = analyses.plane(s.evaluator, c, directions, xs, ys, store=store, name=name, provenance=s.provenance(),
+        res = analyses.plane(s.evaluator, c, directions, xs, ys, store=store, name=name,
+                             provenance=_with_align(s.provenance(), align),
                              direction_attrs=dir_attrs, projections=projections,
                              buffer_directions=buffer_directions, overwrite=overwrite, chunk=chunk, quiet=quiet)
     return analyses.to_json({**res, "store": out, **_ignored(s.keys)})
@@ -528,6 +579,47 @@ def _all_members(batches: Iterator[tuple[torch.Tensor, torch.Tensor]], m: int
             if part.shape[0]:
                 full[r::w.size] = part
         yield full.to(logits.device), labels
+
+
+# -- alignment -----------------------------------------------------------------------------
+@distributed.collective
+def align(a: SnapshotRef, b: SnapshotRef, *, model: str | nn.Module | None = None, data=None, test_data=None,
+          method: str = "weight", samples: int = ALIGN_SAMPLES, seed: int = 0, max_iter: int = 100,
+          out: str | None = None, name: str | None = None, overwrite: bool = False, device: str = "auto",
+          num_classes: int | None = None, batch_size: int | None = None, quiet: bool = True,
+          ignore_keys: Sequence[str] = ()) -> dict[str, Any]:
+    """B's hidden units permuted to match A's (Git Re-Basin): by weight matching (`method="weight"`,
+    alternating linear assignments over the layers) or by the correlations of their activations on
+    the data (`"activation"`, on its first `samples` inputs). The permutation structure is traced
+    from the model. The aligned snapshot computes B's function; with `out` it is stored as `name`
+    (default `B-to-A`) with the permutation and the matching's objective. JSON: the groups, the
+    units moved, the objective (weight) or correlations (activation), and distances before/after."""
+    if method not in align_analysis.METHODS:
+        raise LandscapeError(f"unknown --method {method!r}: choose {' or '.join(align_analysis.METHODS)}")
+    seed = check_seed(seed, "--seed")
+    samples, max_iter = positive_int(samples, "--samples"), positive_int(max_iter, "--max-iter")
+    with open_store(out) as store:
+        s = setup(model, data, test_data, num_classes=num_classes, bn="keep", device=device, batch_size=batch_size,
+                  ignore_keys=ignore_keys, snapshots=[a, b])
+        sa, sb = s.snapshots([a, b])
+        name = name or f"{_short_name(sb.name)}-to-{_short_name(sa.name)}"
+        prov = {k: v for k, v in s.provenance().items() if k != "bn_mode"}
+        data_spec = (s.train or s.test).spec
+        res = align_analysis.align(s.evaluator.model, sa, sb, example=s.example_input(), method=method,
+                                   batches=lambda: s.align_batches(samples), data_spec=data_spec, seed=seed,
+                                   max_iter=max_iter, store=store, name=name, overwrite=overwrite, provenance=prov)
+    snap = res.pop("snapshot")
+    res["distance_before"] = float((sb.params.double() - sa.params.double()).norm())
+    res["distance_after"] = float((snap.params.double() - sa.params.double()).norm())
+    res["snapshot"] = f"{out}:{name}" if out is not None else None
+    res.pop("permutations", None)  # stored with the snapshot; too long to print
+    return to_jsonable({**res, "store": out, **_ignored(s.keys)})
+
+
+def _short_name(ref: str) -> str:
+    """A store-safe name from a reference (`runs/s:ft-0` -> `ft-0`, `ckpt/b.pt` -> `b`)."""
+    base = os.path.basename(ref.rpartition(":")[2] if ":" in ref and not os.path.isfile(ref) else ref)
+    return (base.rsplit(".", 1)[0] if base.endswith((".pt", ".pth", ".safetensors")) else base) or "snapshot"
 
 
 # -- curvature and curves --------------------------------------------------------------
