@@ -4,8 +4,9 @@ They take what PyTorch code holds: endpoints and members as checkpoint paths, `S
 Snapshots, `nn.Module`s or state dicts (`model=` may then be left out: the first module is the
 template, copied, never changed), and data as spec strings, (x, y) tensors, Datasets or
 DataLoaders (`landscape.core.data.as_data`). Each returns a JSON-able dict (what `--json`
-prints) and, given `out` (a store folder), stores its result there under `name`, resumable: rerun with the same arguments and only missing points are
-computed; rerun when everything is finished and nothing is written. The computing and the
+prints) and, given `out` (a store folder), stores its result there under `name`, resumable:
+rerun with the same arguments and only missing points are computed; rerun when everything is
+finished and nothing is written. The computing and the
 storing are the analysis layer's (`landscape.analyses`); this module turns arguments into its
 inputs. Every argument is checked before the first forward pass.
 `chunk` is the number of points saved at a time (default: the engine's choice).
@@ -698,8 +699,8 @@ def connect(a: SnapshotRef, b: SnapshotRef, *, model: str | nn.Module | None = N
             weight_decay: float = 0.0, optimizer: str = "sgd", train_batch_size: int = 128, num: int = 21,
             seed: int = 0, bn: str = "auto", out: str | None = None, name: str = "connect",
             overwrite: bool = False, device: str = "auto", num_classes: int | None = None,
-            batch_size: int | None = None, bn_samples: int = 2000, quiet: bool = True, loss_fn: LossFn | str | None = None,
-            chunk: int | None = None, precision: str = "exact", ignore_keys: Sequence[str] = ()
+            batch_size: int | None = None, bn_samples: int = 2000, quiet: bool = True,
+            loss_fn: LossFn | str | None = None, chunk: int | None = None, precision: str = "exact", ignore_keys: Sequence[str] = ()
             ) -> dict[str, Any]:
     """Train a Bezier or polygonal-chain curve from A to B (Garipov et al.) and evaluate it and the
     straight line at `num` values of t with BN recomputed at each point; JSON with both barriers
