@@ -75,10 +75,13 @@ def method_stats(per_seed: list[dict]) -> dict[str, dict[str, Any]]:
     out = {}
     for name, m in first.items():
         d = {k: m[k] for k in ("type", "group", "label", "params", "cycle_lr", "cost_epochs")}
+        d["align_method"] = m.get("align_method")
         d["size"] = len(m["members"])
         st = {k: stat(_seed_values(per_seed, "methods", name, k)) for k in METHOD_STATS}
         for k in PAIRWISE_KEYS:
             st[f"pairwise_{k}"] = stat(_seed_values(per_seed, "methods", name, "mean_pairwise_barrier", k))
+            st[f"pairwise_aligned_{k}"] = stat(_seed_values(per_seed, "methods", name,
+                                                            "mean_pairwise_barrier_aligned", k))
         # ensemble accuracy / NLL by size: mean and std per size
         for k in ("ensemble_acc", "ensemble_nll"):
             by_size = list(zip(*[s["methods"][name][k] for s in per_seed]))

@@ -16,7 +16,8 @@ A config has these tables (see experiments/configs/demo.toml for a commented exa
                 a list in lr_scale, cycle_scale or cycle_epochs makes the table a grid (one method
                 per cell, TABLE-lrX-cY); fge takes schedule = "garipov" | "cyclic"
     [analysis]  line_points, pairwise_points, plane, plane_through, plane_points, train_samples,
-                test_samples, bn_samples
+                test_samples, bn_samples, align = "weight" | "activation" | "none" (Local and Global DE's
+                pairwise barriers also after aligning the members' units to the first member's)
     [runtime]   how training runs on the device (experiments/accel.py): amp = "auto" | "bf16" | "off",
                 channels_last = "auto" | true | false, cudnn_benchmark, micro_batch_size (gradient
                 accumulation), pin_memory and persistent_workers = "auto" | true | false (image-folder
@@ -85,13 +86,14 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
                  "train_samples": (INT, 1000), "test_samples": (INT, 1000), "bn_samples": (INT, 1000),
                  "ece_bins": (INT, 15), "sharpness": (BOOL, True), "sharpness_members": (INT, 2),
                  "hessian_iters": (INT, 20), "hessian_probes": (INT, 20), "curves": (BOOL, True),
-                 "curve_epochs": (INT, 10), "curve_points": (INT, 11)},
+                 "curve_epochs": (INT, 10), "curve_points": (INT, 11), "align": (STR, "weight")},
     # types here, defaults from the one table of them (experiments.accel)
     "runtime": {k: (t, RUNTIME_DEFAULTS[k]) for k, t in (
         ("amp", STR), ("channels_last", BOOL_OR_AUTO), ("cudnn_benchmark", BOOL), ("micro_batch_size", INT),
         ("pin_memory", BOOL_OR_AUTO), ("persistent_workers", BOOL_OR_AUTO))},
 }
 EMBEDDED_ONLY = set(_EMBEDDED) - {"image_size"}
+ALIGN_CHOICES = ("weight", "activation", "none")
 REAL_ONLY = {"root", "num_workers", "val_fraction"}
 
 METHOD_SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
@@ -423,6 +425,9 @@ def _check_analysis(an: dict, methods: list[MethodConfig]) -> None:
             if m.pairwise and m.members >= 2:
                 pairs = m.members * (m.members - 1) // 2
                 check_grid_size((pairs, n), f"analysis.pairwise_points = {n}: methods.{m.name}'s barrier grid")
+    if an["align"] not in ALIGN_CHOICES:
+        raise LandscapeError(f"{where}align = {an['align']!r}: choose {', '.join(ALIGN_CHOICES)} (the pairwise "
+                             "barriers of Local and Global DE members are also computed after aligning their units)")
     n = an["plane_points"]
     check_grid_size((n, n), f"analysis.plane_points = {n}: the plane")
     if an["plane_through"] is not None:

@@ -113,6 +113,17 @@ def render_markdown(summary: dict[str, Any], figures: dict[str, str]) -> str:
         L += [table(["measure", "Local DE", "Global DE", "separates on every seed", "threshold"],
                     [[b["label"], fmt_num(b["local"]), fmt_num(b["global"]), "yes" if b["separates"] else "no",
                       fmt_num(b["threshold"])] for b in basin["measures"]]), ""]
+    aligned = [(n, mm) for n, mm in methods.items() if mm["stats"].get("pairwise_aligned_train_loss")]
+    if aligned:
+        method = next((mm.get("align_method") for _, mm in aligned if mm.get("align_method")), "weight")
+        L += ["## Basins up to permutation", "",
+              "Mean pairwise barriers among a method's members on the straight line, before and after permuting "
+              f"every member's hidden units to match the first member's ({method} matching, `landscape align`; "
+              "the aligned members compute their own functions exactly). Mean ± std over seeds.", ""]
+        L += [table(["method", "train-loss barrier", "aligned", "test-error barrier", "aligned"],
+                    [[mm["label"], pm(mm["stats"].get("pairwise_train_loss")),
+                      pm(mm["stats"].get("pairwise_aligned_train_loss")), _pct(mm["stats"].get("pairwise_test_error")),
+                      _pct(mm["stats"].get("pairwise_aligned_test_error"))] for _, mm in aligned]), ""]
     L += ["## Transfer", "",
           table(["model", "test accuracy", "test NLL"],
                 [[f"fine-tuned from checkpoint 0 (`{st['finetuned_model']}`)", _pct(tr["finetuned_acc"]),

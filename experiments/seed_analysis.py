@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from kernels import ensemble_metrics
 from landscape.analyses import grids as analyses
+from landscape.analyses.align import align_all
 from landscape.analyses.connect import connect as connect_curve
 from landscape.analyses.ensemble import ensemble_arrays, finished_ensemble
 from landscape.analyses.hessian import hessian as landscape_hessian
@@ -355,7 +356,31 @@ def pairwise_barriers(ctx: AnalysisContext) -> dict[str, dict[str, Any]]:
         matrices = {k[: -len("_barrier")]: np.asarray(res[k]) for k in res if k.endswith("_barrier")}
         out[m.name] = {"pairwise_barrier": {k: v.tolist() for k, v in matrices.items()},
                        "mean_pairwise_barrier": {k: float(np.mean(v[iu])) for k, v in matrices.items()}}
+        if ctx.an["align"] != "none" and m.type in ALIGNED_TYPES:
+            out[m.name].update(aligned_pairwise_barriers(ctx, m, names, alphas))
     return out
+
+
+# Whose pairwise barriers are also computed after alignment: the two references of the basin question.
+ALIGNED_TYPES = ("local_de", "global_de")
+
+
+def aligned_pairwise_barriers(ctx: AnalysisContext, m, names: list[str], alphas: np.ndarray) -> dict[str, Any]:
+    """The barrier matrix among a method's members after permuting every member's hidden units to
+    match the first member's (Git Re-Basin: `landscape align`, analysis.align's method): do
+    members of different checkpoints share a basin up to the order of their units?"""
+    data = ctx.evaluator.loss_data()
+    x = data["x"] if data["x"] is not None else data["stream"].head(ctx.an["train_samples"]).x
+    method = ctx.an["align"]
+    snaps = align_all(ctx.evaluator.model, [ctx.runner.snapshot(n) for n in names], example=x[:1], method=method,
+                      batches=lambda: iter(x[i:i + 250] for i in range(0, len(x), 250)))
+    res = analyses.barrier_matrix(ctx.evaluator, snaps, alphas, store=ctx.store, name=f"{ctx.px}{m.name}-aligned",
+                                  provenance={**ctx.provenance, "method": m.name, "align": method}, overwrite=True)
+    iu = np.triu_indices(len(names), 1)
+    matrices = {k[: -len("_barrier")]: np.asarray(res[k]) for k in res if k.endswith("_barrier")}
+    return {"pairwise_barrier_aligned": {k: v.tolist() for k, v in matrices.items()},
+            "mean_pairwise_barrier_aligned": {k: float(np.mean(v[iu])) for k, v in matrices.items()},
+            "align_method": method}
 
 
 def store_ensembles(ctx: AnalysisContext, methods: dict[str, dict[str, Any]]) -> None:

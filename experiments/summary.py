@@ -78,6 +78,8 @@ def build_summary(prep: Any, results: dict[str, Any], plan: Any = None) -> dict[
             "dist_finetuned": m["member_dist_finetuned"], "dist_pretrained": m["member_dist_pretrained"],
             "mean_pairwise_barrier": m.get("mean_pairwise_barrier"),
             "pairwise_barrier": m.get("pairwise_barrier"),
+            "mean_pairwise_barrier_aligned": m.get("mean_pairwise_barrier_aligned"),
+            "pairwise_barrier_aligned": m.get("pairwise_barrier_aligned"), "align_method": m.get("align_method"),
             # means over the members that are not the fine-tuned model itself
             "new_member_mean_acc": mean_or_none([m["member_acc"][i] for i in new]),
             "new_member_mean_barrier_test_loss": mean_or_none([barrier["test_loss"][i] for i in new]),

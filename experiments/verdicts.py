@@ -169,6 +169,10 @@ def findings(summary: dict[str, Any]) -> list[dict[str, Any]]:
             f"test-error barrier {_pm(loc_m, 'pairwise_test_error')} vs {_pm(glo_m, 'pairwise_test_error')}.",
             [cl, ce]))
 
+    if loc_m and glo_m and "pairwise_aligned_train_loss" in glo_m["stats"] \
+            and "pairwise_aligned_train_loss" in loc_m["stats"]:
+        out.append(_modulo_permutation(loc_m, glo_m))
+
     if loc_m and glo_m:
         v, cs = _acc_nll(glo_m, loc_m, "beats")
         out.append(_finding(
@@ -243,6 +247,43 @@ def findings(summary: dict[str, Any]) -> list[dict[str, Any]]:
     for f in out:
         f["seeds"] = n_seeds
     return out
+
+
+def _modulo_permutation(loc_m: dict, glo_m: dict) -> dict:
+    """Are members of different checkpoints one basin once their hidden units are aligned?
+    Two paired comparisons of the train-loss barrier: alignment lowers Global DE's, and aligned
+    Global DE's is no higher than aligned Local DE's. Holds when the first is beyond the
+    tolerance and the second is not worse; does not hold when aligned Global DE's barrier exceeds
+    aligned Local DE's beyond the tolerance (a wall is left: not one basin); otherwise
+    inconclusive. "No higher" within the tolerance is weak evidence with few seeds: the text
+    shows the tolerance."""
+    lowered = compare(_vals(glo_m, "pairwise_aligned_train_loss"), _vals(glo_m, "pairwise_train_loss"),
+                      FLOORS["barrier"], higher_is_better=False)
+    level = compare(_vals(glo_m, "pairwise_aligned_train_loss"), _vals(loc_m, "pairwise_aligned_train_loss"),
+                    FLOORS["barrier"], higher_is_better=False)
+    lowered["measure"] = "Global DE pairwise train-loss barrier, aligned against not aligned"
+    level["measure"] = "aligned pairwise train-loss barrier, Global DE against Local DE"
+    method = glo_m.get("align_method") or "weight"
+    return _finding(
+        "one_basin_modulo_permutation", "Members fine-tuned from different checkpoints are one basin up to a "
+        "permutation of their hidden units: aligning them removes the barrier between them.",
+        f"mean pairwise train-loss barrier after aligning every member's units to the first member's ({method} "
+        "matching, `landscape align`)", _one_basin_verdict(lowered, level),
+        f"Global DE {_pm(glo_m, 'pairwise_train_loss', fmt_num)} before alignment, "
+        f"{_pm(glo_m, 'pairwise_aligned_train_loss', fmt_num)} after ({_cmp_text(lowered, False)}); Local DE "
+        f"{_pm(loc_m, 'pairwise_train_loss', fmt_num)} before, {_pm(loc_m, 'pairwise_aligned_train_loss', fmt_num)} "
+        f"after; aligned Global DE against aligned Local DE: {_cmp_text(level, False)}; test-error barrier "
+        f"{_pm(glo_m, 'pairwise_test_error')} → {_pm(glo_m, 'pairwise_aligned_test_error')} (Global DE).",
+        [lowered, level])
+
+
+def _one_basin_verdict(lowered: dict, level: dict) -> str:
+    outcomes = {lowered["outcome"], level["outcome"]}
+    if outcomes & {"missing", "undecided"}:
+        return "undecided"
+    if level["outcome"] == "worse":
+        return "does not hold"
+    return "holds" if lowered["outcome"] == "better" else "inconclusive"
 
 
 def _lr_findings(summary: dict, t: str, label: str, inside: list, outside: list, measures: list[dict], K: int,

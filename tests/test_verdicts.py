@@ -152,6 +152,29 @@ MEASURES = [{"key": "new_member_mean_dist_finetuned", "label": "distance to the 
              "global": 15.0, "separates": True, "threshold": 10.0}]
 
 
+def test_one_basin_up_to_permutation():
+    """Alignment must lower Global DE's barrier beyond the seeds' spread, and leave it no higher
+    than aligned Local DE's (within the tolerance)."""
+    def s(glo_plain, glo_aligned, loc_aligned=(0.0, 0.01, 0.0)):
+        return _summary({"local_de": _m("local_de", pairwise_train_loss=[0.0, 0.01, 0.0],
+                                        pairwise_aligned_train_loss=list(loc_aligned), **LOCAL),
+                         "global_de": _m("global_de", pairwise_train_loss=glo_plain,
+                                         pairwise_aligned_train_loss=glo_aligned, acc=[0.9] * 3, nll=[0.3] * 3)})
+    fid = "one_basin_modulo_permutation"
+    assert _verdict(s([1.2, 1.3, 1.4], [0.01, 0.0, 0.02]), fid) == "holds"
+    # lowered, but a wall is left that Local DE's members do not have: not one basin
+    assert _verdict(s([1.2, 1.3, 1.4], [0.5, 0.55, 0.6]), fid) == "does not hold"
+    assert _verdict(s([1.2, 1.3, 1.4], [1.3, 1.2, 1.4]), fid) == "does not hold"  # alignment changed nothing
+    # no wall left after alignment, but Global DE had none before either: nothing shown by aligning
+    assert _verdict(s([0.01, 0.0, 0.01], [0.0, 0.0, 0.01]), fid) == "inconclusive"
+    # lowered on average, but one seed says otherwise: no evidence that alignment helps
+    assert _verdict(s([1.2, 1.3, 1.4], [0.1, 1.35, 0.1]), fid) == "inconclusive"
+    # not computed (analysis.align = "none"): no finding
+    plain = _summary({"local_de": _m("local_de", pairwise_train_loss=[0.0] * 3, **LOCAL),
+                      "global_de": _m("global_de", pairwise_train_loss=[1.0] * 3, acc=[0.9] * 3, nll=[0.3] * 3)})
+    assert fid not in [f["id"] for f in findings(plain)]
+
+
 def _cycle_summary(out_acc, out_nll, top_dist=(25.0, 26.0, 27.0), in_member=(0.88, 0.87, 0.89),
                    out_member=(0.75, 0.74, 0.76)):
     """StarSSE cells at 0.5·η and 2·η in the basin, 8·η out of it, one cycle length."""
