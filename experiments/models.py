@@ -12,7 +12,7 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
-from landscape.core.checkpoints import check_state_fits, read_state_dict, split_ignored
+from landscape.core.checkpoints import fit_state, read_state_dict, split_ignored
 from landscape.core.errors import LandscapeError
 from landscape.core.models import build_model
 
@@ -84,10 +84,10 @@ def load_backbone(model: nn.Module, state: Mapping[str, torch.Tensor], source: s
     head = head_name(model)
     own = model.state_dict()
     want = backbone_keys(own, head)
-    # the checkpoint's own head (another task's classes) is not loaded
-    check_state_fits(own, {k: v for k, v in state.items() if k in set(backbone_keys(state, head))}, source, want,
-                     ignore_option="pretrain.ignore_keys")
-    model.load_state_dict({**own, **{k: state[k] for k in want}})
+    # the checkpoint's own head (another task's classes) is not loaded; a wrapper prefix (DDP's
+    # `module.`, torch.compile's `_orig_mod.`, Lightning's `model.`) is stripped when that fits
+    fitted, _ = fit_state(own, state, source, want, ignore_option="pretrain.ignore_keys")
+    model.load_state_dict({**own, **{k: fitted[k] for k in want}})
     return skipped
 
 

@@ -160,9 +160,10 @@ def setup(model: str | nn.Module | None, data: Any, test_data: Any = None, *,
         if num_classes is not None:
             num_classes = positive_int(num_classes, "--num-classes")
         else:
-            num_classes = next((n for n in (head_classes(r, keys) for r in snapshots) if n is not None), None)
+            num_classes, unreadable = _head_classes(snapshots, keys)
         if num_classes is None and model.partition(":")[0] in BUILTIN_MODELS:
-            raise LandscapeError(f"cannot tell how many classes the {model!r} model has: give --num-classes")
+            raise unreadable or LandscapeError(f"cannot tell how many classes the {model!r} model has: give "
+                                               "--num-classes")
         module, spec = build_model(model, num_classes, ref.input_shape), model
     ev = Evaluator(module, train, test, bn_mode=bn, loss_fn=loss_fn, device=resolve_device(device),
                    batch_size=batch_size, bn_samples=bn_samples, accuracy=accuracy, precision=precision)
@@ -179,6 +180,22 @@ def _with_align(provenance: dict[str, Any], align: str | None) -> dict[str, Any]
     return provenance if align is None else {**provenance, "align": align}
 
 
+def _head_classes(refs: Sequence[SnapshotRef], keys: KeyFilter) -> tuple[int | None, LandscapeError | None]:
+    """The class count of the first snapshot whose head tells it, and the first snapshot's error if
+    one could not be read: raised only when the count is needed (a built-in model), so that a bad
+    model spec is reported first and loading the snapshot reports the rest."""
+    error = None
+    for r in refs:
+        try:
+            n = head_classes(r, keys)
+        except LandscapeError as exc:
+            error = error or exc
+            continue
+        if n is not None:
+            return n, error
+    return None, error
+
+
 def _batch_size(batch_size: int | None, *data: Any, default: int = 250) -> int:
     if batch_size is not None:
         return batch_size
@@ -186,8 +203,11 @@ def _batch_size(batch_size: int | None, *data: Any, default: int = 250) -> int:
 
 
 def _ignored(keys: KeyFilter) -> dict[str, Any]:
-    """The result's `ignored_keys` ({checkpoint: [keys skipped]}), when any were skipped."""
-    return {"ignored_keys": keys.skipped} if keys.skipped else {}
+    """The result's `ignored_keys` ({checkpoint: [keys skipped]}) when any were skipped, and its
+    `stripped_prefixes` ({checkpoint: wrapper prefix}) when a Lightning, torch.compile or DDP
+    prefix was stripped from a checkpoint's keys."""
+    return {**({"ignored_keys": keys.skipped} if keys.skipped else {}),
+            **({"stripped_prefixes": dict(keys.stripped)} if keys.stripped else {})}
 
 
 def open_store(out: str | None) -> Store | nullcontext:
@@ -484,9 +504,10 @@ def ensemble(members: Sequence[SnapshotRef], *, model: str | nn.Module | None = 
             raise LandscapeError("ensemble of checkpoints needs --data (the evaluation data)")
         model = template_model(model, members)
         if not isinstance(model, nn.Module) and num_classes is None:
-            num_classes = next((n for n in (head_classes(m, keys) for m in members) if n is not None), None)
+            num_classes, unreadable = _head_classes(members, keys)
             if num_classes is None and model.partition(":")[0] in BUILTIN_MODELS:
-                raise LandscapeError(f"cannot tell how many classes the {model!r} model has: give --num-classes")
+                raise unreadable or LandscapeError(f"cannot tell how many classes the {model!r} model has: give "
+                                                   "--num-classes")
         module = model if isinstance(model, nn.Module) else build_model(model, num_classes, test.input_shape)
         snaps = []
         for i, m in enumerate(members):

@@ -3,6 +3,11 @@
 The computation is landscape.evaluate.hessian's; this module owns the result's life: the config a
 stored result must match (the evaluator's, precision included, and every spectrum setting), resume
 or refusal through `Store.resume_or_refuse`, and the one write.
+
+For a model with attention modules the config also holds `sdpa_backend: "math"`, the backend of
+scaled dot-product attention its Hessian-vector products ran on (the fused kernels have no double
+backward). Only then: the products of other models are the same with or without it, and their
+results stored before the key existed still resume.
 """
 from __future__ import annotations
 
@@ -15,11 +20,24 @@ from tqdm.auto import tqdm
 from landscape.core import distributed
 from landscape.core.checkpoints import Snapshot, check_same_architecture
 from landscape.evaluate.engine import Evaluator
-from landscape.evaluate.hessian import check_spectrum_args, hessian_directions, hessian_spectrum, stack_points
+from landscape.evaluate.hessian import (
+    SDPA_BACKEND,
+    check_spectrum_args,
+    hessian_directions,
+    hessian_spectrum,
+    holds_attention,
+    stack_points,
+)
 from landscape.geometry.lines import line_snapshot
 from landscape.store.store import Store
 
 KIND = "hessians"
+
+
+def attention_config(evaluator: Evaluator) -> dict[str, Any]:
+    """{"sdpa_backend": "math"} for a model with attention modules, {} for any other (whose stored
+    results, from before the key existed, must still resume)."""
+    return {"sdpa_backend": SDPA_BACKEND} if holds_attention(evaluator.model) else {}
 
 
 def _spectrum_config(evaluator: Evaluator, top_k, trace, density, probes, iters, tol, density_runs, density_points,
@@ -27,7 +45,8 @@ def _spectrum_config(evaluator: Evaluator, top_k, trace, density, probes, iters,
     d = evaluator.loss_data()
     # probe_batch only when set, so results stored before it existed still resume
     batch = {} if probe_batch is None else {"probe_batch": int(probe_batch)}
-    return {**evaluator.config, **batch, "split": d["split"], "samples": d["samples"], "top_k": int(top_k),
+    return {**evaluator.config, **attention_config(evaluator), **batch, "split": d["split"], "samples": d["samples"],
+            "top_k": int(top_k),
             "trace": bool(trace), "density": bool(density), "probes": int(probes) if trace else None,
             "iters": int(iters), "tol": float(tol), "density_runs": int(density_runs) if density else None,
             "density_points": int(density_points) if density else None, "sigma": float(sigma) if density else None,
@@ -150,7 +169,8 @@ def plane_directions(evaluator: Evaluator, center: Snapshot, *, store: Store | N
     by device, and so refuse the resume). Where the surface `name` already exists and `overwrite`
     is not given, nothing is written (the plane may still be refused, changing nothing)."""
     key = f"{name}-hessian"
-    config = {**evaluator.config, "center": center.fingerprint(), "normalization": normalization,
+    config = {**evaluator.config, **attention_config(evaluator), "center": center.fingerprint(),
+              "normalization": normalization,
               "ignore_bias_bn": bool(ignore_bias_bn), "iters": int(iters), "tol": float(tol), "seed": int(seed)}
 
     def on_rank0() -> tuple[torch.Tensor, dict[str, Any]]:

@@ -25,6 +25,14 @@ are recomputed per HVP. Batching probe vectors (vmap, through `is_grads_batched`
 per vector on the CPU, so there the probes run one at a time; on CUDA independent probes
 (Hutchinson, SLQ runs) go through in batches that fit the same budget.
 
+Attention: the fused scaled-dot-product-attention kernels (flash, memory-efficient, cuDNN, and
+the CPU's flash kernel) have no double backward, so every forward pass an HVP rests on runs
+under the MATH backend (`torch.nn.attention.sdpa_kernel(SDPBackend.MATH)`: attention as plain
+matmuls and a softmax, twice differentiable). For a model without attention this changes
+nothing: no op consults the backend (measured: the same products bit for bit, and the same
+time within noise, on an MLP and a BatchNorm CNN). `holds_attention` tells which models have
+attention modules; the analyses record the backend with their results for those.
+
 Algorithms
 - top-k eigenvalues: Lanczos with full reorthogonalisation (classical Gram–Schmidt twice),
   stopped when the Ritz residuals |β_j·s_ji| of the top k are below `tol` times the largest
@@ -47,6 +55,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm.auto import tqdm
 
 from landscape.core.checkpoints import Snapshot
@@ -68,6 +77,25 @@ def _resolve_dtype(dtype: str | torch.dtype | None, fallback: torch.dtype) -> to
     return table[dtype]
 
 
+# the scaled-dot-product-attention backend of every forward pass a Hessian-vector product
+# differentiates twice: the only one with a double backward
+SDPA_BACKEND = "math"
+
+
+def holds_attention(model: nn.Module) -> bool:
+    """Whether `model` has attention modules (nn.MultiheadAttention: inside nn.Transformer*
+    layers and torchvision's VisionTransformer too), whose Hessian-vector products need the MATH
+    backend of scaled dot-product attention. (A model calling
+    F.scaled_dot_product_attention itself gets the same backend; it is not detected here.)"""
+    return any(isinstance(m, nn.MultiheadAttention) for m in model.modules())
+
+
+def double_backward_scope() -> contextlib.AbstractContextManager:
+    """The context of a forward pass that is differentiated twice: scaled dot-product attention
+    under its MATH backend (SDPA_BACKEND), the fused kernels having no double backward."""
+    return sdpa_kernel(SDPBackend.MATH)
+
+
 class HessianOperator:
     """v ↦ H·v for the mean loss over a data set at a snapshot, in eval mode.
 
@@ -77,7 +105,8 @@ class HessianOperator:
     `cache`: keep the first-order graphs of the batches
     (True, False, or "auto": as many as fit `cache_bytes`, default 2 GiB on the CPU and half the
     free memory on CUDA). `probe_batch`: vectors per batched HVP in `matmat` (None: 1 on the CPU,
-    as many as fit the budget on CUDA).
+    as many as fit the budget on CUDA). The forward passes run with scaled dot-product attention
+    on its MATH backend (`double_backward_scope`), so that attention models have an HVP.
     """
 
     def __init__(self, model: nn.Module, snapshot: Snapshot, x: torch.Tensor | None = None,
@@ -136,7 +165,8 @@ class HessianOperator:
 
     def _graph(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], float, torch.Tensor]:
         w = xb.shape[0] / self.n
-        with torch.enable_grad(), self.scope():
+        # the graph is differentiated twice: attention's ops are recorded under the MATH backend
+        with torch.enable_grad(), self.scope(), double_backward_scope():
             loss = self.loss_fn(self.model(xb).to(self.dtype), yb)
             grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
         grads = tuple(torch.zeros_like(p) if g is None else g for g, p in zip(grads, self.params))
