@@ -6,7 +6,7 @@
 (1) Pipeline: `landscape ensemble STORE:ens --orders 4` on stored predictions (a store with kept
     predictions [M, N, C] fp32 is written to a temporary folder first), in-process through
     ``landscape.api.ensemble`` (process start-up excluded). While it runs, the fused-op calls it
-    makes (``kernels.ensemble.ensemble_metrics_orders``, one per batch, all member orders at
+    makes (``landscape_kernels.ensemble.ensemble_metrics_orders``, one per batch, all member orders at
     once) are timed from inside, so ``pipeline / op`` compares the two within one run; target
     <= 1.5 on the CPU with M=10, N=5,000, C=100 and 4 orders. The same op calls are also timed
     on their own, in interleaved rounds.
@@ -31,9 +31,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import kernels.ensemble as kens  # noqa: E402
 import landscape.evaluate.ensembles as lens  # noqa: E402
-from kernels.ensemble import ensemble_metrics, ensemble_metrics_orders  # noqa: E402
+import landscape_kernels.ensemble as kens  # noqa: E402
+from landscape_kernels.ensemble import ensemble_metrics, ensemble_metrics_orders  # noqa: E402
 
 
 def plain_metrics(logits: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> list[dict[str, float]]:

@@ -205,7 +205,7 @@ OP_TOL = {"exact": 2e-5, "tf32": 4e-3, "bf16": 2e-2}  # relative to the bound; f
 def section_ops(rep: Report, args) -> None:
     import torch.nn.functional as F
 
-    from kernels import interpolate_weights, interpolated_conv2d, interpolated_linear
+    from landscape_kernels import interpolate_weights, interpolated_conv2d, interpolated_linear
 
     dev = torch.device("cpu" if rep.dry else "cuda")
     impl = "triton"
@@ -315,8 +315,8 @@ def section_ops(rep: Report, args) -> None:
 
 
 def section_ensemble(rep: Report, args) -> None:
-    import kernels
-    from kernels import ensemble_metrics, ensemble_metrics_reference
+    import landscape_kernels as kernels
+    from landscape_kernels import ensemble_metrics, ensemble_metrics_reference
 
     dev = torch.device("cpu" if rep.dry else "cuda")
     M, N, C = (3, 300, 10) if rep.dry else (10, 50_000, 100)

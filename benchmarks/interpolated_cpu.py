@@ -1,5 +1,5 @@
 """CPU formulations of the interpolated-weight ops that production does not use, timed against
-the ones it does (kernels.interp_linear.naive / kernels.interp_conv2d.naive).
+the ones it does (landscape_kernels.interp_linear.naive / kernels.interp_conv2d.naive).
 
     python benchmarks/interpolated_cpu.py [--repeats 7]
 
@@ -23,9 +23,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from common import timeit  # noqa: E402
 
-from kernels import interp_conv2d, interp_linear  # noqa: E402
-from kernels.common import interpolated_bias_torch  # noqa: E402
-from kernels.interp_weights import naive as interpolate_naive  # noqa: E402
+from landscape_kernels import interp_conv2d, interp_linear  # noqa: E402
+from landscape_kernels.common import interpolated_bias_torch  # noqa: E402
+from landscape_kernels.interp_weights import naive as interpolate_naive  # noqa: E402
 
 
 def linear_stacked(x, w0, dw, coeffs, b0, db):

@@ -1,7 +1,7 @@
 """The analysis at the end of a study, one function per stage, all through the landscape toolkit.
 
 - `single_metrics`: each member's (and the from-scratch model's) test accuracy, NLL and ECE, from
-  the stored per-snapshot predictions (kernels.ensemble_metrics);
+  the stored per-snapshot predictions (landscape_kernels.ensemble_metrics);
 - `ensembles_by_size`: accuracy, NLL, ECE and Brier score for every size 1..K of every method;
 - `soups`: each method's uniform weight average with BN recomputed;
 - `member_lines`: each member's distances to the fine-tuned model and (backbone only, the head is
@@ -27,7 +27,6 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from kernels import ensemble_metrics
 from landscape.analyses import grids as analyses
 from landscape.analyses.align import align_all
 from landscape.analyses.connect import connect as connect_curve
@@ -41,6 +40,7 @@ from landscape.geometry.directions import plane_through
 from landscape.geometry.planes import project_snapshots
 from landscape.geometry.ranges import line_alphas
 from landscape.store.store import Store
+from landscape_kernels import ensemble_metrics
 
 from .models import backbone_vector, load_backbone, seeded_build
 from .records import read_logits

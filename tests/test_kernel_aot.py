@@ -6,7 +6,7 @@ kernel down to a cubin with ``triton.compile(ASTSource(...), target=GPUTarget("c
 for every autotuning configuration and operand mode, and the ensemble kernel for the launches its
 public op makes (recorded in the interpreter, so this test follows that kernel's signature as it
 changes), and fails on any compile error, on shared memory beyond the architecture's limit, or on
-a kernel in kernels/ that no job compiles. Register use and
+a kernel in landscape_kernels/ that no job compiles. Register use and
 spills (from Triton's bundled ``ptxas -v``) are printed: ``pytest -s tests/test_kernel_aot.py``.
 
 Compilation runs in a subprocess without TRITON_INTERPRET: with the interpreter on (conftest sets
@@ -34,7 +34,7 @@ SHARED_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
 def _jobs(archs: tuple[int, ...], quick: bool, recorded: list[dict]) -> list[dict]:
     """One dict per (kernel, configuration, operand mode, arch): picklable, no triton objects.
     `values` holds constexpr values (and, for recorded launches, the scalar arguments too)."""
-    from kernels import launch
+    from landscape_kernels import launch
 
     def with_interpreter(configs):  # the interpreter's tiles may also be a GPU configuration
         return list(dict.fromkeys(list(configs) + [launch.INTERPRETER_GEMM]))
@@ -58,11 +58,11 @@ def _jobs(archs: tuple[int, ...], quick: bool, recorded: list[dict]) -> list[dic
 
     for cfg in pointwise:
         for dt in ("fp32", "bf16"):
-            add("kernels.interp_weights", "_interpolate_kernel", f"P{cfg.block_p} w{cfg.num_warps} {dt}",
+            add("landscape_kernels.interp_weights", "_interpolate_kernel", f"P{cfg.block_p} w{cfg.num_warps} {dt}",
                 {"c_ptr": "*fp32"}, f"*{dt}", cfg.meta(), cfg.num_warps, 1)
     for cfg in linear:
         for dot, dt in modes:
-            add("kernels.interp_linear", "_linear_kernel", f"{tiles(cfg)} {dot}/{dt}", {"c_ptr": "*fp32"}, f"*{dt}",
+            add("landscape_kernels.interp_linear", "_linear_kernel", f"{tiles(cfg)} {dot}/{dt}", {"c_ptr": "*fp32"}, f"*{dt}",
                 dict(HAS_B0=True, HAS_DB=True, DOT=dot, **cfg.meta()), cfg.num_warps, cfg.num_stages)
     geometries = [dict(KH=3, KW=3, SH=1, SW=1, PH=1, PW=1, DH=1, DW=1)]
     extra_geometries = [dict(KH=1, KW=1, SH=2, SW=2, PH=0, PW=0, DH=1, DW=1),  # ResNet downsample
@@ -70,7 +70,7 @@ def _jobs(archs: tuple[int, ...], quick: bool, recorded: list[dict]) -> list[dic
     for cfg in conv:
         for dot, dt in modes:
             for geo in geometries + (extra_geometries if dot == "ieee" and not quick else []):
-                add("kernels.interp_conv2d", "_conv2d_kernel", f"{tiles(cfg)} {dot}/{dt} k{geo['KH']}s{geo['SH']}",
+                add("landscape_kernels.interp_conv2d", "_conv2d_kernel", f"{tiles(cfg)} {dot}/{dt} k{geo['KH']}s{geo['SH']}",
                     {"c_ptr": "*fp32"}, f"*{dt}", dict(HAS_B0=True, HAS_DB=True, DOT=dot, **cfg.meta(), **geo),
                     cfg.num_warps, cfg.num_stages)
     for rec in recorded:  # launches recorded in the interpreter (the ensemble kernel)
@@ -163,13 +163,13 @@ _LAUNCH_OPTIONS = ("num_warps", "num_stages", "num_ctas", "maxnreg")
 
 
 def record_ensemble_launches(quick: bool = False) -> list[dict]:
-    """Launches of kernels/ensemble.py's kernel as its public op makes them, recorded in the
+    """Launches of landscape_kernels/ensemble.py's kernel as its public op makes them, recorded in the
     interpreter without running the kernel: tensor dtypes, scalars, constexprs, warps. Recording
     (rather than restating the kernel's signature here) keeps this test right while that kernel
     changes. Needs TRITON_INTERPRET=1."""
     import torch
 
-    from kernels import ensemble as em
+    from landscape_kernels import ensemble as em
 
     kernel = em._ensemble_metrics_kernel
     seen: dict[str, dict] = {}
@@ -182,7 +182,7 @@ def record_ensemble_launches(quick: bool = False) -> list[dict]:
         for n, v in values.items():
             if not isinstance(v, (bool, int, float, str)):
                 raise TypeError(f"cannot record argument {n}={v!r}")
-        rec = dict(module="kernels.ensemble", kernel=kernel.__name__,
+        rec = dict(module="landscape_kernels.ensemble", kernel=kernel.__name__,
                    label=f"C={case['C']} {case['dtype']}", ptr=ptr, values=values,
                    num_warps=kwargs.get("num_warps", 4), num_stages=kwargs.get("num_stages", 3))
         seen.setdefault(json.dumps([ptr, {n: v for n, v in values.items() if n.isupper()},
@@ -234,21 +234,21 @@ def test_every_kernel_compiles_for_sm80_and_sm90(tmp_path) -> None:
     over = [r for r in results if r["shared"] > SHARED_LIMIT[r["arch"]]]
     assert not over, "shared memory over the limit: " + ", ".join(
         f"{r['kernel']} [{r['label']}] sm_{r['arch']}: {r['shared']} B" for r in over)
-    assert {r["kernel"] for r in results} == discover_kernels(), "a kernel in kernels/ is not compiled here"
+    assert {r["kernel"] for r in results} == discover_kernels(), "a kernel in landscape_kernels/ is not compiled here"
     assert {r["arch"] for r in results} == set(ARCHS)
 
 
 def discover_kernels() -> set[str]:
-    """Names of the Triton kernels (jit functions that read a program id) in kernels/*.py."""
+    """Names of the Triton kernels (jit functions that read a program id) in landscape_kernels/*.py."""
     import importlib
     import inspect
     import pkgutil
 
-    import kernels
+    import landscape_kernels as kernels
 
     found = set()
     for info in pkgutil.iter_modules(kernels.__path__):
-        mod = importlib.import_module(f"kernels.{info.name}")
+        mod = importlib.import_module(f"landscape_kernels.{info.name}")
         for name, obj in vars(mod).items():
             fn = getattr(obj, "fn", None)
             if (type(obj).__name__ in ("JITFunction", "InterpretedFunction") and inspect.isfunction(fn)
@@ -258,7 +258,7 @@ def discover_kernels() -> set[str]:
 
 
 def test_every_kernel_is_covered() -> None:
-    """A new kernel in kernels/ must be added to the compile jobs above."""
+    """A new kernel in landscape_kernels/ must be added to the compile jobs above."""
     import pytest
 
     pytest.importorskip("triton")
@@ -268,7 +268,7 @@ def test_every_kernel_is_covered() -> None:
 
 def _interpreted_kernels_cannot_compile() -> bool:
     """Why the subprocess: under TRITON_INTERPRET=1 the kernels are not JITFunctions."""
-    from kernels import interp_linear
+    from landscape_kernels import interp_linear
 
     return type(interp_linear._linear_kernel).__name__ == "InterpretedFunction"
 

@@ -17,10 +17,15 @@ import pytest
 import torch
 from scipy.special import log_softmax, logsumexp, softmax
 
-from kernels.ensemble import EnsembleMetrics, ensemble_metrics, ensemble_metrics_orders, ensemble_metrics_reference
+from landscape_kernels.ensemble import (
+    EnsembleMetrics,
+    ensemble_metrics,
+    ensemble_metrics_orders,
+    ensemble_metrics_reference,
+)
 
 # The package exports the function under the module's name, so fetch the module itself.
-em = importlib.import_module("kernels.ensemble")
+em = importlib.import_module("landscape_kernels.ensemble")
 
 IMPLS = ["torch", "triton"]
 FLOAT_FIELDS = ["nll", "conf", "brier", "ece", "bin_conf_sum", "member_nll", "kl", "cal_nll"]

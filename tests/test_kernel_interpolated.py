@@ -19,8 +19,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import kernels
-from kernels import (
+import landscape_kernels as kernels
+from landscape_kernels import (
     dispatch,
     interp_conv2d,
     interp_linear,

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from test_kernel_interpolated import DEVICE, F64, TOL, assert_within, params, rand, reference, tolerance
 
-from kernels import (
+from landscape_kernels import (
     dispatch,
     interp_conv2d,
     interp_linear,
@@ -29,7 +29,7 @@ from kernels import (
     interpolated_linear,
     launch,
 )
-from kernels.launch import GemmConfig, PointwiseConfig
+from landscape_kernels.launch import GemmConfig, PointwiseConfig
 
 SMALL = GemmConfig(16, 16, 16, group_m=2, num_warps=1, num_stages=1)  # short groups, many programs
 
@@ -228,7 +228,7 @@ def test_interpolate_op_takes_a_config() -> None:
 def test_rows_split_so_offsets_stay_int32(monkeypatch: pytest.MonkeyPatch) -> None:
     """Offsets within one point are int32: launchers split the rows (images) when a point's
     input or output would span more. A small limit forces the split here."""
-    from kernels import common
+    from landscape_kernels import common
 
     monkeypatch.setattr(common, "INT32_SPAN", 2000)
     assert common.rows_per_launch(100, [(30, 29), (20, 19)]) == 66

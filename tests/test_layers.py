@@ -15,21 +15,21 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ALLOWED = {
     "landscape.core": set(),
     "landscape.geometry": {"landscape.core"},
-    "landscape.evaluate": {"landscape.core", "landscape.geometry", "kernels"},
+    "landscape.evaluate": {"landscape.core", "landscape.geometry", "landscape_kernels"},
     "landscape.store": {"landscape.core"},
-    "landscape.analyses": {"landscape.core", "landscape.geometry", "landscape.evaluate", "landscape.store", "kernels"},
+    "landscape.analyses": {"landscape.core", "landscape.geometry", "landscape.evaluate", "landscape.store", "landscape_kernels"},
     "landscape": {"landscape.core", "landscape.geometry", "landscape.evaluate", "landscape.store",
-                  "landscape.analyses", "kernels"},
-    "kernels": set(),
+                  "landscape.analyses", "landscape_kernels"},
+    "landscape_kernels": set(),
     "experiments": {"landscape", "landscape.core", "landscape.geometry", "landscape.evaluate", "landscape.store",
-                    "landscape.analyses", "kernels"},
+                    "landscape.analyses", "landscape_kernels"},
 }
 
 
 def layer_of(module: str) -> str | None:
     """The layer a dotted module name belongs to (None: not one of ours)."""
     parts = module.split(".")
-    if parts[0] in ("kernels", "experiments"):
+    if parts[0] in ("landscape_kernels", "experiments"):
         return parts[0]
     if parts[0] != "landscape":
         return None
@@ -67,7 +67,7 @@ def imports(path: str, as_if: str) -> list[tuple[int, str]]:
 
 def sources() -> list[str]:
     files = []
-    for top in ("landscape", "kernels", "experiments"):
+    for top in ("landscape", "landscape_kernels", "experiments"):
         for dirpath, _, names in os.walk(os.path.join(ROOT, top)):
             files += [os.path.join(dirpath, n) for n in names if n.endswith(".py")]
     return sorted(files)
@@ -101,7 +101,7 @@ def test_every_layer_says_what_it_may_import() -> None:
     ("landscape/core/params.py", "from landscape.store.store import Store"),
     ("landscape/geometry/lines.py", "from ..evaluate.engine import Evaluator"),
     ("landscape/store/grid.py", "    from landscape.analyses import grids"),
-    ("kernels/launch.py", "import landscape"),
+    ("landscape_kernels/launch.py", "import landscape"),
     ("landscape/api.py", "import experiments.cli"),
 ])
 def test_an_upward_import_is_caught(tmp_path, source, target) -> None:

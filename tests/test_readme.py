@@ -27,6 +27,11 @@ def ran(tmp_path_factory):
     script = blocks("bash", "## Command line")[0]
     proc = subprocess.run(["bash", "-euc", script], cwd=work, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # the alignment examples, with the variables the first block set
+    variables = "\n".join(ln for ln in script.splitlines() if re.match(r"^[A-Z]+=", ln))
+    align = variables + "\n" + blocks("bash", "### Aligning hidden units")[0]
+    proc = subprocess.run(["bash", "-euc", align], cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     return work
 
 
@@ -42,6 +47,9 @@ def test_command_line_examples(ran):
         assert st.read_attrs("curves", "interpolate")["bn_mode"] == "recompute"
     for f in ("runs/plane.png", "runs/plane_goldstein.h5", "runs/plane.vtp"):
         assert (ran / f).stat().st_size > 0
+    with Store(str(ran / "runs/analysis"), "r") as st:  # the alignment examples
+        assert st.read_snapshot("ft1-to-ft0").meta["align_method"] == "weight"
+        assert st.read_attrs("barriers", "aligned")["config"]["align"] == "weight"
 
 
 def test_python_examples(ran, monkeypatch):

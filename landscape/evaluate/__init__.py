@@ -4,6 +4,6 @@ The evaluation engine (`engine`: one loop for every grid, with its data and BN i
 batched K-points path through the fused kernels (`batched`), ensemble metrics (`ensembles`) and
 Hessian spectra (`hessian`: the Hessian-vector operator, Lanczos, trace, density).
 
-May import: `landscape.core`, `landscape.geometry`, `kernels` and this folder (never store,
+May import: `landscape.core`, `landscape.geometry`, `landscape_kernels` and this folder (never store,
 analyses or the interface).
 """

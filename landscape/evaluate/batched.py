@@ -2,7 +2,7 @@
 
 The model is traced with torch.fx. Activations of K points travel merged along the batch
 dimension ([K·N, ...]); every Conv2d and Linear runs through the interpolated-weight kernels
-(`kernels.interpolated_conv2d` / `interpolated_linear`: on CUDA the weight tiles
+(`landscape_kernels.interpolated_conv2d` / `interpolated_linear`: on CUDA the weight tiles
 W0 + Σ c_kj·D_j are formed in the matmul's load stage, never stored), and the first such layer,
 whose input is the same at every point, costs d+1 products whatever K is. BatchNorm applies each
 point's own scale and shift; in `recompute` mode the statistics of each point are re-estimated
@@ -22,10 +22,10 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
-from kernels import interpolated_conv2d, interpolated_linear
-from kernels.launch import check_precision
 from landscape.core.family import AffineFamily
 from landscape.core.params import ParamLayout
+from landscape_kernels import interpolated_conv2d, interpolated_linear
+from landscape_kernels.launch import check_precision
 
 _BN = nn.modules.batchnorm._BatchNorm
 _SUPPORTED = (nn.Conv2d, nn.Linear, _BN)
@@ -54,7 +54,7 @@ class BatchedForward:
     """Runs a traced model at K points of an AffineFamily in one pass.
 
     `precision` ("exact" | "tf32" | "bf16") is the matmul precision of every Conv2d and Linear
-    (kernels/launch.py: exact fp32 products by default; tf32 and bf16 use tensor cores on a GPU,
+    (landscape_kernels/launch.py: exact fp32 products by default; tf32 and bf16 use tensor cores on a GPU,
     and the CPU path rounds the same operands the same way).
     """
 

@@ -21,7 +21,6 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from kernels import PRECISIONS, precision_from_torch_flags
 from landscape.core.allocator import tune_allocator
 from landscape.core.bn import BN_MODES, FoldedEval, bn_modules, recompute_bn
 from landscape.core.checkpoints import Snapshot
@@ -31,6 +30,7 @@ from landscape.core.family import AffineFamily
 from landscape.core.losses import LossFn, default_loss
 from landscape.core.params import ParamLayout, set_buffers, vector_to_model
 from landscape.core.validate import positive_int
+from landscape_kernels import PRECISIONS, precision_from_torch_flags
 
 from .batched import BatchedForward, batched_metrics
 

@@ -3,7 +3,7 @@
 Forward passes stream the data once: each batch goes through every member before the next
 batch, so memory holds one batch of logits per member (unless predictions are kept). Every
 metric, for every size and every member order (the given one and `orders` random ones), comes
-from one call of the fused op `kernels.ensemble.ensemble_metrics_orders` per batch: accuracy,
+from one call of the fused op `landscape_kernels.ensemble.ensemble_metrics_orders` per batch: accuracy,
 NLL, ECE, Brier, pairwise disagreement, mean KL of the members from the ensemble, and the
 temperature-scaled NLL (Ashukha et al. 2020) with temperatures fitted on validation data for
 each order and size (`fit_temperatures`).
@@ -19,10 +19,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from kernels.ensemble import EnsembleMetrics, ensemble_metrics_orders
 from landscape.core.bn import FoldedEval
 from landscape.core.checkpoints import Snapshot
 from landscape.core.errors import LandscapeError
+from landscape_kernels.ensemble import EnsembleMetrics, ensemble_metrics_orders
 
 ROW_KEYS = ("size", "acc", "nll", "ece", "brier", "conf", "member_acc", "disagreement", "kl", "cal_nll",
             "temperature")

@@ -1,6 +1,6 @@
 """One rule for every op: run the Triton kernel (CUDA path) or the torch path (CPU path).
 
-    from kernels.dispatch import use_triton
+    from landscape_kernels.dispatch import use_triton
     if use_triton(x, w, impl=impl):          # impl: None | "auto" | "torch" | "triton"
         ...launch the kernel...
     else:

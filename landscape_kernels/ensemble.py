@@ -884,7 +884,7 @@ def _metrics_triton(
 
 
 def _use_triton(logits: torch.Tensor, impl: str | None) -> bool:
-    """Device dispatch (kernels.dispatch.use_triton): CUDA fp16/bf16/fp32 -> Triton kernel; CPU,
+    """Device dispatch (landscape_kernels.dispatch.use_triton): CUDA fp16/bf16/fp32 -> Triton kernel; CPU,
     and fp64 anywhere (kept exact) -> torch. A forced Triton run that the kernel cannot take
     raises instead of falling back."""
     if not use_triton(logits, impl=impl):
@@ -916,7 +916,7 @@ def ensemble_metrics_orders(
     result k belongs to orders[k], its member quantities indexed by position in that order.
     temperatures: None, or positive [P, M] (order k, size m) or [M] (every order) temperatures:
     then each result's ``cal_nll`` is the NLL of softmax(log p̄_m / T).
-    impl: None or "auto" picks by device through ``kernels.dispatch.use_triton`` (CUDA
+    impl: None or "auto" picks by device through ``landscape_kernels.dispatch.use_triton`` (CUDA
     fp16/bf16/fp32 -> Triton kernel; CPU, and fp64 anywhere -> vectorised torch in the input's
     precision; the KERNELS_IMPL environment variable overrides); "reference", "torch" or
     "triton" force a path ("triton" on CPU tensors needs TRITON_INTERPRET=1, and raises

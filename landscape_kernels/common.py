@@ -48,7 +48,7 @@ def check_bias(b0: torch.Tensor | None, db: torch.Tensor | None, d: int, out: in
 
 def rounded(t: torch.Tensor, precision: str, in_dtype: torch.dtype, cdt: torch.dtype) -> torch.Tensor:
     """`t` in the compute dtype after the rounding the kernels apply to matmul operands
-    (kernels/launch.py): round to nearest in the operand dtype, then back to `cdt`."""
+    (landscape_kernels/launch.py): round to nearest in the operand dtype, then back to `cdt`."""
     op = operand_dtype(precision, in_dtype)
     if op is not None:
         t = t.to(op)
