@@ -108,6 +108,15 @@ def test_trained_curve_has_a_lower_barrier_than_the_line(two_solutions, curve):
     assert res["train_loss"][3] == pytest.approx(
         ev.evaluate(curve_point(curve, a.params, theta, b.params, float(t)))["train_loss"], rel=1e-12)
     assert len(res["history"]) == 30 and res["history"][-1] < res["history"][0]
+    assert res["warnings"] == []  # trained: its barrier is below the line's
+
+
+def test_an_undertrained_curve_is_said_to_be_so(two_solutions):
+    """A Bezier curve starts as the straight line (its control point at the midpoint): with a
+    learning rate too small to move it, its barrier equals the line's, and the result says so."""
+    x, y, xt, yt, a, b = two_solutions
+    res = connect(_evaluator(x, y, xt, yt), a, b, curve="bezier", num=5, epochs=1, lr=1e-9, train_batch_size=64)
+    assert len(res["warnings"]) == 1 and "raise --epochs" in res["warnings"][0]
 
 
 def test_training_is_deterministic_and_moves_the_control_point(two_solutions):

@@ -134,7 +134,7 @@ def connect(evaluator: Evaluator, a: Snapshot, b: Snapshot, *, curve: str = "bez
     grid.finish(derived={"history": np.asarray(history, dtype=np.float64)},
                 attrs={"barriers": barriers, "line_barriers": line_barriers})
     done, nonfinite = grid.done_mask(), grid.nonfinite()
-    return {"kind": "connection", "name": name, "curve": curve, "a": a.name, "b": b.name,
+    return {"kind": "connection", "warnings": undertrained(barriers, line_barriers, epochs), "name": name, "curve": curve, "a": a.name, "b": b.name,
             "bn_mode": evaluator.bn_mode, "alphas": ts, **{m: data[m].copy() for m in grid.metrics},
             "barriers": barriers, "line_barriers": line_barriers, "history": history,
             "bend": bend_name if store is not None else None, "control_point": bend,
@@ -172,3 +172,17 @@ def _training_progress(store: Store | None, bend_name: str, config: Mapping[str,
 
 def _flag_nonfinite(values: Mapping[str, list[float]]) -> dict[str, np.ndarray]:
     return flag_nonfinite({k: np.asarray(v, dtype=np.float64) for k, v in values.items()})
+
+
+def undertrained(barriers: Mapping[str, Any], line_barriers: Mapping[str, Any], epochs: int) -> list[str]:
+    """A trained curve whose train-loss barrier is not below the straight line's has not found a
+    better path yet (too few epochs, or too large a learning rate): said, never silent."""
+    key = "train_loss" if "train_loss" in barriers else next(iter(barriers), None)
+    if key is None:
+        return []
+    curve, line = barriers[key]["barrier"], line_barriers[key]["barrier"]
+    if not (curve < line - 1e-3 * max(1.0, abs(line)) or (line <= 1e-3 and curve <= 1e-3)):  # clearly below
+        return [f"the trained curve's {key.replace('_', '-')} barrier ({curve:.4g}) is not below the straight "
+                f"line's ({line:.4g}) after {epochs} epochs: the curve is not trained enough; raise --epochs "
+                "(or lower --lr)"]
+    return []
