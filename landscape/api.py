@@ -52,7 +52,6 @@ from landscape.geometry.directions import (
 )
 from landscape.geometry.planes import project_snapshots, through_buffer_directions
 from landscape.geometry.ranges import alpha_range, line_alphas, parse_range
-from landscape.store.outputs import check_output_file
 from landscape.store.refs import SnapshotRef, head_classes, load_snapshot, stored_predictions
 from landscape.store.store import Store
 
@@ -401,58 +400,31 @@ def _default_range(coords: np.ndarray, num: int = 11) -> np.ndarray:
 
 
 def info(path: str) -> dict[str, Any]:
-    """What a store holds: per kind and name, dataset shapes and key attributes."""
+    """What a store holds: per kind and name, dataset shapes, key attributes and `values`, what
+    each finished result found (barriers, eigenvalues, ensemble accuracy by size, a plane's
+    lowest and highest loss, a PCA's explained variance)."""
+    from . import view
+
     with Store(path, mode="r") as store:
-        return to_jsonable(store.describe())
+        listing = to_jsonable(store.describe())
+    for kind, named in view.store_key_values(path, listing).items():
+        for name, values in named.items():
+            if values:
+                listing[kind][name]["values"] = values
+    for name, entry in (listing.get("directions") or {}).items():
+        ratio = entry["attrs"].get("explained_variance_ratio")
+        if isinstance(ratio, list):  # PCA directions
+            entry["values"] = {"explained_variance_ratio": ratio}
+    return listing
 
 
-def plot(path: str, name: str, *, out: str | None = None, metric: str | None = None, style: str = "contour",
-         log: bool = False) -> dict[str, Any]:
-    """Draw a stored curve, surface, barrier matrix or ensemble to PNG/PDF."""
+def plot(path: str, name: str, *, out: str | None = None, kind: str | None = None, metric: str | None = None,
+         style: str = "contour", log: bool = False) -> dict[str, Any]:
+    """Draw a stored result (a curve, surface, barrier matrix, ensemble, Hessian or connection) to
+    PNG/PDF/SVG; `kind` picks one where several kinds hold `name`."""
     from . import plots  # matplotlib only when drawing: it adds to every command's start-up
 
-    # beside the store folder, not inside it: the store holds only its own objects
-    out = check_output_file(out or os.path.join(os.path.dirname(os.path.abspath(path)), f"{name}.png"), "--output")
-    with Store(path, mode="r") as store:
-        kind = next((k for k in ("surfaces", "curves", "barriers", "ensembles") if store.has(k, name)), None)
-        unfinished = next((k for k in ("surfaces", "curves", "barriers") if name in store.unfinished(k)), None)
-        if kind is None and unfinished is not None:
-            raise LandscapeError(f"{unfinished[:-1]} {name!r} in store {path!r} is not finished: rerun the command "
-                                 "that computes it (it resumes), then plot it")
-        if kind is None:
-            raise LandscapeError(f"store {path!r} has no curve, surface, barrier matrix or ensemble named {name!r}")
-        obj = store.read(kind, name, skip=("predictions", "labels"))
-        data, attrs = obj.arrays, obj.attrs
-    title = f"{name} (BN {attrs['bn_mode']})" if "bn_mode" in attrs else name
-    available = [k for k, v in data.items() if np.ndim(v) >= 1 and k.endswith(
-        ("_loss", "_acc", "_barrier") if kind != "ensembles" else ("acc", "nll", "ece", "brier", "kl",
-                                                                  "disagreement", "member_acc"))]
-    if metric is not None and metric not in available:
-        raise LandscapeError(f"{kind[:-1]} {name!r} has no metric {metric!r}: choose {', '.join(sorted(available))}")
-    if kind != "surfaces" and style != "contour":
-        raise LandscapeError(f"--style {style} is for surfaces; {name!r} is a {kind[:-1]}")
-    if kind == "curves":
-        if metric is not None:
-            raise LandscapeError("a curve is drawn with all its metrics: leave out --metric")
-        plots.plot_curve(data["alphas"], data, out, title, log=log)
-    elif kind == "surfaces":
-        metric = metric or next(m for m in ("test_loss", "train_loss") if m in data)
-        markers = []
-        if "projection_names" in data:
-            markers = [(os.path.basename(n.decode() if isinstance(n, bytes) else str(n)), float(c[0]), float(c[1]),
-                        float(d)) for n, c, d in zip(data["projection_names"], data["projection_coords"],
-                                                     data["projection_distances"])]
-        plots.plot_plane(data["xcoordinates"], data["ycoordinates"], data[metric], out, style, log, title,
-                         markers, metric, unit=attrs.get("unit", ""),
-                         equal_aspect=attrs.get("coords") != "relative")
-    elif kind == "barriers":
-        metric = metric or next(m for m in ("test_loss_barrier", "train_loss_barrier") if m in data)
-        names = [os.path.basename(n.decode() if isinstance(n, bytes) else str(n)) for n in data["names"]]
-        plots.plot_matrix(names, data[metric], out, title, metric)
-    else:
-        metric = metric or "nll"
-        plots.plot_by_size({name: data[metric]}, out, metric, title)
-    return {"kind": kind[:-1], "name": name, "figure": out}
+    return plots.plot_result(path, name, out=out, kind=kind, metric=metric, style=style, log=log)
 
 
 @distributed.collective
@@ -721,8 +693,8 @@ def connect(a: SnapshotRef, b: SnapshotRef, *, model: str | nn.Module | None = N
             seed: int = 0, bn: str = "auto", out: str | None = None, name: str = "connect",
             overwrite: bool = False, device: str = "auto", num_classes: int | None = None,
             batch_size: int | None = None, bn_samples: int = 2000, quiet: bool = True,
-            loss_fn: LossFn | str | None = None, chunk: int | None = None, precision: str = "exact", ignore_keys: Sequence[str] = ()
-            ) -> dict[str, Any]:
+            loss_fn: LossFn | str | None = None, chunk: int | None = None, precision: str = "exact",
+            ignore_keys: Sequence[str] = ()) -> dict[str, Any]:
     """Train a Bezier or polygonal-chain curve from A to B (Garipov et al.) and evaluate it and the
     straight line at `num` values of t with BN recomputed at each point; JSON with both barriers
     (`barriers` along the curve, `line_barriers` along the line) and both metric curves."""

@@ -14,7 +14,7 @@ import threading
 from importlib.metadata import entry_points
 from typing import Any, Callable, Sequence
 
-from kernels import PRECISIONS
+from landscape.analyses.align import METHODS as ALIGN_METHODS
 from landscape.core import distributed
 from landscape.core.bn import BN_MODES
 from landscape.core.errors import LandscapeError
@@ -24,14 +24,16 @@ from landscape.exports import FORMATS, export
 from landscape.geometry.curves import CURVES, OPTIMIZERS
 from landscape.geometry.directions import NORMALIZATIONS
 from landscape.store.store import KINDS, package_versions
+from landscape_kernels import PRECISIONS
 
-from . import api
+from . import api, view
 
 
 def _prefixes(text: str) -> list[str]:
     parts = [t.strip() for t in text.split(",")]
     if not all(parts):
-        raise argparse.ArgumentTypeError(f"empty prefix in {text!r}: give PREFIX[,PREFIX...], e.g. projector.,predictor.")
+        raise argparse.ArgumentTypeError(f"empty prefix in {text!r}: give PREFIX[,PREFIX...], "
+                                         "e.g. projector.,predictor.")
     return parts
 
 
@@ -56,14 +58,18 @@ def _listed_skipped(skipped: dict[str, list[str]], shown: int = 6) -> str:
     return "\n".join(lines)
 
 
+MODEL_HELP = ("built-in name (small_cnn, tiny_cnn, mlp, vit; small_cnn:width=N, vit:patch=4,dim=64,depth=2,"
+              "heads=2), torchvision:NAME or package.module:factory")
+DATA_FORMS = ("tensors:PATH, cifar10:ROOT, cifar100:ROOT, imagefolder:ROOT, dataset:package.module:factory[:split] "
+              "(your own map-style Dataset) or synthetic[:k=v,...]")
+
+
 def add_common(p: argparse.ArgumentParser, evaluation: bool = True) -> None:
     """Options every analysis command shares."""
     if evaluation:
-        p.add_argument("--model", required=True, help="built-in name (small_cnn, tiny_cnn, mlp), "
-                       "torchvision:NAME or package.module:factory")
+        p.add_argument("--model", required=True, help=MODEL_HELP)
         p.add_argument("--num-classes", type=int, default=None, help="classes of the model's head")
-        p.add_argument("--data", default=None, help="training data: tensors:PATH, cifar10:ROOT, cifar100:ROOT, "
-                       "imagefolder:ROOT or synthetic[:k=v,...]")
+        p.add_argument("--data", default=None, help=f"training data: {DATA_FORMS}")
         p.add_argument("--test-data", default=None, help="test data, same forms as --data")
         p.add_argument("--bn", choices=("auto", *BN_MODES), default="auto",
                        help="BatchNorm statistics at each point: recompute them on --data, keep the snapshots' "
@@ -114,7 +120,7 @@ def _diverged(res: dict) -> str:
 
 def cmd_interpolate(args: argparse.Namespace) -> tuple[dict, str]:
     res = api.interpolate(args.a, args.b, num=args.num, alpha_range=args.alpha_range, name=args.name,
-                          **_eval_kwargs(args))
+                          align=args.align, **_eval_kwargs(args))
     lines = [f"line {res['a']} -> {res['b']} ({len(res['alphas'])} points, BN {res['bn_mode']}){_diverged(res)}",
              _fmt_barriers(res["barriers"])]
     return res, "\n".join(lines)
@@ -122,7 +128,7 @@ def cmd_interpolate(args: argparse.Namespace) -> tuple[dict, str]:
 
 def cmd_barriers(args: argparse.Namespace) -> tuple[dict, str]:
     res = api.barriers(args.snapshots, num=args.num, alpha_range=args.alpha_range, name=args.name,
-                       **_eval_kwargs(args))
+                       align=args.align, **_eval_kwargs(args))
     names = res["snapshots"]
     lines = [f"barriers between {len(names)} snapshots (BN {res['bn_mode']}){_diverged(res)}"]
     for key in [k for k in res if k.endswith("_barrier")]:
@@ -136,7 +142,7 @@ def cmd_plane(args: argparse.Namespace) -> tuple[dict, str]:
     res = api.plane(args.center, through=args.through, random=args.random, pca=args.pca, seed=args.seed,
                     ignore_bias_bn=not args.include_bias_bn, x=args.x, y=args.y, project_onto=args.project or (),
                     coords=args.coords, hessian_directions=args.hessian_directions,
-                    normalization=args.normalization,
+                    normalization=args.normalization, align=args.align,
                     name=args.name, **_eval_kwargs(args))
     key = next(k for k in ("test_loss", "train_loss") if k in res)
     vals = [v for row in res[key] for v in row if isinstance(v, (int, float))]
@@ -156,8 +162,8 @@ def cmd_ensemble(args: argparse.Namespace) -> tuple[dict, str]:
     rows = res["rows"]
     keys = [k for k in ("acc", "nll", "ece", "brier", "member_acc", "disagreement", "kl", "cal_nll") if k in rows[0]]
     lines = [f"members ({len(res['members'])}):"]
-    lines += [f"  [{i}] {n}: acc {_fmt_number(a, '.4f')}, nll {_fmt_number(l, '.4f')}"
-              for i, (n, a, l) in enumerate(zip(res["members"], res["member_accuracies"], res["member_nlls"]))]
+    lines += [f"  [{i}] {n}: acc {_fmt_number(a, '.4f')}, nll {_fmt_number(nll, '.4f')}"
+              for i, (n, a, nll) in enumerate(zip(res["members"], res["member_accuracies"], res["member_nlls"]))]
     lines.append("size " + "".join(f"{k:>13}" for k in keys))
     lines += [f"{r['size']:>4} " + "".join(f"{_fmt_number(r[k], '.4f'):>13}" for k in keys) for r in rows]
     for key, values in (res.get("orders_mean") or {}).items():
@@ -170,8 +176,15 @@ def cmd_ensemble(args: argparse.Namespace) -> tuple[dict, str]:
 
 
 def cmd_plot(args: argparse.Namespace) -> tuple[dict, str]:
-    res = api.plot(args.file, args.name, out=args.output, metric=args.metric, style=args.style, log=args.log)
+    res = api.plot(args.file, args.name, out=args.output, kind=args.kind, metric=args.metric, style=args.style,
+                   log=args.log)
     return res, f"wrote {res['figure']}"
+
+
+def cmd_view(args: argparse.Namespace) -> tuple[dict, str]:
+    res = view.view_page(args.file, args.names or None, out=args.output)
+    skipped = "".join(f"\nleft out: {s}" for s in res["skipped"])
+    return res, f"wrote {res['file']} ({len(res['results'])} results){skipped}"
 
 
 def cmd_export(args: argparse.Namespace) -> tuple[dict, str]:
@@ -191,6 +204,13 @@ def cmd_info(args: argparse.Namespace) -> tuple[dict, str]:
             lines.append(f"  {kind[:-1] if kind.endswith('s') else kind:<10} {name}: {shapes}"
                          + (f"  [{shown}]" if shown else "")
                          + (f"  DAMAGED: {entry['damaged']}" if entry.get("damaged") else ""))
+            found = entry.get("values")  # what the result found, beside its shapes
+            if kind == "directions" and found:
+                lines.append(f"{'':13}explained variance " + ", ".join(
+                    f"{100 * v:.1f}%" if isinstance(v, (int, float)) else str(v)
+                    for v in found["explained_variance_ratio"]))
+            elif found and view.key_values_text(kind, found):
+                lines.append(f"{'':13}{view.key_values_text(kind, found)}")
     return res, "\n".join(lines)
 
 
@@ -200,7 +220,7 @@ EVAL_OPTS = "--model M --data tensors:train.pt --test-data tensors:test.pt"
 def command(sub, name: str, help: str, example: str, description: str | None = None) -> argparse.ArgumentParser:
     """A subcommand whose help shows every default and an example."""
     return sub.add_parser(name, help=help, description=description or help, epilog=f"example:\n  {example}",
-                          formatter_class=_HelpFormatter)
+                          formatter_class=_HelpFormatter, allow_abbrev=False)
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -213,11 +233,65 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
         return super()._get_help_string(action)
 
 
+def _add_align_option(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--align", choices=ALIGN_METHODS, default=None,
+                   help=f"{what} (Git Re-Basin): by weight matching, or by activation correlations on the data's "
+                   "first 2000 inputs; see `landscape align`")
+
+
+def cmd_align(args: argparse.Namespace) -> tuple[dict, str]:
+    res = api.align(args.a, args.b, model=args.model, data=args.data, test_data=args.test_data, method=args.method,
+                    samples=args.samples, seed=args.seed, max_iter=args.max_iter, out=args.out, name=args.name,
+                    overwrite=args.overwrite, device=args.device, num_classes=args.num_classes,
+                    batch_size=args.batch_size, quiet=args.quiet, ignore_keys=ignore_prefixes(args))
+    sizes = ", ".join(f"{g['name']} ({g['size']}{'' if g['block'] == 1 else ' heads'})" for g in res["groups"])
+    lines = [f"{res['source']} aligned to {res['aligned_to']} by {res['align_method']} matching: "
+             f"{res['moved_units']} units moved in {len(res['groups'])} groups",
+             f"  groups: {sizes}",
+             f"  distance to {res['aligned_to']}: {res['distance_before']:.4g} before, "
+             f"{res['distance_after']:.4g} after"]
+    if res.get("left_in_place"):
+        lines.append(f"  left in place (no layer whose outputs are their units): {', '.join(res['left_in_place'])}")
+    if res.get("snapshot"):
+        lines.append(f"  stored as {res['snapshot']}" + ("" if res["computed_now"] else " (already there)"))
+    return res, "\n".join(lines)
+
+
+def _add_align(subparsers: Any) -> None:
+    p = command(subparsers, "align", "permute B's hidden units to match A's (weight or activation matching)",
+                f"landscape align a.pt b.pt {EVAL_OPTS} --out study --name b-to-a",
+                description="Git Re-Basin (Ainsworth et al., 2023): the permutation of B's hidden units that "
+                "matches A's, found from the model's structure (traced with torch.fx: MLPs, CNNs with "
+                "BatchNorm/LayerNorm/GroupNorm, ResNets with their residual units tied, attention heads as "
+                "wholes). The aligned snapshot computes B's function; it is stored with the permutation and the "
+                "matching's objective, and `STORE:NAME` uses it like any snapshot.")
+    p.add_argument("a", help="the reference snapshot: a .pt checkpoint or STORE:NAME")
+    p.add_argument("b", help="the snapshot whose units are permuted")
+    p.add_argument("--method", choices=ALIGN_METHODS, default="weight",
+                   help="weight: alternating linear assignments on the weights; activation: correlations of the "
+                   "units' outputs on the data")
+    p.add_argument("--samples", type=int, default=2000, help="activation matching: inputs correlated on")
+    p.add_argument("--max-iter", type=int, default=100, help="weight matching: sweeps at most")
+    p.add_argument("--seed", type=int, default=0, help="weight matching: seed of the order of the layers")
+    p.add_argument("--name", default=None, help="name of the aligned snapshot (default B-to-A)")
+    p.add_argument("--model", required=True, help=MODEL_HELP)
+    p.add_argument("--num-classes", type=int, default=None, help="classes of the model's head")
+    p.add_argument("--data", default=None, help=f"inputs to trace the model with (and to correlate on): {DATA_FORMS}")
+    p.add_argument("--test-data", default=None, help="used instead of --data when that is not given")
+    p.add_argument("--batch-size", type=int, default=250, help="samples per forward pass")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    p.add_argument("--out", default=None, help="store folder to write the aligned snapshot to")
+    p.add_argument("--overwrite", action="store_true", help="replace an aligned snapshot of the same name")
+    add_ignore_keys(p)
+    add_common(p, evaluation=False)
+    p.set_defaults(func=cmd_align)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="landscape", description="Loss-landscape analysis for PyTorch models: "
                                      "lines, barriers, planes and ensembles of snapshots, stored in a resumable "
                                      "store.", epilog="run `landscape COMMAND --help` for a command's options "
-                                     "and an example", formatter_class=_HelpFormatter)
+                                     "and an example", formatter_class=_HelpFormatter, allow_abbrev=False)
     parser.add_argument("--version", action="version", version=f"landscape {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -230,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--alpha-range", default=None, metavar="MIN:MAX:NUM",
                    help="NUM points from MIN <= 0 to MAX >= 1 (0 and 1 always included)")
     p.add_argument("--name", default="interpolate", help="name of the result in the store")
+    _add_align_option(p, "B's hidden units permuted to match A's before the line is computed")
     add_common(p)
     p.set_defaults(func=cmd_interpolate)
 
@@ -241,6 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--alpha-range", default=None, metavar="MIN:MAX:NUM",
                    help="points per line from MIN <= 0 to MAX >= 1 (barriers use [0, 1])")
     p.add_argument("--name", default="barriers", help="name of the result in the store")
+    _add_align_option(p, "every snapshot's hidden units permuted to match the first's before")
     add_common(p)
     p.set_defaults(func=cmd_barriers)
 
@@ -267,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="through-planes: relative puts B at (1, 0) and C at (x, 1); distance uses weight-space "
                    "distances")
     p.add_argument("--name", default="plane", help="name of the result in the store")
+    _add_align_option(p, "with --through: B's and C's hidden units permuted to match CENTER's first")
     add_common(p)
     p.set_defaults(func=cmd_plane)
 
@@ -296,7 +373,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command(sub, "plot", "draw a stored result", "landscape plot study plane --style filled --log -o plane.png")
     p.add_argument("file", help="the store folder")
-    p.add_argument("name", help="the curve, surface, barrier matrix or ensemble to draw")
+    p.add_argument("name", help="the curve, surface, barrier matrix, ensemble, hessian or connection to draw (the "
+                   "hessians of several snapshots, NAME-0, NAME-1, ..., together as NAME)")
+    p.add_argument("--kind", choices=view.RESULT_KINDS, default=None,
+                   help="the kind of result, where several kinds hold one of that name")
     p.add_argument("--output", "-o", default=None, help="figure file (.png, .pdf, .svg; default NAME.png beside the "
                    "store)")
     p.add_argument("--metric", default=None, help="what to draw (default: test loss, else train loss; nll for "
@@ -327,7 +407,21 @@ def build_parser() -> argparse.ArgumentParser:
     add_common(p, evaluation=False)
     p.set_defaults(func=cmd_info)
 
+    p = command(sub, "view", "an interactive HTML page of stored results (opens offline)",
+                "landscape view study plane interpolate -o view.html",
+                description="Write one self-contained HTML page (plotly, its JavaScript inlined) of stored results: "
+                "each surface as a rotatable 3D surface and a contour with a menu of metrics, lines and barrier "
+                "matrices with their barriers, ensembles by size, Hessian spectra and connections.")
+    p.add_argument("file", help="the store folder")
+    p.add_argument("names", nargs="*", metavar="NAME", help="results to show (default: every finished result); "
+                   "KIND/NAME where several kinds hold a name")
+    p.add_argument("--output", "-o", default=None, help="the .html file to write (default: STORE.html beside the "
+                   "store folder; replaced whole if it exists)")
+    add_common(p, evaluation=False)
+    p.set_defaults(func=cmd_view)
+
     _add_curvature(sub)
+    _add_align(sub)
     for name, register in _plugins():
         try:
             register(sub)
@@ -407,6 +501,7 @@ def cmd_connect(args: argparse.Namespace) -> tuple[dict, str]:
         epochs = args.epochs - res.get("epochs_trained_now", args.epochs)
         resumed = f" (training resumed after epoch {epochs})" if 0 < epochs < args.epochs else ""
         lines.append(f"  control point stored as {res['bend']}{resumed}")
+    lines += [f"warning: {w}" for w in res.get("warnings", [])]
     return res, "\n".join(lines)
 
 
@@ -451,7 +546,7 @@ def _add_curvature(subparsers: Any) -> None:
 
 
 # commands rank 0 runs alone under torchrun (the others exit at once)
-RANK0_ALONE = (cmd_plot, cmd_export, cmd_info, cmd_hessian, cmd_connect)
+RANK0_ALONE = (cmd_plot, cmd_export, cmd_info, cmd_view, cmd_hessian, cmd_connect)
 
 
 def _version() -> str:
@@ -535,6 +630,9 @@ def _main(argv: Sequence[str] | None) -> int:
         skipped = result.get("ignored_keys") if isinstance(result, dict) else None
         if skipped:  # the checkpoint keys --ignore-keys skipped: listed, never silent
             text = f"{text}\n{_listed_skipped(skipped)}"
+        stripped = result.get("stripped_prefixes") if isinstance(result, dict) else None
+        for path, prefix in (stripped or {}).items():  # a wrapper's prefix taken off the keys: said, never silent
+            text = f"{text}\ncheckpoint {path}: keys read with the wrapper prefix {prefix!r} stripped"
     except LandscapeError as exc:
         print(f"landscape: error: {exc}", file=sys.stderr)
         return exc.exit_code

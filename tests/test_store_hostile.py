@@ -224,6 +224,18 @@ def test_a_folder_in_place_of_an_object_is_damaged_not_missing(work, capsys):
     _refused(["export", "s", "plane", "--format", "csv", "-o", str(work / "p.csv")], capsys, "damaged", "folder")
 
 
+def test_a_fifo_in_place_of_an_object_is_listed_as_damaged_not_waited_on(work):
+    """`info` opens every object: a FIFO would block the open forever (run with a timeout)."""
+    import subprocess
+
+    os.unlink(work / "s" / "surfaces" / "plane.h5")
+    os.mkfifo(work / "s" / "surfaces" / "plane.h5")
+    proc = subprocess.run([sys.executable, "-m", "landscape", "info", "s"], cwd=work, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "plane" in proc.stdout and "DAMAGED" in proc.stdout and "not a regular file" in proc.stdout
+
+
 # -- 7. exports of a malformed surface ---------------------------------------------------------------
 @pytest.mark.parametrize("damage, needle", [
     (lambda a: a.__setitem__("xcoordinates", a["xcoordinates"][:1]), "train_loss has shape"),

@@ -43,11 +43,13 @@ for a reader while a writer runs (each object read is complete, but the store ma
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import platform
 import re
 import socket
+import stat
 import sys
 import time
 import uuid
@@ -147,6 +149,10 @@ def check_name(name: str) -> str:
 
 
 def _open_h5(path: str, mode: str) -> h5py.File:
+    # A FIFO or device where an object file should be would block HDF5's open (a hang) or read
+    # from it: only regular files are opened.
+    if os.path.lexists(path) and not stat.S_ISREG(os.stat(path).st_mode):
+        raise OSError(errno.EINVAL, "not a regular file", path)
     # The store's own lock file excludes other writers; HDF5's locks fail on many network file systems.
     return h5py.File(path, mode, locking=False)
 
