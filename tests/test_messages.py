@@ -8,6 +8,7 @@ import json
 import os
 import sys
 
+import pytest
 import torch
 from test_command_options import problem  # noqa: F401 - the fixture: a user model, data, two checkpoints
 
@@ -85,3 +86,11 @@ def test_a_batchnorm_batch_of_one_sample_is_one_line_in_hessian_and_connect(tmp_
     _one_line(code, capsys.readouterr()[1], "recomputing BN statistics", "one value per channel", "--bn keep")
     code = cli.main(["connect", "b1.pt", "b2.pt", "--epochs", "1", *opts])
     _one_line(code, capsys.readouterr()[1], "training the curve", "one value per channel", "--batch-size")
+
+
+def test_options_are_never_abbreviated(problem, capsys):  # noqa: F811
+    """`--alpha 0.5` is not `--alpha-range` (argparse's prefix matching is off everywhere)."""
+    with pytest.raises(SystemExit) as stop:  # argparse's own usage error
+        cli.main(["interpolate", "m1.pt", "m2.pt", "--alpha", "0.5", *problem])
+    err = capsys.readouterr()[1]
+    assert stop.value.code == 2 and "unrecognized arguments: --alpha 0.5" in err, err
