@@ -45,7 +45,8 @@ def test_command_line_examples(ran):
         line = st.read("curves", "interpolate")
         assert line["alphas"].min() == -0.5 and line["alphas"].max() == 1.5
         assert st.read_attrs("curves", "interpolate")["bn_mode"] == "recompute"
-    for f in ("runs/plane.png", "runs/plane_goldstein.h5", "runs/plane.vtp"):
+    for f in ("runs/plane.png", "runs/hessian.png", "runs/connect.png", "runs/view.html", "runs/plane_goldstein.h5",
+              "runs/plane.vtp"):
         assert (ran / f).stat().st_size > 0
     with Store(str(ran / "runs/analysis"), "r") as st:  # the alignment examples
         assert st.read_snapshot("ft1-to-ft0").meta["align_method"] == "weight"
