@@ -152,3 +152,13 @@ def test_wrong_python_inputs_are_one_line_errors(problem):
     small = nn.Sequential(nn.Flatten(), nn.Linear(6, 4), nn.Tanh(), nn.Linear(4, 3))
     with pytest.raises(LandscapeError, match="does not fit the model"):
         landscape.interpolate(m1, small, data=train)
+
+
+def test_align_takes_modules_and_gives_the_cli_s_permutation(problem):
+    opts, (m1, m2, _), train, _ = problem
+    want = cli_json("align", "m1.pt", "m2.pt", "--model", "api_pytorch_bn:make", "--data", "tensors:train.pt",
+                    "--quiet")
+    got = landscape.align(m1, m2, data=train)
+    assert got["moved_units"] == want["moved_units"]
+    assert got["distance_after"] == pytest.approx(want["distance_after"], rel=1e-9)
+    assert got["objective"] == pytest.approx(want["objective"], rel=1e-9)
