@@ -3,7 +3,8 @@
     from experiments import load_config, run_study, demo
     summary = demo(quick=True, out="landscape-demo-quick")
 
-Modules: data (the embedded transfer problem, CIFAR/ImageFolder tasks), models, training
+Modules: data (the embedded transfer problem, CIFAR/ImageFolder tasks), real_digits (MNIST and
+scikit-learn's digits from the installed packages: the `digits` kind), models, training
 (loop and schedules), samplers (Local/Global DE, SSE, StarSSE, FGE, SWA), config (TOML),
 study (the resumable pipeline), records (a unit's predictions and labels in the store),
 seed_analysis (by stage, on landscape.analyses), report (summary, verdicts, figures, markdown),

@@ -19,7 +19,8 @@ A config has these tables (see experiments/configs/demo.toml for a commented exa
                 per cell, TABLE-lrX-cY); fge takes schedule = "garipov" | "cyclic"
     [analysis]  line_points, pairwise_points, plane, plane_through, plane_points, train_samples,
                 test_samples, bn_samples, align = "weight" | "activation" | "none" (Local and Global DE's
-                pairwise barriers also after aligning the members' units to the first member's)
+                pairwise barriers also after aligning the members' units to the first member's),
+                report_html (report.html: the interactive view of the results store, `landscape view`)
     [runtime]   how training runs on the device (experiments/accel.py): amp = "auto" | "bf16" | "off",
                 channels_last = "auto" | true | false, cudnn_benchmark, micro_batch_size (gradient
                 accumulation), pin_memory and persistent_workers = "auto" | true | false (image-folder
@@ -91,7 +92,8 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
                  "train_samples": (INT, 1000), "test_samples": (INT, 1000), "bn_samples": (INT, 1000),
                  "ece_bins": (INT, 15), "sharpness": (BOOL, True), "sharpness_members": (INT, 2),
                  "hessian_iters": (INT, 20), "hessian_probes": (INT, 20), "curves": (BOOL, True),
-                 "curve_epochs": (INT, 10), "curve_points": (INT, 11), "align": (STR, "weight")},
+                 "curve_epochs": (INT, 10), "curve_points": (INT, 11), "align": (STR, "weight"),
+                 "report_html": (BOOL, True)},
     # types here, defaults from the one table of them (experiments.accel)
     "runtime": {k: (t, RUNTIME_DEFAULTS[k]) for k, t in (
         ("amp", STR), ("channels_last", BOOL_OR_AUTO), ("cudnn_benchmark", BOOL), ("micro_batch_size", INT),

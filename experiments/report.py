@@ -1,4 +1,4 @@
-"""The study's report: DIR/report.md and DIR/figures/*.png, from the analysis results.
+"""The study's report: DIR/report.md, DIR/figures/*.png and DIR/report.html, from the analysis results.
 
 The stages, one module each:
     summary.build_summary   one seed's analysis results -> its numbers (None where not computed)
@@ -27,9 +27,10 @@ from .verdicts import findings
 
 
 def write_report(prep: Any, per_seed: list[tuple[Any, dict[str, Any]]], out_dir: str,
-                 timings: dict[str, Any]) -> dict[str, Any]:
+                 timings: dict[str, Any], store_dir: str | None = None) -> dict[str, Any]:
     """Figures and report.md into `out_dir` from a prepared study's analysis results, one
-    (plan, results) per seed; returns the JSON-ready summary (per-seed numbers, findings and
+    (plan, results) per seed, and report.html (the interactive view of the store `store_dir`)
+    when analysis.report_html; returns the JSON-ready summary (per-seed numbers, findings and
     figure paths included)."""
     seeds = [build_summary(prep, results, plan) for plan, results in per_seed]
     for s in seeds:
@@ -41,6 +42,11 @@ def write_report(prep: Any, per_seed: list[tuple[Any, dict[str, Any]]], out_dir:
     summary["figures"] = [os.path.relpath(p, out_dir) for p in figures.values()]
     encoded = to_jsonable(summary)
     write_text_atomically(os.path.join(out_dir, "report.md"), render_markdown(encoded, figures))
+    if store_dir is not None and prep.cfg["analysis"].get("report_html"):
+        from landscape.view import view  # plotly only when the page is built
+
+        view(store_dir, out=os.path.join(out_dir, "report.html"))
+        encoded["report_html"] = "report.html"
     return encoded
 
 

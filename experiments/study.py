@@ -470,7 +470,7 @@ def _run_study(cfg: StudyConfig, path: str, device: str | None, quiet: bool, hoo
     timings = {"prepare_s": t_prep, "train_s": t_train, "analysis_s": t_analysis,
                "trained_units": runner.trained, "unit_seconds": runner.timings, "ranks": w.size}
     t3 = time.perf_counter()
-    summary = write_report(prep, per_seed, out, timings)
+    summary = write_report(prep, per_seed, out, timings, store_dir=os.path.join(out, RESULTS))
     summary["timings"]["report_s"] = time.perf_counter() - t3
     summary["timings"]["total_s"] = time.perf_counter() - t0
     write_json_atomically(summary_path, summary)
