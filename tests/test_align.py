@@ -73,8 +73,12 @@ def _outputs(spec, shape, classes, state) -> torch.Tensor:
         return m(torch.load("d.pt")["x"]).double()
 
 
-@pytest.mark.parametrize("spec", [*[f"{m}:make" for m in MODELS], *BUILTIN])
-@pytest.mark.parametrize("method", ["weight", "activation"])
+# every architecture by weight matching; activation matching on one without and one with BatchNorm
+CASES = [*[(f"{m}:make", "weight") for m in MODELS], *[(b, "weight") for b in BUILTIN],
+         ("align_mlp:make", "activation"), ("small_cnn:width=4", "activation")]
+
+
+@pytest.mark.parametrize("spec, method", CASES)
 def test_the_aligned_snapshot_computes_b_s_function(folder, spec, method):
     shape, classes = (MODELS[spec.split(":")[0]][1:] if spec.endswith(":make") else BUILTIN[spec])
     _setup(folder, spec, shape, classes)

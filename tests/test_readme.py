@@ -48,6 +48,8 @@ def test_command_line_examples(ran):
     for f in ("runs/plane.png", "runs/hessian.png", "runs/connect.png", "runs/view.html", "runs/plane_goldstein.h5",
               "runs/plane.vtp"):
         assert (ran / f).stat().st_size > 0
+    report = (ran / "runs/quick/report.md").read_text()  # the study's barriers after alignment, and the finding
+    assert "## Basins up to permutation" in report and "one basin up to a permutation" in report
     page = (ran / "runs/quick/report.html").read_text()  # the study's interactive view, beside report.md
     assert "plotly" in page.lower() and "<script src=\"http" not in page
     with Store(str(ran / "runs/analysis"), "r") as st:  # the alignment examples
