@@ -43,6 +43,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(1, str(ROOT / "kernels"))  # the package landscape_kernels, for a checkout that is not installed
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 SECTIONS = ("tests", "ops", "ensemble", "planes")

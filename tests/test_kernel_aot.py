@@ -6,7 +6,7 @@ kernel down to a cubin with ``triton.compile(ASTSource(...), target=GPUTarget("c
 for every autotuning configuration and operand mode, and the ensemble kernel for the launches its
 public op makes (recorded in the interpreter, so this test follows that kernel's signature as it
 changes), and fails on any compile error, on shared memory beyond the architecture's limit, or on
-a kernel in landscape_kernels/ that no job compiles. Register use and
+a kernel in kernels/landscape_kernels/ that no job compiles. Register use and
 spills (from Triton's bundled ``ptxas -v``) are printed: ``pytest -s tests/test_kernel_aot.py``.
 
 Compilation runs in a subprocess without TRITON_INTERPRET: with the interpreter on (conftest sets
@@ -163,7 +163,7 @@ _LAUNCH_OPTIONS = ("num_warps", "num_stages", "num_ctas", "maxnreg")
 
 
 def record_ensemble_launches(quick: bool = False) -> list[dict]:
-    """Launches of landscape_kernels/ensemble.py's kernel as its public op makes them, recorded in the
+    """Launches of kernels/landscape_kernels/ensemble.py's kernel as its public op makes them, recorded in the
     interpreter without running the kernel: tensor dtypes, scalars, constexprs, warps. Recording
     (rather than restating the kernel's signature here) keeps this test right while that kernel
     changes. Needs TRITON_INTERPRET=1."""
@@ -234,12 +234,12 @@ def test_every_kernel_compiles_for_sm80_and_sm90(tmp_path) -> None:
     over = [r for r in results if r["shared"] > SHARED_LIMIT[r["arch"]]]
     assert not over, "shared memory over the limit: " + ", ".join(
         f"{r['kernel']} [{r['label']}] sm_{r['arch']}: {r['shared']} B" for r in over)
-    assert {r["kernel"] for r in results} == discover_kernels(), "a kernel in landscape_kernels/ is not compiled here"
+    assert {r["kernel"] for r in results} == discover_kernels(), "a kernel in kernels/landscape_kernels/ is not compiled here"
     assert {r["arch"] for r in results} == set(ARCHS)
 
 
 def discover_kernels() -> set[str]:
-    """Names of the Triton kernels (jit functions that read a program id) in landscape_kernels/*.py."""
+    """Names of the Triton kernels (jit functions that read a program id) in kernels/landscape_kernels/*.py."""
     import importlib
     import inspect
     import pkgutil
@@ -258,7 +258,7 @@ def discover_kernels() -> set[str]:
 
 
 def test_every_kernel_is_covered() -> None:
-    """A new kernel in landscape_kernels/ must be added to the compile jobs above."""
+    """A new kernel in kernels/landscape_kernels/ must be added to the compile jobs above."""
     import pytest
 
     pytest.importorskip("triton")
