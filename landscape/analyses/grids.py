@@ -29,8 +29,10 @@ from landscape.geometry.planes import plane_coefficients, plane_family
 from landscape.store.grid import Grid, MemoryGrid
 from landscape.store.store import Store, config_differences
 
-# Part of a grid: its points [offset, offset + len(coeffs)) lie on one affine family.
-Segment = tuple[Callable[[], AffineFamily], np.ndarray, int]
+# Part of a grid: its points [offset, offset + len(coeffs)) lie on one affine family, whose
+# endpoints (BN mode repair's, [d + 1, d] coefficients) are the last item: None where it has none.
+Segment = tuple[Callable[[], AffineFamily], np.ndarray, int, np.ndarray | None]
+LINE_ENDPOINTS = np.array([[0.0], [1.0]])
 
 
 def tensor_fingerprint(t: torch.Tensor) -> str:
@@ -89,7 +91,7 @@ def _compute_missing(evaluator: Evaluator, grid: Grid, segments: Sequence[Segmen
     size = chunk if chunk is not None else evaluator.default_chunk()
     todo = grid.missing()
     units: list[tuple[int, np.ndarray]] = []
-    for s, (_, coeffs, offset) in enumerate(segments):
+    for s, (_, coeffs, offset, _) in enumerate(segments):
         mine = todo[(todo >= offset) & (todo < offset + len(coeffs))] - offset
         units += [(s, mine[i:i + size]) for i in range(0, len(mine), size)]
     w = distributed.world()
@@ -107,8 +109,8 @@ def _compute_missing(evaluator: Evaluator, grid: Grid, segments: Sequence[Segmen
                     family = (s, AffineFamily(f.origin.to(dev), f.directions.to(dev),
                                               {k: v.to(dev) for k, v in f.buffer_origin.items()},
                                               {k: v.to(dev) for k, v in f.buffer_directions.items()}))
-                _, coeffs, offset = segments[s]
-                values = evaluator.run(family[1], coeffs, idx, len(idx), quiet=True)
+                _, coeffs, offset, vertices = segments[s]
+                values = evaluator.run(family[1], coeffs, idx, len(idx), quiet=True, vertices=vertices)
                 own = (idx + offset, values)
             try:
                 parts = distributed.gather(lambda: own)
@@ -164,7 +166,8 @@ def line(evaluator: Evaluator, a: Snapshot, b: Snapshot, alphas: np.ndarray, *, 
     grid = _open_grid(store, "curves", name, (len(alphas),), evaluator.metric_names, {"alphas": alphas}, config,
                       {**prov, "bn_mode": evaluator.bn_mode, "a": a.name, "b": b.name}, overwrite, 1, evaluator)
     todo = len(grid.missing())
-    _compute_missing(evaluator, grid, [(lambda: line_family(a, b), alphas.reshape(-1, 1), 0)], chunk, quiet, "line")
+    _compute_missing(evaluator, grid, [(lambda: line_family(a, b), alphas.reshape(-1, 1), 0, LINE_ENDPOINTS)],
+                     chunk, quiet, "line")
 
     def finish() -> dict[str, Any]:
         barriers = curve_barriers(alphas, grid.data)
@@ -193,8 +196,8 @@ def barrier_matrix(evaluator: Evaluator, snapshots: Sequence[Snapshot], alphas: 
                       {"alphas": alphas, "pairs": pairs, "names": np.array(names, dtype="S")}, config,
                       {**prov, "bn_mode": evaluator.bn_mode}, overwrite, 1, evaluator)
     todo = len(grid.missing())
-    segments = [(lambda i=i, j=j: line_family(snaps[i], snaps[j]), alphas.reshape(-1, 1), p * len(alphas))
-                for p, (i, j) in enumerate(pairs.tolist())]
+    segments = [(lambda i=i, j=j: line_family(snaps[i], snaps[j]), alphas.reshape(-1, 1), p * len(alphas),
+                 LINE_ENDPOINTS) for p, (i, j) in enumerate(pairs.tolist())]
     _compute_missing(evaluator, grid, segments, chunk, quiet, "barriers")
 
     def finish() -> dict[str, Any]:
@@ -210,13 +213,21 @@ def plane(evaluator: Evaluator, center: Snapshot, directions: torch.Tensor, xs: 
           direction_attrs: Mapping[str, Any] | None = None,
           projections: tuple[list[str], np.ndarray, np.ndarray] | None = None,
           buffer_directions: Mapping[str, torch.Tensor] | None = None, overwrite: bool = False,
-          chunk: int | None = None, quiet: bool = True) -> dict[str, Any]:
+          chunk: int | None = None, quiet: bool = True, vertices: np.ndarray | torch.Tensor | None = None
+          ) -> dict[str, Any]:
     """The surface θ0 + x·d1 + y·d2 on the grid xs × ys (object `name`), with its directions
     (stored under the same name, once the surface is finished) and projected snapshots.
     `buffer_directions` moves the BN buffers with the weights (planes through snapshots);
-    without them every point has the centre's buffers."""
+    without them every point has the centre's buffers. `vertices` [3, 2]: the plane coordinates
+    of the snapshots a plane runs through (centre first), whose statistics BN mode repair
+    interpolates barycentrically; a plane without them is refused in that mode."""
     if directions.ndim != 2 or directions.shape[0] != 2:
         raise LandscapeError(f"a plane needs two directions, got shape {list(directions.shape)}")
+    if evaluator.bn_mode == "repair" and vertices is None:
+        raise LandscapeError("BN mode repair needs a plane through three snapshots (--through B C): its targets "
+                             "interpolate the snapshots' statistics, and a random, PCA or Hessian plane has none")
+    if vertices is not None:
+        vertices = np.asarray(vertices, dtype=np.float64)
     chunk = None if chunk is None else positive_int(chunk, "--chunk")
     # every rank moves along rank 0's directions, even where its own arithmetic rounded differently
     directions, buffer_directions = distributed.same_as_rank0(
@@ -232,7 +243,8 @@ def plane(evaluator: Evaluator, center: Snapshot, directions: torch.Tensor, xs: 
                       {**prov, **dir_attrs, "bn_mode": evaluator.bn_mode, "center": center.name, "directions": name},
                       overwrite, 2, evaluator)
     todo = len(grid.missing())
-    segment = (lambda: plane_family(center, directions, dict(buffer_directions or {})), plane_coefficients(xs, ys), 0)
+    segment = (lambda: plane_family(center, directions, dict(buffer_directions or {})), plane_coefficients(xs, ys), 0,
+               vertices)
     _compute_missing(evaluator, grid, [segment], chunk, quiet, "plane")
 
     def finish() -> dict[str, Any]:

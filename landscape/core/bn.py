@@ -3,7 +3,11 @@
 Modes (recorded with every result):
 - `keep`: use the buffers as they are (interpolated between endpoints on a line, the centre's on a plane);
 - `recompute`: reset running statistics and re-estimate them on training data at each point,
-  exactly as `torch.optim.swa_utils.update_bn` does (cumulative average over batches).
+  exactly as `torch.optim.swa_utils.update_bn` does (cumulative average over batches);
+- `repair`: REPAIR (Jordan et al., 2023) on lines and planes through snapshots: `recompute`, then
+  each BN output (without BN: each hidden Conv/Linear output) rescaled per channel to the
+  interpolated endpoints' mean and std (`landscape.evaluate.repair`). `recompute` is REPAIR's
+  special case for BN networks: it corrects the statistics before BN's affine, not after.
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from .errors import LandscapeError
 
-BN_MODES = ("keep", "recompute")
+BN_MODES = ("keep", "recompute", "repair")
 _BN = nn.modules.batchnorm._BatchNorm
 
 
@@ -50,23 +54,38 @@ def recompute_bn(model: nn.Module, x: torch.Tensor, batch_size: int) -> None:
     and runs train-mode forwards; the result depends on how `x` is cut into batches, so the
     same `batch_size` gives the same statistics as update_bn over a DataLoader of that size.
     """
+    if bn_modules(model):
+        statistics_pass(model, x, batch_size)
+
+
+@torch.no_grad()
+def statistics_pass(model: nn.Module, x: torch.Tensor, batch_size: int, bn_only_train: bool = False) -> None:
+    """Forward passes over `x` in batches with BN statistics reset and re-estimated (as
+    update_bn: momentum None, train mode). The passes run even without BN, so forward hooks can
+    measure the batches (REPAIR). `bn_only_train`: only BN layers in train mode, every other
+    module in eval mode (dropout off: the statistics are those of the network as evaluated)."""
     bns = bn_modules(model)
-    if not bns:
-        return
     momenta = {}
     for m in bns:
         m.reset_running_stats()
         momenta[m] = m.momentum
         m.momentum = None
     was_training = model.training
-    model.train()
-    with batch_statistics("recomputing BN statistics", "give more samples (--bn-samples), a --batch-size that "
-                          "leaves no last batch of one sample, or --bn keep"):
-        for start in range(0, x.shape[0], batch_size):
-            model(x[start:start + batch_size])
-    for m in bns:
-        m.momentum = momenta[m]
-    model.train(was_training)
+    if bn_only_train:
+        model.eval()
+        for m in bns:
+            m.train()
+    else:
+        model.train()
+    try:
+        with batch_statistics("recomputing BN statistics", "give more samples (--bn-samples), a --batch-size "
+                              "that leaves no last batch of one sample, or --bn keep"):
+            for start in range(0, x.shape[0], batch_size):
+                model(x[start:start + batch_size])
+    finally:
+        for m in bns:
+            m.momentum = momenta[m]
+        model.train(was_training)
 
 
 @dataclass

@@ -33,6 +33,7 @@ from landscape.core.validate import positive_int
 from landscape_kernels import PRECISIONS, precision_from_torch_flags
 
 from .batched import BatchedForward, batched_metrics
+from .repair import EndpointStats, barycentric, check_vertices, measure, repair, repair_layers
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -81,6 +82,9 @@ class Evaluator:
 
     bn_mode `keep` uses each point's buffers; `recompute` re-estimates BN statistics at each
     point on the first `bn_samples` training samples in batches of `batch_size` (as update_bn);
+    `repair` does that and rescales each BN output (without BN: each hidden Conv/Linear output)
+    to the endpoints' interpolated statistics on the same samples (REPAIR, `evaluate.repair`;
+    only `run` with the family's endpoints, on the per-point path);
     `auto` is `recompute` for a model with BatchNorm given training data, else `keep`
     (`self.bn_mode` holds the mode chosen).
     `loss_fn(logits, y)` must return the mean loss over the batch (as torch's losses do).
@@ -93,11 +97,14 @@ class Evaluator:
         if bn_mode == "auto":  # the exact choice where it exists: statistics of each point's own weights
             bn_mode = "recompute" if bn_modules(model) and train is not None else "keep"
         if bn_mode not in BN_MODES:
-            raise LandscapeError(f"unknown BN mode {bn_mode!r}: choose auto, keep or recompute")
+            raise LandscapeError(f"unknown BN mode {bn_mode!r}: choose auto, keep, recompute or repair")
         if train is None and test is None:
             raise LandscapeError("nothing to evaluate on: give training data, test data or both")
         if bn_mode == "recompute" and train is None and bn_modules(model):
             raise LandscapeError("BN mode 'recompute' needs training data")
+        if bn_mode == "repair" and train is None:
+            raise LandscapeError("BN mode 'repair' needs training data (--data): REPAIR measures the endpoints' "
+                                 "statistics on it")
         self.device = resolve_device(device)
         tune_allocator()  # once per process: batches reuse freed memory instead of faulting it in again
         self.bn_mode = bn_mode
@@ -129,13 +136,18 @@ class Evaluator:
                 continue
             self.datasets[split] = (self._to_device(data.x), data.y.to(self.device))
         self._bn_x = None  # the samples BN statistics are recomputed on: a bounded head of the data
-        if self.bn_mode == "recompute" and self.has_bn:
-            self._bn_x = (self.datasets["train"][0][: self.bn_samples] if "train" in self.datasets
-                          else self._to_device(self.streams["train"].head(self.bn_samples).x))
+        self._repair_x = None  # the samples REPAIR measures statistics on (the same head)
+        if self.bn_mode == "recompute" and self.has_bn or self.bn_mode == "repair":
+            x = (self.datasets["train"][0][: self.bn_samples] if "train" in self.datasets
+                 else self._to_device(self.streams["train"].head(self.bn_samples).x))
+            # repair re-estimates BN inside its own pass: `load` and `bn_inputs` leave it alone
+            self._bn_x, self._repair_x = (None, x) if self.bn_mode == "repair" else (x, None)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.model.eval()
         self._check_data(train, test)
+        self.repair_layers = repair_layers(self.model, self._probe) if self.bn_mode == "repair" else []
+        self._repair_cache: tuple[list[torch.Tensor], list[int], np.ndarray, EndpointStats] | None = None
         self.folded = FoldedEval(self.model)
         self.batched = self._choose_batched(batched)
 
@@ -168,6 +180,10 @@ class Evaluator:
         most of the arithmetic (MLPs) gain from computing it once for all points
         (benchmarks/surface.py). The rule is deterministic, so a resumed run takes the same path."""
         if batched is False:
+            return None
+        if self.bn_mode == "repair":  # REPAIR's pass and fold run on the per-point path
+            if batched:
+                raise LandscapeError("batched evaluation does not support BN mode repair: leave --batched off")
             return None
         if self.streams or not self.accuracy:  # K points per pass: in-memory classification data only
             if batched:
@@ -228,19 +244,25 @@ class Evaluator:
     @property
     def config(self) -> dict:
         return {"bn_mode": self.bn_mode, "batch_size": self.batch_size,
-                "bn_samples": self.bn_samples if self.bn_mode == "recompute" else None,
+                "bn_samples": self.bn_samples if self.bn_mode in ("recompute", "repair") else None,
                 "loss": getattr(self.loss_fn, "__name__", type(self.loss_fn).__name__), "precision": self.precision}
 
     # -- what gradient-based analyses (Hessian, curves) take from the evaluator ----------
     def loss_data(self) -> dict[str, Any]:
         """The data a loss is taken over: the training split if given, else the test split, in
         memory (x, y) or streamed; with its split name and size."""
+        self._refuse_repair()
         split = "train" if "train" in self.splits else "test"
         if split in self.streams:
             return {"x": None, "y": None, "stream": self.streams[split], "split": split,
                     "samples": len(self.streams[split])}
         x, y = self.datasets[split]
         return {"x": x, "y": y, "stream": None, "split": split, "samples": int(x.shape[0])}
+
+    def _refuse_repair(self) -> None:
+        if self.bn_mode == "repair":
+            raise LandscapeError("BN mode repair corrects networks interpolated between snapshots (interpolate, "
+                                 "barriers, plane --through); this analysis takes --bn keep or recompute")
 
     def bn_inputs(self) -> torch.Tensor | None:
         """The samples BN statistics are recomputed on (None: BN mode keep, or no BN)."""
@@ -306,8 +328,41 @@ class Evaluator:
             return self.folded(xb).float()
 
     def evaluate(self, params: torch.Tensor, buffers: Mapping[str, torch.Tensor] | None = None) -> dict[str, float]:
+        self._refuse_repair()  # a lone point has no endpoints to take statistics from
         self.load(params, buffers)
         return self.metrics_of_loaded()
+
+    # -- REPAIR ------------------------------------------------------------------------
+    def _endpoint_stats(self, family: AffineFamily, vertices: np.ndarray) -> EndpointStats:
+        """The endpoints' statistics, measured once per family (the same tensors, unchanged, and
+        the same endpoints give the cached ones: a grid's chunks of one segment share them)."""
+        tensors = [family.origin, family.directions, *family.buffer_origin.values(),
+                   *family.buffer_directions.values()]
+        versions = [t._version for t in tensors]
+        cached = self._repair_cache
+        if (cached is not None and len(cached[0]) == len(tensors) and all(a is b for a, b in zip(cached[0], tensors))
+                and cached[1] == versions and np.array_equal(cached[2], vertices)):
+            return cached[3]
+        per_endpoint = []
+        for v in vertices:
+            c = torch.as_tensor(v, dtype=torch.float64, device=self.device)
+            with torch.no_grad():
+                vector_to_model(family.params_at(c), self.model)
+                set_buffers(self.model, family.buffers_at(c))
+            per_endpoint.append(measure(self.model, self.repair_layers, self._repair_x, self.batch_size))
+        stats = EndpointStats.of(per_endpoint)
+        self._repair_cache = (tensors, versions, vertices.copy(), stats)
+        return stats
+
+    @torch.no_grad()
+    def _load_repaired(self, family: AffineFamily, c: torch.Tensor, vertices: np.ndarray) -> None:
+        """The point θ(c) with REPAIR applied: BN re-estimated and the chosen layers rescaled."""
+        stats = self._endpoint_stats(family, vertices)
+        vector_to_model(family.params_at(c), self.model)
+        set_buffers(self.model, family.buffers_at(c))
+        repair(self.model, self.repair_layers, self._repair_x, self.batch_size, stats, barycentric(vertices, c))
+        self.model.eval()
+        self.folded.refresh()
 
     # -- many points -------------------------------------------------------------------
     def default_chunk(self) -> int:
@@ -316,17 +371,24 @@ class Evaluator:
 
     def run(self, family: AffineFamily, coeffs: np.ndarray | torch.Tensor, indices: Sequence[int] | None = None,
             chunk_size: int | None = None, on_chunk: Callable[[np.ndarray, dict[str, np.ndarray]], None] | None = None,
-            quiet: bool = True, desc: str = "points") -> dict[str, np.ndarray]:
+            quiet: bool = True, desc: str = "points", vertices: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Evaluate the rows `coeffs[indices]` of the family; `on_chunk(indices, metrics)` after each chunk.
 
         Returns the metrics of the evaluated rows, in the order of `indices`. The default chunk is
         8 points on the per-point path and one pass of K points (K from memory) on the batched one.
+        `vertices` [d + 1, d]: the coefficients of the endpoints (a line: [[0], [1]]; a plane
+        through three snapshots: their coordinates), which BN mode repair needs.
         """
         chunk_size = positive_int(self.default_chunk() if chunk_size is None else chunk_size, "--chunk")
         coeffs = torch.as_tensor(np.asarray(coeffs, dtype=np.float64)).reshape(len(coeffs), -1)
         if coeffs.shape[1] != family.ndim:
             raise LandscapeError(f"{coeffs.shape[1]} coefficients per point for {family.ndim} directions")
         indices = np.arange(len(coeffs)) if indices is None else np.asarray(indices, dtype=np.int64)
+        if self.bn_mode == "repair":
+            if vertices is None:
+                raise LandscapeError("BN mode repair needs the endpoints of a line or of a plane through three "
+                                     "snapshots: their statistics are its targets")
+            vertices = check_vertices(vertices, family.ndim)
         family = AffineFamily(family.origin.to(self.device), family.directions.to(self.device),
                               {k: v.to(self.device) for k, v in family.buffer_origin.items()},
                               {k: v.to(self.device) for k, v in family.buffer_directions.items()})
@@ -342,7 +404,11 @@ class Evaluator:
                 chunk_metrics: dict[str, list[float]] = {m: [] for m in self.metric_names}
                 for i in chunk:
                     c = coeffs[i].to(self.device)
-                    values = self.evaluate(family.params_at(c), family.buffers_at(c))
+                    if vertices is not None and self.bn_mode == "repair":
+                        self._load_repaired(family, c, vertices)
+                    else:
+                        self.load(family.params_at(c), family.buffers_at(c))
+                    values = self.metrics_of_loaded()
                     for m, v in values.items():
                         chunk_metrics[m].append(v)
                     bar.update(1)
