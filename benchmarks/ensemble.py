@@ -152,7 +152,7 @@ def pipeline_benchmark(args: argparse.Namespace, device: torch.device) -> None:
         # warm-up, and the pipeline's numbers against the op's
         res = api.ensemble([ref], **run_kw)
         direct = kens.ensemble_metrics(logits, labels)
-        worst = max(abs(r[k] - d[k]) for r, d in zip(res["rows"], direct.to_rows()) for k in ("nll", "acc", "kl"))
+        worst = max(abs(r[k] - d[k]) for r, d in zip(res.rows(), direct.to_rows()) for k in ("nll", "acc", "kl"))
         assert worst < 1e-5, f"pipeline and op disagree by {worst}"
 
         pipe_t, inside_t, op_t = [], [], []

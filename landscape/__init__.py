@@ -2,7 +2,8 @@
 curves between snapshots, in a store that cannot lose results.
 
 Every subcommand is a function here (`landscape.interpolate`, ..., `landscape.hessian`,
-`landscape.connect`, `landscape.export`); the pieces underneath live in one layer per folder
+`landscape.connect`, `landscape.export`), returning a typed result (`landscape.LineResult`, ...:
+`landscape.results`, whose `to_dict()` is what `--json` prints); the pieces underneath live in one layer per folder
 (core, geometry, evaluate, store, analyses: see each folder's docstring and README "Layout").
 
 The names are imported on first use (PEP 562), so `python -m landscape` and the `landscape`
@@ -30,6 +31,10 @@ _EXPORTS = {
     **{name: "landscape.api" for name in ("align", "barriers", "connect", "ensemble", "hessian", "info",
                                            "interpolate", "plane", "plot", "setup")},
     "export": "landscape.exports",
+    **{name: "landscape.results" for name in ("AlignResult", "Barrier", "BarrierMatrixResult", "ConnectResult",
+                                               "Density", "EnsembleResult", "HessianLineResult", "HessianResult",
+                                               "HessiansResult", "InfoResult", "LineResult", "PlaneResult",
+                                               "PlotResult", "Projection")},
     "Trajectory": "landscape.trajectory",
 }
 

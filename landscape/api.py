@@ -3,8 +3,9 @@
 They take what PyTorch code holds: endpoints and members as checkpoint paths, `STORE:NAME`,
 Snapshots, `nn.Module`s or state dicts (`model=` may then be left out: the first module is the
 template, copied, never changed), and data as spec strings, (x, y) tensors, Datasets or
-DataLoaders (`landscape.core.data.as_data`). Each returns a JSON-able dict (what `--json`
-prints) and, given `out` (a store folder), stores its result there under `name`, resumable:
+DataLoaders (`landscape.core.data.as_data`). Each returns a typed result (`landscape.results`:
+numpy arrays and the settings recorded; its `to_dict()` is what `--json` prints) and, given `out`
+(a store folder), stores its result there under `name`, resumable:
 rerun with the same arguments and only missing points are computed; rerun when everything is
 finished and nothing is written. The computing and the
 storing are the analysis layer's (`landscape.analyses`); this module turns arguments into its
@@ -29,7 +30,6 @@ from landscape.analyses import connect as connect_analysis
 from landscape.analyses import ensemble as ensemble_analysis
 from landscape.analyses import grids as analyses
 from landscape.analyses import hessian as hessian_analysis
-from landscape.analyses.grids import to_json
 from landscape.core import distributed
 from landscape.core.checkpoints import KeyFilter, Snapshot, check_same_architecture
 from landscape.core.data import StreamData, TensorData, as_data
@@ -39,7 +39,7 @@ from landscape.core.losses import LossFn, resolve_loss
 from landscape.core.models import BUILTIN_MODELS, build_model
 from landscape.core.validate import check_seed, check_writable_dir, positive_int
 from landscape.evaluate.engine import Evaluator, resolve_device
-from landscape.evaluate.ensembles import MemberForward, fit_temperatures, member_orders, table_rows
+from landscape.evaluate.ensembles import MemberForward, fit_temperatures, member_orders
 from landscape.evaluate.hessian import check_spectrum_args
 from landscape.geometry.curves import check_training_args
 from landscape.geometry.directions import (
@@ -52,6 +52,19 @@ from landscape.geometry.directions import (
 )
 from landscape.geometry.planes import project_snapshots, through_buffer_directions
 from landscape.geometry.ranges import alpha_range, line_alphas, parse_range
+from landscape.results import (
+    AlignResult,
+    BarrierMatrixResult,
+    ConnectResult,
+    EnsembleResult,
+    HessianLineResult,
+    HessianResult,
+    HessiansResult,
+    InfoResult,
+    LineResult,
+    PlaneResult,
+    PlotResult,
+)
 from landscape.store.refs import SnapshotRef, head_classes, load_snapshot, stored_predictions
 from landscape.store.store import Store
 
@@ -201,12 +214,11 @@ def _batch_size(batch_size: int | None, *data: Any, default: int = 250) -> int:
     return next((d.loader_batch_size for d in data if getattr(d, "loader_batch_size", None)), default)
 
 
-def _ignored(keys: KeyFilter) -> dict[str, Any]:
-    """The result's `ignored_keys` ({checkpoint: [keys skipped]}) when any were skipped, and its
-    `stripped_prefixes` ({checkpoint: wrapper prefix}) when a Lightning, torch.compile or DDP
-    prefix was stripped from a checkpoint's keys."""
-    return {**({"ignored_keys": keys.skipped} if keys.skipped else {}),
-            **({"stripped_prefixes": dict(keys.stripped)} if keys.stripped else {})}
+def _inputs(out: str | None, keys: KeyFilter) -> dict[str, Any]:
+    """What every result says about its inputs: the store `out`, the `ignored_keys` ({checkpoint:
+    [keys skipped]}) and the `stripped_prefixes` ({checkpoint: the Lightning, torch.compile or DDP
+    prefix stripped from its keys})."""
+    return {"store": out, "ignored_keys": dict(keys.skipped), "stripped_prefixes": dict(keys.stripped)}
 
 
 def open_store(out: str | None) -> Store | nullcontext:
@@ -246,7 +258,7 @@ def interpolate(a: SnapshotRef, b: SnapshotRef, *, model: str | nn.Module | None
                 num_classes: int | None = None, batch_size: int | None = None, bn_samples: int = 2000,
                 quiet: bool = True, loss_fn: LossFn | str | None = None, chunk: int | None = None,
                 precision: str = "exact", ignore_keys: Sequence[str] = (),
-                align: str | None = None) -> dict[str, Any]:
+                align: str | None = None) -> LineResult:
     """Metrics along θ(α) = (1−α)·θa + α·θb, and the loss and error barriers. `align`
     ("weight" or "activation"): B's hidden units permuted to match A's first (Git Re-Basin)."""
     _check_align(align)
@@ -259,7 +271,7 @@ def interpolate(a: SnapshotRef, b: SnapshotRef, *, model: str | nn.Module | None
         res = analyses.line(s.evaluator, sa, sb, alphas, store=store, name=name,
                             provenance=_with_align(s.provenance(), align), overwrite=overwrite, chunk=chunk,
                             quiet=quiet)
-    return analyses.to_json({**res, "store": out, **_ignored(s.keys)})
+    return LineResult.from_analysis(res, align=align, **_inputs(out, s.keys))
 
 
 @distributed.collective
@@ -270,7 +282,7 @@ def barriers(snapshots: Sequence[SnapshotRef], *, model: str | nn.Module | None 
              batch_size: int | None = None, bn_samples: int = 2000, quiet: bool = True,
              loss_fn: LossFn | str | None = None, chunk: int | None = None,
              precision: str = "exact", ignore_keys: Sequence[str] = (),
-             align: str | None = None) -> dict[str, Any]:
+             align: str | None = None) -> BarrierMatrixResult:
     """Loss and error barriers between every pair of snapshots, as matrices. `align`: every
     snapshot's hidden units permuted to match the first's before (weight or activation matching)."""
     _check_align(align)
@@ -285,7 +297,7 @@ def barriers(snapshots: Sequence[SnapshotRef], *, model: str | nn.Module | None 
         res = analyses.barrier_matrix(s.evaluator, snaps, alphas, store=store, name=name,
                                       provenance=_with_align(s.provenance(), align), overwrite=overwrite,
                                       chunk=chunk, quiet=quiet)
-    return analyses.to_json({**res, "store": out, **_ignored(s.keys)})
+    return BarrierMatrixResult.from_analysis(res, align=align, **_inputs(out, s.keys))
 
 
 @distributed.collective
@@ -300,7 +312,7 @@ def plane(center: SnapshotRef, *, model: str | nn.Module | None = None, data=Non
           loss_fn: LossFn | str | None = None, chunk: int | None = None,
           precision: str = "exact", hessian_directions: bool = False,
           normalization: str = "filter", ignore_keys: Sequence[str] = (),
-          align: str | None = None) -> dict[str, Any]:
+          align: str | None = None) -> PlaneResult:
     """A 2D loss plane around `center`: through two more snapshots, on two random directions,
     or on the top two PCA directions of a trajectory of snapshots. `align` (with `through`): the
     other snapshots' hidden units permuted to match the centre's first.
@@ -375,8 +387,9 @@ def plane(center: SnapshotRef, *, model: str | nn.Module | None = None, data=Non
         res = analyses.plane(s.evaluator, c, directions, xs, ys, store=store, name=name,
                              provenance=_with_align(s.provenance(), align),
                              direction_attrs=dir_attrs, projections=projections,
-                             buffer_directions=buffer_directions, overwrite=overwrite, chunk=chunk, quiet=quiet)
-    return analyses.to_json({**res, "store": out, **_ignored(s.keys)})
+                             buffer_directions=buffer_directions, overwrite=overwrite, chunk=chunk, quiet=quiet,
+                             vertices=points if through is not None else None)  # BN mode repair's endpoints
+    return PlaneResult.from_analysis(res, dir_attrs, directions=directions, align=align, **_inputs(out, s.keys))
 
 
 def _user_range(spec: str | np.ndarray | None, what: str) -> np.ndarray | None:
@@ -399,7 +412,7 @@ def _default_range(coords: np.ndarray, num: int = 11) -> np.ndarray:
     return np.linspace(lo - margin, hi + margin, num)
 
 
-def info(path: str) -> dict[str, Any]:
+def info(path: str) -> InfoResult:
     """What a store holds: per kind and name, dataset shapes, key attributes and `values`, what
     each finished result found (barriers, eigenvalues, ensemble accuracy by size, a plane's
     lowest and highest loss, a PCA's explained variance)."""
@@ -415,16 +428,16 @@ def info(path: str) -> dict[str, Any]:
         ratio = entry["attrs"].get("explained_variance_ratio")
         if isinstance(ratio, list):  # PCA directions
             entry["values"] = {"explained_variance_ratio": ratio}
-    return listing
+    return InfoResult.from_listing(listing)
 
 
 def plot(path: str, name: str, *, out: str | None = None, kind: str | None = None, metric: str | None = None,
-         style: str = "contour", log: bool = False) -> dict[str, Any]:
+         style: str = "contour", log: bool = False) -> PlotResult:
     """Draw a stored result (a curve, surface, barrier matrix, ensemble, Hessian or connection) to
     PNG/PDF/SVG; `kind` picks one where several kinds hold `name`."""
     from . import plots  # matplotlib only when drawing: it adds to every command's start-up
 
-    return plots.plot_result(path, name, out=out, kind=kind, metric=metric, style=style, log=log)
+    return PlotResult(**plots.plot_result(path, name, out=out, kind=kind, metric=metric, style=style, log=log))
 
 
 @distributed.collective
@@ -432,7 +445,7 @@ def ensemble(members: Sequence[SnapshotRef], *, model: str | nn.Module | None = 
              val_data=None, out: str | None = None, name: str = "ensemble", overwrite: bool = False,
              keep_predictions: bool = False, fp16: bool = False, orders: int = 0, seed: int = 0,
              device: str = "auto", num_classes: int | None = None, batch_size: int | None = None,
-             quiet: bool = True, ignore_keys: Sequence[str] = ()) -> dict[str, Any]:
+             quiet: bool = True, ignore_keys: Sequence[str] = ()) -> EnsembleResult:
     """Metrics of the ensembles of the first m members, m = 1..K, on `data` (the evaluation set).
 
     Members are `.pt` checkpoints, `STORE:SNAPSHOT`, or `STORE:ENSEMBLE` holding kept predictions.
@@ -544,12 +557,8 @@ def ensemble(members: Sequence[SnapshotRef], *, model: str | nn.Module | None = 
     if at_bound:  # the validation data cannot pin the temperature down (e.g. 100% validation accuracy)
         warnings.append(f"the temperature of ensemble sizes {at_bound} hit its search bound [e^-4, e^4]: "
                         "their calibrated NLL is not trustworthy (more or harder validation data would help)")
-    return to_jsonable({"kind": "ensemble", "name": name, "members": names, "rows": table_rows(res),
-                        "warnings": warnings,
-                        "member_accuracies": res["member_accuracies"], "member_nlls": res["member_nlls"],
-                        **({"orders_mean": {k[:-len("_orders_mean")]: v for k, v in res.items()
-                                            if k.endswith("_orders_mean")}} if orders else {}),
-                        "store": out, **_ignored(keys)})
+    return EnsembleResult.from_analysis(res, name=name, members=names, orders=orders, warnings=warnings,
+                                        **_inputs(out, keys))
 
 
 def _all_members(batches: Iterator[tuple[torch.Tensor, torch.Tensor]], m: int
@@ -581,13 +590,14 @@ def align(a: SnapshotRef, b: SnapshotRef, *, model: str | nn.Module | None = Non
           method: str = "weight", samples: int = ALIGN_SAMPLES, seed: int = 0, max_iter: int = 100,
           out: str | None = None, name: str | None = None, overwrite: bool = False, device: str = "auto",
           num_classes: int | None = None, batch_size: int | None = None, quiet: bool = True,
-          ignore_keys: Sequence[str] = ()) -> dict[str, Any]:
+          ignore_keys: Sequence[str] = ()) -> AlignResult:
     """B's hidden units permuted to match A's (Git Re-Basin): by weight matching (`method="weight"`,
     alternating linear assignments over the layers) or by the correlations of their activations on
     the data (`"activation"`, on its first `samples` inputs). The permutation structure is traced
     from the model. The aligned snapshot computes B's function; with `out` it is stored as `name`
     (default `B-to-A`) with the permutation and the matching's objective. JSON: the groups, the
-    units moved, the objective (weight) or correlations (activation), and distances before/after."""
+    units moved, the objective (weight) or correlations (activation), and distances before/after;
+    the result also holds the permutations and the aligned Snapshot (`AlignResult.aligned`)."""
     if method not in align_analysis.METHODS:
         raise LandscapeError(f"unknown --method {method!r}: choose {' or '.join(align_analysis.METHODS)}")
     seed = check_seed(seed, "--seed")
@@ -602,12 +612,10 @@ def align(a: SnapshotRef, b: SnapshotRef, *, model: str | nn.Module | None = Non
         res = align_analysis.align(s.evaluator.model, sa, sb, example=s.example_input(), method=method,
                                    batches=lambda: s.align_batches(samples), data_spec=data_spec, seed=seed,
                                    max_iter=max_iter, store=store, name=name, overwrite=overwrite, provenance=prov)
-    snap = res.pop("snapshot")
-    res["distance_before"] = float((sb.params.double() - sa.params.double()).norm())
-    res["distance_after"] = float((snap.params.double() - sa.params.double()).norm())
-    res["snapshot"] = f"{out}:{name}" if out is not None else None
-    res.pop("permutations", None)  # stored with the snapshot; too long to print
-    return to_jsonable({**res, "store": out, **_ignored(s.keys)})
+    snap = res["snapshot"]
+    return AlignResult.from_analysis(res, distance_before=float((sb.params.double() - sa.params.double()).norm()),
+                                     distance_after=float((snap.params.double() - sa.params.double()).norm()),
+                                     snapshot=f"{out}:{name}" if out is not None else None, **_inputs(out, s.keys))
 
 
 def _short_name(ref: str) -> str:
@@ -617,17 +625,6 @@ def _short_name(ref: str) -> str:
 
 
 # -- curvature and curves --------------------------------------------------------------
-_POINT_KEYS = ("name", "snapshot", "eigenvalues", "residuals", "iterations", "converged", "trace", "trace_stderr",
-               "loss", "grad_norm", "parameters", "hvps", "seconds", "diverged", "computed_now")
-
-
-def _point_json(res: dict[str, Any], density: bool) -> dict[str, Any]:
-    out = {k: res.get(k) for k in _POINT_KEYS}
-    if density and "density" in res:
-        out["density"] = {"grid": res["density_grid"], "values": res["density"], "sigma": res.get("density_sigma")}
-    return to_jsonable(out)
-
-
 def hessian(snapshots: Sequence[SnapshotRef] = (), *, model: str | nn.Module | None = None, data=None, test_data=None,
             along: Sequence[str | Snapshot] | None = None, num: int = 5, top_k: int = 1, trace: bool = False,
             density: bool = False, probes: int = 100, iters: int = 100, tol: float = 1e-4, density_runs: int = 1,
@@ -635,13 +632,14 @@ def hessian(snapshots: Sequence[SnapshotRef] = (), *, model: str | nn.Module | N
             name: str = "hessian", overwrite: bool = False, device: str = "auto", num_classes: int | None = None,
             batch_size: int | None = None, bn_samples: int = 2000, quiet: bool = True,
             loss_fn: LossFn | str | None = None, precision: str = "exact", chunk: int | None = None,
-            ignore_keys: Sequence[str] = ()) -> dict[str, Any]:
+            ignore_keys: Sequence[str] = ()) -> HessianResult | HessiansResult | HessianLineResult:
     """Hessian spectra (top-k eigenvalues, with `trace` the Hutchinson trace and its standard error,
     with `density` the SLQ spectral density) of the mean loss over the data (`data`, else
     `test_data`) at each snapshot, or with `along=(A, B)` at `num` points of the line from A to B.
 
     Stored (with `out`) as kind "hessians": one snapshot under `name`, several under NAME-0,
-    NAME-1, ...; a line under `name` (its points under NAME-0, ...). JSON: eigenvalues
+    NAME-1, ...; a line under `name` (its points under NAME-0, ...). Returns a HessianResult for
+    one snapshot, a HessiansResult for several, a HessianLineResult along a line. JSON: eigenvalues
     (descending), trace, trace_stderr (null without `trace`), per snapshot or per point.
     `precision` is the products' matmul precision and `chunk` the probe vectors per batched
     Hessian-vector product; both are part of the stored result's config."""
@@ -667,24 +665,16 @@ def hessian(snapshots: Sequence[SnapshotRef] = (), *, model: str | nn.Module | N
             res = hessian_analysis.hessian_line(s.evaluator, a, b, alphas, store=store, name=name,
                                                 provenance=s.provenance(), overwrite=overwrite, quiet=quiet,
                                                 **settings)
-            body = {k: res.get(k) for k in ("kind", "name", "a", "b", "bn_mode", "alphas", "eigenvalues", "trace",
-                                             "trace_stderr", "loss", "grad_norm", "converged", "computed_now")}
-            if density:
-                body["density"] = {"grid": res["density_grid"], "values": res["density"],
-                                   "sigma": res.get("density_sigma")}
-            return to_jsonable({**body, "store": out, **_ignored(s.keys)})
+            return HessianLineResult.from_analysis(res, density=density, **_inputs(out, s.keys))
         snaps = s.snapshots(snapshots)
         names = [name] if len(snaps) == 1 else [f"{name}-{i}" for i in range(len(snaps))]
         results = [hessian_analysis.hessian(s.evaluator, sn, store=store, name=nm, provenance=s.provenance(),
                                             overwrite=overwrite, quiet=quiet, **settings)
                    for sn, nm in zip(snaps, names)]
-    points = [_point_json(r, density) for r in results]
-    if len(points) == 1:
-        return {"kind": "hessian", "bn_mode": s.evaluator.bn_mode, **points[0], "store": out, **_ignored(s.keys)}
-    return {"kind": "hessians", "bn_mode": s.evaluator.bn_mode, "snapshots": [p["snapshot"] for p in points],
-            "eigenvalues": [p["eigenvalues"] for p in points], "trace": [p["trace"] for p in points],
-            "trace_stderr": [p["trace_stderr"] for p in points], "results": points, "store": out,
-            **_ignored(s.keys)}
+    inputs = _inputs(out, s.keys)
+    points = [HessianResult.from_analysis(r, bn_mode=s.evaluator.bn_mode, density=density, **inputs)
+              for r in results]
+    return points[0] if len(points) == 1 else HessiansResult(bn_mode=s.evaluator.bn_mode, results=points, **inputs)
 
 
 def connect(a: SnapshotRef, b: SnapshotRef, *, model: str | nn.Module | None = None, data=None, test_data=None,
@@ -694,7 +684,7 @@ def connect(a: SnapshotRef, b: SnapshotRef, *, model: str | nn.Module | None = N
             overwrite: bool = False, device: str = "auto", num_classes: int | None = None,
             batch_size: int | None = None, bn_samples: int = 2000, quiet: bool = True,
             loss_fn: LossFn | str | None = None, chunk: int | None = None, precision: str = "exact",
-            ignore_keys: Sequence[str] = ()) -> dict[str, Any]:
+            ignore_keys: Sequence[str] = ()) -> ConnectResult:
     """Train a Bezier or polygonal-chain curve from A to B (Garipov et al.) and evaluate it and the
     straight line at `num` values of t with BN recomputed at each point; JSON with both barriers
     (`barriers` along the curve, `line_barriers` along the line) and both metric curves."""
@@ -712,6 +702,5 @@ def connect(a: SnapshotRef, b: SnapshotRef, *, model: str | nn.Module | None = N
                                        momentum=momentum, weight_decay=weight_decay, optimizer=optimizer,
                                        train_batch_size=train_batch_size, seed=seed, store=store, name=name,
                                        provenance=s.provenance(), overwrite=overwrite, chunk=chunk, quiet=quiet)
-    res.pop("control_point", None)
     bend = f"{out}:{res['bend']}" if out is not None and res.get("bend") else None
-    return to_json({**res, "bend": bend, "store": out, **_ignored(s.keys)})
+    return ConnectResult.from_analysis(res, bend=bend, **_inputs(out, s.keys))

@@ -1,4 +1,5 @@
-"""The `landscape` command: argparse subcommands over the functions in landscape.api.
+"""The `landscape` command: argparse subcommands over the functions in landscape.api (each
+prints its result's `to_dict()`: `--json` as is, else a summary of it).
 
 Every subcommand of the toolkit is registered here explicitly; other packages (`experiments`)
 add theirs through one documented hook, the `landscape.commands` entry-point group (`_plugins`).
@@ -73,8 +74,13 @@ def add_common(p: argparse.ArgumentParser, evaluation: bool = True) -> None:
         p.add_argument("--test-data", default=None, help="test data, same forms as --data")
         p.add_argument("--bn", choices=("auto", *BN_MODES), default="auto",
                        help="BatchNorm statistics at each point: recompute them on --data, keep the snapshots' "
-                       "buffers (moved with the weights on lines and through-planes), or auto: recompute when "
-                       "the model has BatchNorm and --data is given, else keep")
+                       "buffers (moved with the weights on lines and through-planes), repair, or auto: recompute "
+                       "when the model has BatchNorm and --data is given, else keep. recompute is REPAIR's "
+                       "special case for BN networks (it corrects the statistics before BN's affine); repair "
+                       "(REPAIR, Jordan et al. 2023) also rescales each BN output per channel (a network without "
+                       "BN: each Conv/Linear output but the last) to the endpoints' interpolated mean and std, "
+                       "measured on --bn-samples of --data; interpolate, barriers and plane --through only "
+                       "(a random, PCA or Hessian plane has no endpoints)")
         p.add_argument("--loss", default="ce", metavar="ce|mse|module:callable",
                        help="ce: cross-entropy on class labels (accuracy reported); mse: regression on float "
                        "targets (loss only); module:callable: your loss(outputs, labels), the batch mean")
@@ -120,7 +126,7 @@ def _diverged(res: dict) -> str:
 
 def cmd_interpolate(args: argparse.Namespace) -> tuple[dict, str]:
     res = api.interpolate(args.a, args.b, num=args.num, alpha_range=args.alpha_range, name=args.name,
-                          align=args.align, **_eval_kwargs(args))
+                          align=args.align, **_eval_kwargs(args)).to_dict()
     lines = [f"line {res['a']} -> {res['b']} ({len(res['alphas'])} points, BN {res['bn_mode']}){_diverged(res)}",
              _fmt_barriers(res["barriers"])]
     return res, "\n".join(lines)
@@ -128,7 +134,7 @@ def cmd_interpolate(args: argparse.Namespace) -> tuple[dict, str]:
 
 def cmd_barriers(args: argparse.Namespace) -> tuple[dict, str]:
     res = api.barriers(args.snapshots, num=args.num, alpha_range=args.alpha_range, name=args.name,
-                       align=args.align, **_eval_kwargs(args))
+                       align=args.align, **_eval_kwargs(args)).to_dict()
     names = res["snapshots"]
     lines = [f"barriers between {len(names)} snapshots (BN {res['bn_mode']}){_diverged(res)}"]
     for key in [k for k in res if k.endswith("_barrier")]:
@@ -143,7 +149,7 @@ def cmd_plane(args: argparse.Namespace) -> tuple[dict, str]:
                     ignore_bias_bn=not args.include_bias_bn, x=args.x, y=args.y, project_onto=args.project or (),
                     coords=args.coords, hessian_directions=args.hessian_directions,
                     normalization=args.normalization, align=args.align,
-                    name=args.name, **_eval_kwargs(args))
+                    name=args.name, **_eval_kwargs(args)).to_dict()
     key = next(k for k in ("test_loss", "train_loss") if k in res)
     vals = [v for row in res[key] for v in row if isinstance(v, (int, float))]
     span = f"{key} min {min(vals):.4f} max {max(vals):.4f}" if vals else f"no finite {key}"
@@ -158,7 +164,7 @@ def cmd_ensemble(args: argparse.Namespace) -> tuple[dict, str]:
                        name=args.name, overwrite=args.overwrite, keep_predictions=args.keep_predictions,
                        fp16=args.fp16, orders=args.orders, seed=args.seed, device=args.device,
                        num_classes=args.num_classes, batch_size=args.batch_size, quiet=args.quiet,
-                       ignore_keys=ignore_prefixes(args))
+                       ignore_keys=ignore_prefixes(args)).to_dict()
     rows = res["rows"]
     keys = [k for k in ("acc", "nll", "ece", "brier", "member_acc", "disagreement", "kl", "cal_nll") if k in rows[0]]
     lines = [f"members ({len(res['members'])}):"]
@@ -177,7 +183,7 @@ def cmd_ensemble(args: argparse.Namespace) -> tuple[dict, str]:
 
 def cmd_plot(args: argparse.Namespace) -> tuple[dict, str]:
     res = api.plot(args.file, args.name, out=args.output, kind=args.kind, metric=args.metric, style=args.style,
-                   log=args.log)
+                   log=args.log).to_dict()
     return res, f"wrote {res['figure']}"
 
 
@@ -193,7 +199,7 @@ def cmd_export(args: argparse.Namespace) -> tuple[dict, str]:
 
 
 def cmd_info(args: argparse.Namespace) -> tuple[dict, str]:
-    res = api.info(args.file)
+    res = api.info(args.file).to_dict()
     lines = [f"{res['path']} (schema {res['schema_version']})"]
     keys = ("method", "member", "cycle", "lr", "seed", "bn_mode", "complete", "kind", "normalization", "center")
     for kind in KINDS:
@@ -243,7 +249,7 @@ def cmd_align(args: argparse.Namespace) -> tuple[dict, str]:
     res = api.align(args.a, args.b, model=args.model, data=args.data, test_data=args.test_data, method=args.method,
                     samples=args.samples, seed=args.seed, max_iter=args.max_iter, out=args.out, name=args.name,
                     overwrite=args.overwrite, device=args.device, num_classes=args.num_classes,
-                    batch_size=args.batch_size, quiet=args.quiet, ignore_keys=ignore_prefixes(args))
+                    batch_size=args.batch_size, quiet=args.quiet, ignore_keys=ignore_prefixes(args)).to_dict()
     sizes = ", ".join(f"{g['name']} ({g['size']}{'' if g['block'] == 1 else ' heads'})" for g in res["groups"])
     lines = [f"{res['source']} aligned to {res['aligned_to']} by {res['align_method']} matching: "
              f"{res['moved_units']} units moved in {len(res['groups'])} groups",
@@ -462,7 +468,7 @@ def cmd_hessian(args: argparse.Namespace) -> tuple[dict, str]:
     res = api.hessian(args.snapshots, along=args.along, num=args.num, top_k=args.top_k, trace=args.trace,
                       density=args.density, probes=args.probes, iters=args.iters, tol=args.tol,
                       density_runs=args.density_runs, seed=args.seed, name=args.name or "hessian",
-                      **_eval_kwargs(args))
+                      **_eval_kwargs(args)).to_dict()
     lines = []
     if res["kind"] == "hessian_line":
         lines.append(f"Hessian along {res['a']} -> {res['b']} ({len(res['alphas'])} points, BN {res['bn_mode']})")
@@ -491,7 +497,7 @@ def cmd_hessian(args: argparse.Namespace) -> tuple[dict, str]:
 def cmd_connect(args: argparse.Namespace) -> tuple[dict, str]:
     res = api.connect(args.a, args.b, curve=args.curve, epochs=args.epochs, lr=args.lr, momentum=args.momentum,
                       weight_decay=args.wd, optimizer=args.optimizer, train_batch_size=args.train_batch_size,
-                      num=args.num, seed=args.seed, name=args.name or "connect", **_eval_kwargs(args))
+                      num=args.num, seed=args.seed, name=args.name or "connect", **_eval_kwargs(args)).to_dict()
     lines = [f"{res['curve']} curve {res['a']} -> {res['b']} ({len(res['alphas'])} points, BN {res['bn_mode']})"]
     for key in res["barriers"]:
         c, ln = res["barriers"][key], res["line_barriers"][key]

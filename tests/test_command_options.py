@@ -110,5 +110,7 @@ def test_ignore_keys_is_a_parameter_of_the_api(problem):
     with pytest.raises(LandscapeError, match="projector"):
         landscape.interpolate("byol.pt", "m2.pt", **data)
     res = landscape.interpolate("byol.pt", "m2.pt", ignore_keys=["projector."], **data)
-    assert res["ignored_keys"] == {"byol.pt": ["projector.weight"]}
-    assert "ignored_keys" not in landscape.interpolate("m1.pt", "m2.pt", ignore_keys=["projector."], **data)
+    assert res.ignored_keys == {"byol.pt": ["projector.weight"]}
+    assert res.to_dict()["ignored_keys"] == {"byol.pt": ["projector.weight"]}
+    clean = landscape.interpolate("m1.pt", "m2.pt", ignore_keys=["projector."], **data)
+    assert clean.ignored_keys == {} and "ignored_keys" not in clean.to_dict()

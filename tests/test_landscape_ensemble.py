@@ -154,13 +154,13 @@ def test_random_orders_and_store_snapshots(work, capsys):
     from landscape import ensemble
 
     res = ensemble(["m0.pt", "m1.pt", "m2.pt"], model="ens_model:make", data="tensors:test.pt", orders=6)
-    assert [r["acc"] for r in res["rows"]] == pytest.approx([r["acc"] for r in rows])
+    assert list(res.metrics["acc"]) == pytest.approx([r["acc"] for r in rows])
     probs, y = reference_probs(["m0.pt", "m1.pt", "m2.pt"])
     # over random orders, size 3 is the full ensemble whatever the order; size 1 is a mean of
     # single members, so it lies between the best and the worst member
     singles = [reference_metrics(probs[[i]], y)[0]["nll"] for i in range(3)]
-    assert res["orders_mean"]["nll"][2] == pytest.approx(res["rows"][2]["nll"], rel=1e-6)
-    assert min(singles) - 1e-9 <= res["orders_mean"]["nll"][0] <= max(singles) + 1e-9
+    assert res.orders_mean["nll"][2] == pytest.approx(res.metrics["nll"][2], rel=1e-6)
+    assert min(singles) - 1e-9 <= res.orders_mean["nll"][0] <= max(singles) + 1e-9
 
 
 def test_ensemble_bad_inputs(work, capsys):
@@ -307,11 +307,11 @@ def test_stored_predictions_every_order_matches_numpy(work, capsys):
     assert code == 0, err
     rows = json.loads(out)["rows"]
     res = ensemble(["kept.h5:ensemble"], orders=3, seed=7, batch_size=30)
-    assert [r["kl"] for r in res["rows"]] == pytest.approx([r["kl"] for r in rows])
+    assert list(res.metrics["kl"]) == pytest.approx([r["kl"] for r in rows])
     probs, y = reference_probs(members)
     perms = member_orders(4, 3, 7).numpy()
     want = [numpy_metrics(probs, y, o) for o in perms]
     for key in ("acc", "nll", "ece", "brier", "disagreement", "kl", "member_acc"):
-        np.testing.assert_allclose([r[key] for r in res["rows"]], want[0][key], rtol=1e-5, atol=1e-6, err_msg=key)
-        np.testing.assert_allclose(res["orders_mean"][key], np.mean([w[key] for w in want[1:]], axis=0),
+        np.testing.assert_allclose(res.metrics[key], want[0][key], rtol=1e-5, atol=1e-6, err_msg=key)
+        np.testing.assert_allclose(res.orders_mean[key], np.mean([w[key] for w in want[1:]], axis=0),
                                    rtol=1e-5, atol=1e-6, err_msg=key)

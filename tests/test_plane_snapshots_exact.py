@@ -59,7 +59,7 @@ def test_each_snapshot_point_is_exact(setting, bn, coords):
     train, test, snaps = setting
     probe = landscape.plane(snaps[0], through=snaps[1:], model=make_model(), data=train, test_data=test, bn=bn,
                             coords=coords, x=np.array([0.0, 1.0]), y=np.array([0.0, 1.0]), device="cpu")
-    pts = {p["name"]: (p["x"], p["y"]) for p in probe["projections"]}
+    pts = {p.name: (p.x, p.y) for p in probe.projections}
     if coords == "relative":
         assert pts["s0"] == pytest.approx((0, 0), abs=1e-6) and pts["s1"] == pytest.approx((1, 0), abs=1e-6)
         assert pts["s2"][1] == pytest.approx(1, abs=1e-6)
@@ -67,20 +67,20 @@ def test_each_snapshot_point_is_exact(setting, bn, coords):
     ys = np.unique([pts[n][1] for n in pts])
     res = landscape.plane(snaps[0], through=snaps[1:], model=make_model(), data=train, test_data=test, bn=bn,
                           coords=coords, x=xs, y=ys, device="cpu")
-    assert res["bn_mode"] == ("recompute" if bn == "auto" else bn)
+    assert res.bn_mode == ("recompute" if bn == "auto" else bn)
     for snap in snaps:
         i = int(np.argmin(np.abs(xs - pts[snap.name][0])))
         j = int(np.argmin(np.abs(ys - pts[snap.name][1])))
-        ref = own_metrics(snap, train, test, recompute=res["bn_mode"] == "recompute")
+        ref = own_metrics(snap, train, test, recompute=res.bn_mode == "recompute")
         for key, value in ref.items():
-            assert res[key][i][j] == pytest.approx(value, rel=2e-5, abs=1e-6), (snap.name, key)
+            assert res.metrics[key][i, j] == pytest.approx(value, rel=2e-5, abs=1e-6), (snap.name, key)
 
 
 def test_default_grid_contains_the_three_snapshots(setting):
     train, test, snaps = setting
     res = landscape.plane(snaps[0], through=snaps[1:], model=make_model(), data=train, test_data=test,
                           device="cpu")
-    assert res["coords"] == "relative" and "relative" in res["unit"]
-    for p in res["projections"]:
-        assert min(res["xcoordinates"]) < p["x"] < max(res["xcoordinates"])
-        assert min(res["ycoordinates"]) < p["y"] < max(res["ycoordinates"])
+    assert res.direction_attrs["coords"] == "relative" and "relative" in res.direction_attrs["unit"]
+    for p in res.projections:
+        assert res.x.min() < p.x < res.x.max()
+        assert res.y.min() < p.y < res.y.max()

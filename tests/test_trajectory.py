@@ -60,8 +60,8 @@ def test_a_loop_records_every_nth_step_and_the_pca_plane_follows_the_path(tmp_pa
     m = pts - pts[-1]
     _, _, vt = np.linalg.svd(m, full_matrices=False)
     want = m @ vt[:2].T
-    assert res["projections"][0]["name"] == refs[-1]  # the centre first, then the path in order
-    got = np.array([[p["x"], p["y"]] for p in res["projections"][1:5]])
+    assert res.projections[0].name == refs[-1]  # the centre first, then the path in order
+    got = res.projection_coords[1:5]
     np.testing.assert_allclose(np.abs(got), np.abs(want), rtol=1e-4, atol=1e-6)
 
 
@@ -115,7 +115,7 @@ def test_the_lightning_callback_records_every_epoch(tmp_path):
     # the recorded network is the user's own: analyses take it as the model
     line = landscape.interpolate(*landscape.Trajectory(tmp_path / "s", "pl").refs()[:2], model=mlp(), data=(x, y),
                                  num=3)
-    assert len(line["train_loss"]) == 3
+    assert line.train_loss.shape == (3,)
 
 
 def test_the_hugging_face_callback_records_every_epoch(tmp_path):
