@@ -5,26 +5,26 @@ Every number of the report is a statistic over the study's seeds (each seed an i
 replicate: its own pre-trainings, fine-tunings and data orders), kept with its per-seed values
 so that a verdict can compare two methods seed by seed (experiments.verdicts).
 
-The basin. Local DE's members (fine-tuned from one checkpoint) are the reference for "inside
-the pre-train basin", Global DE's (from different checkpoints) for "in another basin". Three
-measures of where a member sits relative to the fine-tuned model are candidates: the train-loss
-barrier and the test-error barrier on the line between them, and the distance between them. A
-measure *separates* when Global DE's mean exceeds Local DE's on every seed; its threshold is the
-midpoint of the two means over seeds. A method's members are out of the basin when, for any
-separating measure, their mean (over seeds) is beyond its threshold. At the embedded study's
-scale the barrier alone would miss members that left: large cycle lrs carry them as far from
-the fine-tuned model as another checkpoint's members, along a line with no bump, while they
-lose accuracy; the distance catches them (see README).
+The basin. A method's members left the pre-train basin when a loss barrier separates them from
+the fine-tuned model: their train-loss barrier on the straight line to it exceeds the declared
+barrier margin over seeds (experiments.paired.exceeds), and so does the barrier on a trained
+Bezier curve where the study trained one (first seed); a curve that finds a low path puts the
+members back in the basin. Distance to the fine-tuned model, and the same measures for Local DE
+(one checkpoint) and Global DE (different checkpoints) as references, are descriptions reported
+beside it, never the test (distance alone cannot tell a far point of one basin from another basin).
 """
 from __future__ import annotations
 
 import math
 import statistics
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
+
+from .paired import DEFAULTS, exceeds
 
 # Per-method statistics over seeds: the summary key of each.
 METHOD_STATS = ("acc", "nll", "val_acc", "val_nll", "member_mean_acc", "new_member_mean_acc", "soup_acc",
-                "soup_nll", "new_member_mean_barrier_train_loss", "new_member_mean_barrier_test_error",
+                "soup_nll", "greedy_soup_acc", "greedy_soup_nll", "disagreement", "kl", "new_member_mean_barrier_train_loss", "new_member_mean_barrier_test_error",
                 "new_member_mean_barrier_test_loss", "new_member_mean_dist_finetuned",
                 "new_member_mean_dist_pretrained", "mean_top_eigenvalue", "mean_hessian_trace")
 PAIRWISE_KEYS = ("train_loss", "test_error", "test_loss")
@@ -82,6 +82,12 @@ def method_stats(per_seed: list[dict]) -> dict[str, dict[str, Any]]:
             st[f"pairwise_{k}"] = stat(_seed_values(per_seed, "methods", name, "mean_pairwise_barrier", k))
             st[f"pairwise_aligned_{k}"] = stat(_seed_values(per_seed, "methods", name,
                                                             "mean_pairwise_barrier_aligned", k))
+            st[f"pairwise_repaired_{k}"] = stat(_seed_values(per_seed, "methods", name,
+                                                             "mean_pairwise_barrier_aligned_repaired", k))
+            st[f"aligned_barrier_to_finetuned_{k}"] = stat(_seed_values(per_seed, "methods", name,
+                                                                        "aligned_barrier_to_finetuned", k))
+            st[f"last_member_barrier_to_finetuned_{k}"] = stat(_seed_values(per_seed, "methods", name,
+                                                                            "last_member_barrier_to_finetuned", k))
         # ensemble accuracy / NLL by size: mean and std per size
         for k in ("ensemble_acc", "ensemble_nll"):
             by_size = list(zip(*[s["methods"][name][k] for s in per_seed]))
@@ -92,11 +98,13 @@ def method_stats(per_seed: list[dict]) -> dict[str, dict[str, Any]]:
 
 
 def basin_reference(methods: dict[str, dict]) -> dict[str, Any]:
-    """The candidate measures with Local DE's and Global DE's means, whether each separates the
-    two on every seed, and its threshold."""
+    """Local DE's and Global DE's means of each basin measure: the references beside each method's
+    own, and whether the measure tells the two apart on every seed (a description)."""
     loc = next((m for m in methods.values() if m["type"] == "local_de"), None)
     glo = next((m for m in methods.values() if m["type"] == "global_de"), None)
-    out: dict[str, Any] = {"measures": [], "rule": "out of the basin when beyond the threshold of any separating measure"}
+    out: dict[str, Any] = {"measures": [], "rule": "out of the basin when a train-loss barrier above the margin "
+                                                   "separates the members from the fine-tuned model, on the line and "
+                                                   "on a trained curve"}
     if loc is None or glo is None:
         out["note"] = "needs Local DE and Global DE"
         return out
@@ -106,27 +114,47 @@ def basin_reference(methods: dict[str, dict]) -> dict[str, Any]:
             continue
         pairs = [(a, b) for a, b in zip(ls["values"], gs["values"]) if a is not None and b is not None]
         separates = bool(pairs) and all(math.isfinite(a) and math.isfinite(b) and b > a for a, b in pairs)
-        lm, gm = _mean(ls), _mean(gs)
-        out["measures"].append({"key": key, "label": label, "unit": unit, "local": lm, "global": gm,
-                                "separates": separates,
-                                "threshold": (lm + gm) / 2 if separates and lm is not None and gm is not None else None})
+        out["measures"].append({"key": key, "label": label, "unit": unit, "local": _mean(ls), "global": _mean(gs),
+                                "separates": separates})
     return out
 
 
-def classify(methods: dict[str, dict], basin: dict[str, Any]) -> None:
-    """Marks each method "in" or "out" of the pre-train basin (None where no measure separates)."""
-    usable = [m for m in basin["measures"] if m["separates"] and m["threshold"] is not None]
-    for name, m in methods.items():
-        if m["type"] in ("local_de", "global_de") or not usable:
-            m["basin"] = {"local_de": "in", "global_de": "out"}.get(m["type"]) if usable else None
+def basin_position(m: dict, cfg: dict) -> dict:
+    """Whether a method's members (other than the fine-tuned model) left the pre-train basin:
+    a train-loss barrier on the straight line to the fine-tuned model above the barrier margin
+    (`exceeds`, over seeds), and on the trained curve where the study trained one (first seed).
+    "out" when the line's barrier exceeds the margin and the curve's does too; "in" when the
+    line's stays below it, or the curve finds a path below it (the line's bump is a bend, not a
+    wall); "unclear" otherwise. Distance is reported beside it as a description only."""
+    margin = cfg["barrier_margin"]
+    v, c = exceeds((m["stats"].get("new_member_mean_barrier_train_loss") or {}).get("values"), margin, cfg["confidence"])
+    curve = m.get("curve_barrier_train_loss")
+    if v == "undecided":
+        where = "unclear"
+    elif v == "does not hold":
+        where = "in"
+    elif v == "holds" and curve is not None:
+        where = "out" if curve > margin else "in"
+    else:
+        where = "unclear"
+    return {"basin": where, "line": c, "line_verdict": v, "curve_barrier_train_loss": curve,
+            "distance": (m["stats"].get("new_member_mean_dist_finetuned") or {}).get("mean")}
+
+
+
+def classify(methods: dict[str, dict], cfg: dict, curves: list[dict] | None = None) -> None:
+    """Each method's position (basin_position) and m["basin"]: "in", "out" or "unclear". The
+    first seed's trained curves from the fine-tuned model to a method's member give that method
+    its curve barrier."""
+    for c in curves or []:
+        if c.get("method") in methods and c.get("a") and c["curve_barrier"].get("train_loss") is not None:
+            methods[c["method"]]["curve_barrier_train_loss"] = c["curve_barrier"]["train_loss"]
+    for m in methods.values():
+        if "new_member_mean_barrier_train_loss" not in m["stats"]:
+            m["basin"] = None
             continue
-        beyond = []
-        for meas in usable:
-            v = _mean(m["stats"].get(meas["key"], {"mean": None}))
-            if v is not None and v > meas["threshold"]:
-                beyond.append(meas["key"])
-        m["basin"] = "out" if beyond else "in"
-        m["basin_beyond"] = beyond
+        m["position"] = basin_position(m, cfg)
+        m["basin"] = m["position"]["basin"]
 
 
 def select_cells(methods: dict[str, dict], on: str) -> dict[str, dict[str, Any]]:
@@ -161,8 +189,9 @@ def aggregate(per_seed: list[dict[str, Any]], has_val: bool) -> dict[str, Any]:
     """The study's summary over its seeds (`per_seed`: experiments.summary.build_summary's, one per seed)."""
     first = per_seed[0]
     methods = method_stats(per_seed)
+    cfg = {**DEFAULTS, **(first["study"].get("verdicts") or {})}
     basin = basin_reference(methods)
-    classify(methods, basin)
+    classify(methods, cfg, first.get("curves"))
     on = "val" if has_val else "test"
     selected = select_cells(methods, on)
     K = first["study"]["members"]

@@ -11,8 +11,10 @@ A config has these tables (see experiments/configs/demo.toml for a commented exa
                 val_fraction (a validation hold-out of the training set)
     [model]     name (small_cnn | tiny_cnn | resnet18 | resnet50 | torchvision:NAME | module:factory), width
     [pretrain]  embedded and digits: checkpoints (how many to train), epochs, lr, momentum,
-                weight_decay, batch_size, cache; real data: checkpoints = [local .pt files]
-    [finetune]  epochs, lr, momentum, weight_decay, batch_size (the recipe every method builds on)
+                weight_decay, batch_size, cache, objective = "supervised" | "byol" | "simclr" (and its
+                keys: experiments.ssl, SSL_KEYS); real data: checkpoints = [local .pt files]
+    [finetune]  epochs, lr, momentum, weight_decay, batch_size (the recipe every method builds on),
+                optimizer = "sgd" | "adamw" (betas), warmup_epochs (also in [pretrain]: RECIPE_KEYS)
     [scratch]   enabled, epochs, lr (the from-scratch baseline that measures the benefit of transfer)
     [methods.NAME]  type = local_de | global_de | sse | starsse | fge | swa, and its hyperparameters;
                 a list in lr_scale, cycle_scale or cycle_epochs makes the table a grid (one method
@@ -44,15 +46,17 @@ import json
 import math
 import os
 import tomllib
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from importlib import resources
-from typing import Any, Mapping
+from typing import Any
 
 from landscape.core.errors import LandscapeError
 from landscape.core.validate import check_grid_size, finite_positive, positive_int
 
 from .accel import LOADER_KEYS, RUNTIME_DEFAULTS, check_runtime
 from .data import EmbeddedSpec
+from .paired import DEFAULTS as VERDICT_DEFAULTS
 from .real_digits import DigitsSpec
 
 # The shipped configs: every TOML file in experiments/configs (one source: the folder itself).
@@ -73,6 +77,28 @@ REQUIRED = object()
 
 _EMBEDDED = {k: (FLOAT if isinstance(v, float) else INT, v) for k, v in asdict(EmbeddedSpec()).items()}
 
+# pretrain.objective's hyperparameters (experiments.ssl): key -> (type, default); ema for BYOL only,
+# temperature for SimCLR only. A supervised study has none of them, nor the objective key itself (its
+# fingerprint and pre-training cache keys stay what they were before self-supervised pre-training).
+OBJECTIVES = ("supervised", "byol", "simclr")
+SSL_KEYS: dict[str, tuple[str, Any]] = {
+    "ema": (FLOAT, 0.99), "temperature": (FLOAT, 0.5), "projector_dim": (INT, 64), "hidden_dim": (INT, 256),
+    "augment_crop": (FLOAT, 1.0), "augment_shift": (INT, 2), "augment_flip": (BOOL, False),
+    "augment_brightness": (FLOAT, 0.4), "augment_contrast": (FLOAT, 0.4), "augment_noise": (FLOAT, 0.3),
+    "probe_weight_decay": (FLOAT, 1e-4)}
+SSL_ONLY = {"ema": "byol", "temperature": "simclr"}
+
+# A recipe's optimizer (experiments.training.Optim), in [finetune] and [pretrain]: "sgd" (momentum,
+# weight decay added to the gradient; defaults 0.9 and 5e-4) or "adamw" (betas and decoupled weight
+# decay, torch.optim.AdamW's own defaults [0.9, 0.999] and 0.01), and a linear warmup over the first
+# warmup_epochs (per iteration). Keys at their defaults are dropped from the table (`_optimizer`), so
+# an SGD study without warmup keeps the fingerprint and pre-training cache keys it had before them.
+OPTIMIZERS = ("sgd", "adamw")
+RECIPE_KEYS: dict[str, tuple[str, Any]] = {"optimizer": (STR, "sgd"), "betas": (FLOAT_OR_LIST, None),
+                                           "warmup_epochs": (FLOAT, 0.0)}
+RECIPE_DEFAULTS = {"sgd": {"momentum": 0.9, "weight_decay": 5e-4}, "adamw": {"betas": [0.9, 0.999],
+                                                                           "weight_decay": 0.01}}
+
 SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
     "study": {"name": (STR, "study"), "seed": (INT, 0), "seeds": (INT_LIST, None), "members": (INT, 5),
               "device": (STR, "auto"),
@@ -82,18 +108,22 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
              **{f"{k}": v for k, v in _EMBEDDED.items() if k != "image_size"}},
     "model": {"name": (STR, "small_cnn"), "width": (INT, None)},
     "pretrain": {"checkpoints": (INT_OR_STR_LIST, None), "epochs": (INT, 8), "lr": (FLOAT, 0.05),
-                 "momentum": (FLOAT, 0.9), "weight_decay": (FLOAT, 5e-4), "batch_size": (INT, 64),
-                 "cache": (BOOL, True), "ignore_keys": (STR_LIST, None)},
-    "finetune": {"epochs": (INT, 20), "lr": (FLOAT, 0.02), "momentum": (FLOAT, 0.9),
-                 "weight_decay": (FLOAT, 5e-4), "batch_size": (INT, 32)},
+                 "momentum": (FLOAT, None), "weight_decay": (FLOAT, None), "batch_size": (INT, 64),
+                 "cache": (BOOL, True), "ignore_keys": (STR_LIST, None), **RECIPE_KEYS,
+                 # self-supervised pre-training (experiments.ssl); dropped for "supervised"
+                 "objective": (STR, "supervised"), **SSL_KEYS},
+    "finetune": {"epochs": (INT, 20), "lr": (FLOAT, 0.02), "momentum": (FLOAT, None),
+                 "weight_decay": (FLOAT, None), "batch_size": (INT, 32), **RECIPE_KEYS},
     "scratch": {"enabled": (BOOL, True), "epochs": (INT, None), "lr": (FLOAT, None)},
     "analysis": {"line_points": (INT, 11), "pairwise_points": (INT, 7), "pairwise": (BOOL, True),
                  "plane": (BOOL, True), "plane_through": (STR_LIST, None), "plane_points": (INT, 11),
                  "train_samples": (INT, 1000), "test_samples": (INT, 1000), "bn_samples": (INT, 1000),
                  "ece_bins": (INT, 15), "sharpness": (BOOL, True), "sharpness_members": (INT, 2),
                  "hessian_iters": (INT, 20), "hessian_probes": (INT, 20), "curves": (BOOL, True),
-                 "curve_epochs": (INT, 10), "curve_points": (INT, 11), "align": (STR, "weight"),
+                 "curve_epochs": (INT, 10), "curve_points": (INT, 11), "align": (STR, "weight"), "repair": (BOOL, True),
                  "report_html": (BOOL, True)},
+    # how the findings are tested: defaults and their reasons in experiments.paired.DEFAULTS
+    "verdicts": {k: (FLOAT, v) for k, v in VERDICT_DEFAULTS.items()},
     # types here, defaults from the one table of them (experiments.accel)
     "runtime": {k: (t, RUNTIME_DEFAULTS[k]) for k, t in (
         ("amp", STR), ("channels_last", BOOL_OR_AUTO), ("cudnn_benchmark", BOOL), ("micro_batch_size", INT),
@@ -124,7 +154,12 @@ METHOD_SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
     "fge": {"schedule": (STR, "garipov"), "lr1_scale": (FLOAT, 1.0), "lr2_scale": (FLOAT, 0.01),
             "lr_scale": (FLOAT_OR_LIST, None), "cycle_scale": (FLOAT_OR_LIST, None),
             "cycle_epochs": (FLOAT_OR_LIST, None)},
-    "swa": {"lr_scale": (FLOAT, 0.5), "epochs": (INT, None), "anneal_epochs": (INT, 1)},
+    # SWA: `epochs` in all, the first anneal_epochs (A) annealing the lr from finetune.lr to
+    # lr_scale × finetune.lr, the weights averaged at the end of each later epoch. Default A: a
+    # quarter of the epochs (at least 1, leaving at least one averaged): the iterates settle at the
+    # SWA lr for some epochs before the first one is averaged (an average of weights still moving
+    # from the η regime is biased towards it), and three quarters of the run are averaged.
+    "swa": {"lr_scale": (FLOAT, 0.5), "epochs": (INT, None), "anneal_epochs": (INT, None)},
 }
 METHOD_COMMON = {"type": (STR, None), "members": (INT, None), "pairwise": (BOOL, None)}
 GRID_KEYS = ("lr_scale", "cycle_scale", "cycle_epochs")
@@ -229,6 +264,7 @@ class StudyConfig:
         """
         d = self.to_json()
         d.pop("analysis")
+        d.pop("verdicts", None)  # how the numbers are judged, not how they are made
         d["study"] = {k: v for k, v in d["study"].items() if k not in ("device", "eval_batch_size", "threads")}
         d["pretrain"] = {k: v for k, v in d["pretrain"].items() if k not in ("cache", "ignore_keys")}
         d.pop("runtime", None)  # how training runs (precision, layout, accumulation), like the device
@@ -361,6 +397,35 @@ def _recipe(table: dict, where: str) -> None:
     _decay(table, where, "weight_decay")
 
 
+def _optimizer(table: dict, given: set[str], where: str) -> None:
+    """A recipe's optimizer keys (RECIPE_KEYS), after `_recipe`: the optimizer's own defaults filled
+    in, the other optimizer's keys refused, keys at their defaults dropped (see RECIPE_KEYS)."""
+    kind = table["optimizer"]
+    if kind not in OPTIMIZERS:
+        raise LandscapeError(f"{where}optimizer must be one of {', '.join(OPTIMIZERS)}, got {_describe(kind)}")
+    if kind == "sgd" and "betas" in given:
+        raise LandscapeError(f"{where}betas applies to optimizer = \"adamw\" (SGD takes momentum)")
+    if kind == "adamw" and "momentum" in given:
+        raise LandscapeError(f"{where}momentum does not apply to optimizer = \"adamw\" (its first moment's decay is "
+                             f"{where}betas[0])")
+    for k, v in RECIPE_DEFAULTS[kind].items():
+        if table.get(k) is None:
+            table[k] = v
+    if kind == "adamw":
+        b = table["betas"]
+        if not (isinstance(b, list) and len(b) == 2 and all(math.isfinite(x) and 0 <= x < 1 for x in b)):
+            raise LandscapeError(f"{where}betas must be two numbers in [0, 1), e.g. [0.9, 0.999], got {b!r}")
+        table["betas"] = [float(x) for x in b]
+    else:
+        table.pop("optimizer"), table.pop("betas")
+    w = table["warmup_epochs"]
+    if not (math.isfinite(w) and 0 <= w < table["epochs"]):
+        raise LandscapeError(f"{where}warmup_epochs must be a number in [0, {where}epochs = {table['epochs']}), "
+                             f"got {w!r}")
+    if w == 0:
+        table.pop("warmup_epochs")
+
+
 def _study_name(name: str) -> None:
     """study.name is a plain name (it is shown and stored with the study): no path, no control characters."""
     if (not name or name in (".", "..") or "/" in name or "\\" in name or os.sep in name
@@ -438,14 +503,23 @@ def _check_plane_through(refs: list[str], methods: list[MethodConfig]) -> None:
             i = int(idx)
         else:
             i = m.members - 1
-        # Member 0 of every method but SWA is the fine-tuned model (see samplers.plan_study).
-        if i == 0 and m.type != "swa":
+        # Member 0 of every method but SWA and Garipov's FGE is the fine-tuned model (samplers.plan_study).
+        if i == 0 and m.type != "swa" and not (m.type == "fge" and m.params.get("schedule") == "garipov"):
             raise LandscapeError(f"analysis.plane_through names {ref!r}, which is the fine-tuned model, the plane's "
                                  "centre: name another member")
         picked.append((name, i))
     if picked[0] == picked[1]:
         raise LandscapeError(f"analysis.plane_through names the same member twice ({refs[0]!r}, {refs[1]!r}): "
                              "a plane needs two different members")
+
+
+def _check_verdicts(v: dict) -> None:
+    if not 0.5 <= v["confidence"] < 1:
+        raise LandscapeError(f"verdicts.confidence = {v['confidence']!r}: give a two-sided confidence level in "
+                             "[0.5, 1), e.g. 0.9")
+    for k in ("acc_margin", "nll_margin", "barrier_margin"):
+        if not (math.isfinite(v[k]) and v[k] > 0):
+            raise LandscapeError(f"verdicts.{k} = {v[k]!r}: a margin is a positive number")
 
 
 def _check_analysis(an: dict, methods: list[MethodConfig]) -> None:
@@ -557,13 +631,55 @@ def _parse_method(name: str, table: Any, st: dict, ft: dict) -> list[MethodConfi
         _count(params, where, "anneal_epochs", minimum=0, maximum=MAX_EPOCHS)
         if mtype == "swa":
             params["epochs"] = params["epochs"] or max(1, ft["epochs"] // 2)
-            if params["anneal_epochs"] > params["epochs"]:
-                raise LandscapeError(f"{where}anneal_epochs ({params['anneal_epochs']}) exceeds epochs "
-                                     f"({params['epochs']})")
+            if params["anneal_epochs"] is None:
+                params["anneal_epochs"] = min(max(1, params["epochs"] // 4), params["epochs"] - 1)
+            if params["anneal_epochs"] >= params["epochs"]:
+                raise LandscapeError(f"{where}anneal_epochs ({params['anneal_epochs']}) must be less than "
+                                     f"{where}epochs ({params['epochs']}): SWA averages the epochs after the anneal, at least one")
         # Pairwise barrier matrices are K² lines: on by default for single methods, off for grid cells.
         pw = (not grid) if pairwise is None else pairwise
         out.append(MethodConfig(cell_name, mtype, members, pw, params, name))
     return out
+
+
+def _check_objective(pre: dict, given: set[str], data: dict) -> None:
+    """pretrain.objective and its hyperparameters (experiments.ssl); a supervised study keeps none of
+    them, a self-supervised one only its own objective's."""
+    obj = pre["objective"]
+    if obj not in OBJECTIVES:
+        raise LandscapeError(f"pretrain.objective must be one of {', '.join(OBJECTIVES)}, got {_describe(obj)}")
+    wrong = sorted(k for k in given if k in SSL_KEYS and (obj == "supervised" or SSL_ONLY.get(k, obj) != obj))
+    if wrong:
+        k = wrong[0]
+        raise LandscapeError(f"pretrain.{k} only applies to pretrain.objective = "
+                             f"{SSL_ONLY.get(k, 'byol or simclr')!r}, not {obj!r}")
+    if obj == "supervised":
+        for k in ("objective", *SSL_KEYS):
+            pre.pop(k)
+        return
+    for k in [k for k, o in SSL_ONLY.items() if o != obj]:
+        pre.pop(k)
+    w = "pretrain."
+    if obj == "byol" and not (math.isfinite(pre["ema"]) and 0 <= pre["ema"] < 1):
+        raise LandscapeError(f"{w}ema (BYOL's base target decay τ) must be a number in [0, 1), got {pre['ema']!r}")
+    _rate(pre, w, "temperature")
+    for k in ("projector_dim", "hidden_dim"):
+        _count(pre, w, k, maximum=MAX_WIDTH * 16)
+    if pre["batch_size"] < 2:
+        raise LandscapeError(f"{w}batch_size must be at least 2 for pretrain.objective = {obj!r} (a batch's views "
+                             f"are compared with each other, and BatchNorm needs two samples), got {pre['batch_size']}")
+    c = pre["augment_crop"]
+    if not (math.isfinite(c) and 0 < c <= 1):
+        raise LandscapeError(f"{w}augment_crop (the smallest crop's area fraction) must be in (0, 1], got {c!r}")
+    _count(pre, w, "augment_shift", minimum=0)
+    if pre["augment_shift"] >= data["image_size"]:
+        raise LandscapeError(f"{w}augment_shift must be less than the image size ({data['image_size']}), "
+                             f"got {pre['augment_shift']}")
+    for k in ("augment_brightness", "augment_noise", "probe_weight_decay"):
+        _decay(pre, w, k)
+    if not (math.isfinite(pre["augment_contrast"]) and 0 <= pre["augment_contrast"] < 1):
+        raise LandscapeError(f"{w}augment_contrast must be a number in [0, 1) (contrast factors 1 ± it), "
+                             f"got {pre['augment_contrast']!r}")
 
 
 def _check_runtime(sections: dict, raw: Mapping[str, Any]) -> None:
@@ -598,7 +714,7 @@ def parse_config(raw: Mapping[str, Any], source: str = "<config>", check_paths: 
         raise LandscapeError(f"config {source}: {exc}") from None
 
 
-def _parse(raw: Mapping[str, Any], check_paths: bool) -> "_Parsed":
+def _parse(raw: Mapping[str, Any], check_paths: bool) -> _Parsed:
     known = [*SCHEMA, "methods"]
     for key in raw:
         if key not in known:
@@ -611,6 +727,7 @@ def _parse(raw: Mapping[str, Any], check_paths: bool) -> "_Parsed":
     _study_name(st["name"])
     _count(st, "study.", "eval_batch_size")
     _count(st, "study.", "threads", minimum=0)
+    _check_verdicts(sections["verdicts"])
 
     # data
     if data["kind"] not in DATA_KINDS:
@@ -659,9 +776,13 @@ def _parse(raw: Mapping[str, Any], check_paths: bool) -> "_Parsed":
 
     # recipes (scratch's defaults come from the fine-tuning recipe, checked first)
     _recipe(ft, "finetune.")
+    _optimizer(ft, set(raw.get("finetune", {})), "finetune.")
     _recipe(sc, "scratch.")
     sc["epochs"] = sc["epochs"] or 2 * ft["epochs"]
     sc["lr"] = sc["lr"] or ft["lr"]
+    if ft.get("warmup_epochs", 0) >= sc["epochs"]:  # the baseline trains with the fine-tuning recipe
+        raise LandscapeError(f"finetune.warmup_epochs ({ft['warmup_epochs']:g}) must be less than scratch.epochs "
+                             f"({sc['epochs']}): the from-scratch baseline warms up as the fine-tuning does")
 
     # methods
     methods = []
@@ -684,7 +805,13 @@ def _parse(raw: Mapping[str, Any], check_paths: bool) -> "_Parsed":
             raise LandscapeError(f"pretrain.checkpoints must be an integer for the {data['kind']} data "
                                  "(how many checkpoints to pre-train on the source task)")
         _recipe(pre, "pretrain.")
+        _optimizer(pre, given_pre, "pretrain.")
         pre["checkpoints"] = pre["checkpoints"] or need
+        _check_objective(pre, given_pre, data)
+        odd = [k for k in ("optimizer", "warmup_epochs") if k in pre]
+        if odd and pre.get("objective", "supervised") != "supervised":
+            raise LandscapeError(f"pretrain.{odd[0]} applies to supervised pre-training only (experiments.ssl "
+                                 f"trains {pre['objective']} with its own SGD recipe)")
     else:
         ck = pre["checkpoints"]
         if not isinstance(ck, list) or not ck:
@@ -700,8 +827,10 @@ def _parse(raw: Mapping[str, Any], check_paths: bool) -> "_Parsed":
             for p in pre["checkpoints"]:
                 if not os.path.isfile(p):
                     raise LandscapeError(f"checkpoint file {p!r} does not exist (pretrain.checkpoints)")
-        for k in ("epochs", "lr", "momentum", "weight_decay", "batch_size", "cache"):
+        for k in ("epochs", "lr", "momentum", "weight_decay", "batch_size", "cache", "objective", *SSL_KEYS):
             pre.pop(k)
+        for k in RECIPE_KEYS:
+            pre.pop(k, None)
     have = pre["checkpoints"] if isinstance(pre["checkpoints"], int) else len(pre["checkpoints"])
     if need > have:
         raise LandscapeError(f"global_de with {need} members needs {need} pre-trained checkpoints, "
@@ -729,7 +858,7 @@ def resolve_config_path(ref: str) -> str:
     """A config file path, or the name of a shipped config (demo, demo_quick, cifar10_resnet50, ...)."""
     if os.path.isfile(ref):
         return ref
-    stem = ref[:-5] if ref.endswith(".toml") else ref
+    stem = ref.removesuffix(".toml")
     if os.sep not in ref and stem in SHIPPED:
         return shipped_path(stem)
     if os.path.exists(ref):

@@ -3,15 +3,16 @@
 From the aggregate over seeds (experiments.aggregate: every number a mean with its std over
 seeds) and the first seed's analysis results (experiments.seed_analysis):
 
-- ensemble_by_size.png: ensemble test accuracy and NLL against ensemble size for the cell chosen
-  in each config table, mean with a ±std band over seeds; the from-scratch model as reference;
+- ensemble_by_size.png: ensemble test accuracy and NLL against ensemble size, and accuracy
+  against the members' training cost in epochs, for the cell chosen in each config table, mean
+  with ±std error bars over seeds; the from-scratch model as reference;
 - grid_vs_cycle_lr.png: each grid family's (SSE, StarSSE; cyclic FGE with several cells)
   ensemble accuracy and NLL against the cycle lr η_c, one line per cycle length C, error bars =
   std over seeds, markers filled when the cell's members are in the pre-train basin and hollow
   when out, the chosen cell ringed, Local DE and Global DE as reference lines with std bands;
 - members_vs_cycle_lr.png: the same grid's individual members: accuracy (fine-tuned model and
   training from scratch as references), train-loss and test-error barriers to the fine-tuned
-  model, distance to it; Local DE, Global DE and the basin threshold as references;
+  model, distance to it; Local DE, Global DE and the barrier margin as references;
 - plane.png: the first seed's plane, train loss beside test error (BN recomputed), every member
   projected onto it, the three points that define it marked;
 - interpolation.png: the first seed's curves from the fine-tuned model (α = 0) to one member
@@ -39,6 +40,7 @@ from landscape.core.errors import LandscapeFault
 from landscape.plots import plt, save_figure  # the toolkit's matplotlib, already on the Agg backend
 
 from .markdown import TYPE_LABEL
+from .summary import cost_epochs
 
 # One colour family per method type: a base colour, and a colormap for the cells of a grid.
 COLORS = {"local_de": "tab:blue", "global_de": "tab:red", "sse": "tab:orange", "starsse": "tab:green",
@@ -349,7 +351,7 @@ def fig_members(summary: dict[str, Any], out: str) -> str | None:
     fams = cell_series(summary, [k for k, _, _ in MEMBER_ROWS])
     if not fams:
         return None
-    measures = {m.get("key"): m for m in (summary.get("basin") or {}).get("measures", [])}
+    margin = ((summary.get("study") or {}).get("verdicts") or {}).get("barrier_margin")
     tr = summary.get("transfer") or {}
 
     def extra(ax: Any, key: str, scale: float) -> list[tuple[str, Any]]:
@@ -361,11 +363,10 @@ def fig_members(summary: dict[str, Any], out: str) -> str | None:
                 h = _hline(ax, mean, std, color, ls, f"{lab} (band: ± std)", scale)
                 if h is not None:
                     got.append((f"{lab} (band: ± std)", h))
-        meas = measures.get(key)
-        if meas and meas.get("separates") and _finite(_num(meas.get("threshold"))):
-            lab = "basin threshold (midway between Local DE and Global DE)"
-            got.append((lab, ax.axhline(scale * _num(meas["threshold"]), color="black", ls="-", lw=0.9, alpha=0.7,
-                                        label=lab, zorder=1)))
+        if key == "new_member_mean_barrier_train_loss" and margin is not None:
+            lab = "barrier margin (out of the basin above it, on the line and on a trained curve)"
+            got.append((lab, ax.axhline(scale * margin, color="black", ls="-", lw=0.9, alpha=0.7, label=lab,
+                                        zorder=1)))
         return got
 
     fig = _grid_figure(summary, fams, MEMBER_ROWS, "Individual members against the cycle learning rate "
@@ -396,33 +397,52 @@ def ensemble_series(summary: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def _cost_by_size(summary: dict[str, Any], name: str, sizes: np.ndarray) -> np.ndarray:
+    """The training epochs of a method's first k members, for each k (summary.cost_epochs)."""
+    m = summary["methods"][name]
+    E = ((summary.get("study") or {}).get("finetune") or {}).get("epochs")
+    try:
+        return np.array([cost_epochs(m, E, int(k)) for k in sizes], dtype=float)
+    except (KeyError, TypeError):  # a summary without the method's schedule: no cost to draw
+        return np.full(len(sizes), np.nan)
+
+
 def fig_ensembles(summary: dict[str, Any], out: str) -> str | None:
-    """Ensemble accuracy and NLL by size for the chosen cells; None when there is nothing to draw."""
+    """Ensemble accuracy and NLL by size, and accuracy by training cost, for the chosen cells;
+    None when there is nothing to draw. Each method's ± std is an error bar, its points shifted a
+    little sideways from the others' so that the bars stay apart."""
     series = [s for s in ensemble_series(summary) if len(s["sizes"])]
     if not series:
         return None
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
     seen: dict[str, int] = {}
-    for s in series:
+    width = 0.3  # of one size step, shared by all the methods' sideways shifts
+    for i, s in enumerate(series):
         k = seen[s["type"]] = seen.get(s["type"], -1) + 1
         color, ls = COLORS.get(s["type"], "gray"), LINESTYLES[k % len(LINESTYLES)]
-        for ax, key, scale in ((axes[0], "acc", 100.0), (axes[1], "nll", 1.0)):
+        shift = (i - (len(series) - 1) / 2) * width / max(1, len(series) - 1)
+        cost = _cost_by_size(summary, s["name"], s["sizes"])
+        for ax, key, scale, x in ((axes[0], "acc", 100.0, s["sizes"] + shift), (axes[1], "nll", 1.0,
+                                                                                   s["sizes"] + shift),
+                                  (axes[2], "acc", 100.0, cost)):
             y, sd = scale * s[key]["mean"], scale * s[key]["std"]
-            ax.plot(s["sizes"], y, color=color, ls=ls, marker="o", ms=4, label=s["label"], zorder=2)
-            ok = np.isfinite(y) & np.isfinite(sd)
-            if ok.any():
-                ax.fill_between(s["sizes"], np.where(ok, y - sd, np.nan), np.where(ok, y + sd, np.nan), color=color,
-                                alpha=0.08, lw=0, zorder=1)
+            ax.errorbar(x, y, yerr=np.where(np.isfinite(sd), sd, 0.0), color=color, ls=ls, marker="o", ms=4,
+                        capsize=2, elinewidth=0.8, label=s["label"], zorder=2)
     tr = summary.get("transfer") or {}
-    for ax, key, scale, unit in ((axes[0], "acc", 100.0, "%"), (axes[1], "nll", 1.0, " nats")):
+    for ax, key, scale, unit in ((axes[0], "acc", 100.0, "%"), (axes[1], "nll", 1.0, " nats"),
+                                 (axes[2], "acc", 100.0, "%")):
         mean, std = _ms(tr.get(f"scratch_{key}"))
         _reference_in_range(ax, mean, std, "gray", ":", "one model trained from scratch", scale, unit)
+        ax.grid(alpha=0.25)
+    for ax in axes[:2]:
         ax.set_xlabel("ensemble size (members)")
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-        ax.grid(alpha=0.25)
+    axes[2].set_xlabel("training cost of the members (epochs; the shared fine-tuning counted once)")
     axes[0].set_ylabel("ensemble test accuracy (%)"), axes[1].set_ylabel("ensemble test NLL (nats)")
+    axes[2].set_ylabel("ensemble test accuracy (%)")
     axes[0].set_title("test accuracy by ensemble size"), axes[1].set_title("test NLL by ensemble size")
-    fig.suptitle(f"Ensembles of each table's chosen cell ({_over_seeds(summary)}; bands: ± std)", fontsize=11)
+    axes[2].set_title("test accuracy by training cost")
+    fig.suptitle(f"Ensembles of each table's chosen cell ({_over_seeds(summary)}; bars: ± std)", fontsize=11)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
     fig.tight_layout()
@@ -462,7 +482,10 @@ def fig_plane(summary: dict[str, Any], results: dict[str, Any], out: str) -> str
               if z is not None and np.isfinite(z).any()]
     if not panels:
         return None
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.6 * len(panels), 5.6), squeeze=False, sharey=True)
+    # Both axes are weight-space L2 units: drawn at one scale (equal aspect), the figure shaped to fit.
+    ratio = float((ys.max() - ys.min()) / max(xs.max() - xs.min(), 1e-12))
+    height = min(max(4.6 * ratio, 2.4), 9.0) + 1.2
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.6 * len(panels), height), squeeze=False, sharey=True)
     axes = axes[0]
     gx, gy = np.meshgrid(xs, ys)
     projs = [p for p in plane.get("projections", []) if _finite(_num(p.get("x"))) and _finite(_num(p.get("y")))]
@@ -502,6 +525,7 @@ def fig_plane(summary: dict[str, Any], results: dict[str, Any], out: str) -> str
                         fontsize=7.5, color="black", zorder=6,
                         bbox=dict(boxstyle="round,pad=0.2", fc="white", ec="none", alpha=0.75))
         ax.set_title(f"{lab.split(' (')[0]} on the plane, BN recomputed", fontsize=10)
+        ax.set_aspect("equal", adjustable="box")
         ax.set_xlabel("u: towards the second point (weight-space L2 units)")
     axes[0].set_ylabel("v: orthogonal, towards the third point (L2 units)")
     seed = (results or {}).get("seed")

@@ -15,7 +15,7 @@ from .real_digits import CLASSES as DIGITS_CLASSES
 from .real_digits import DIGITS_IMAGES, MNIST_IMAGES
 
 TYPE_LABEL = {"local_de": "Local DE", "global_de": "Global DE", "sse": "SSE", "starsse": "StarSSE",
-              "fge": "FGE", "swa": "SWA"}
+              "fge": "FGE", "swa": "SWA (K independent runs)"}
 
 
 def _special(x: Any) -> str | None:
@@ -64,6 +64,14 @@ def _pct(s: dict | None) -> str:
     return pm(s, fmt_pct)
 
 
+def _recipe(ft: dict) -> str:
+    """The fine-tuning optimizer in words (SGD with momentum, or AdamW with its betas)."""
+    if ft.get("optimizer") == "adamw":
+        b = ft.get("betas") or (0.9, 0.999)
+        return f"AdamW (betas {b[0]:g}, {b[1]:g})"
+    return f"SGD momentum {ft['momentum']}"
+
+
 def _describe(st: dict) -> str:
     d, m, ft = st["data"], st["model"], st["finetune"]
     if d["kind"] == "embedded":
@@ -84,13 +92,127 @@ def _describe(st: dict) -> str:
     seeds = st["seeds"]
     return (f"Config `{st['config']}` (fingerprint `{st['fingerprint']}`). Data: {data_desc}. Model: {m['name']}"
             + (f" (width {m['width']})" if m.get("width") else "")
-            + f". Fine-tuning recipe: SGD momentum {ft['momentum']}, η = {ft['lr']}, weight decay "
-            f"{ft['weight_decay']}, E = {ft['epochs']} epochs, batch {ft['batch_size']}, cosine decay. K = "
+            + f". Fine-tuning recipe: {_recipe(ft)}, η = {ft['lr']}, weight decay "
+            f"{ft['weight_decay']}, E = {ft['epochs']} epochs, batch {ft['batch_size']}, "
+            + (f"linear warmup over {ft['warmup_epochs']:g} epochs, then " if ft.get("warmup_epochs") else "")
+            + "cosine decay. K = "
             f"{st['members']} members per method. {len(seeds)} seed{'s' if len(seeds) > 1 else ''} "
             f"({', '.join(map(str, seeds))}), each an independent replicate (its own pre-trainings, fine-tunings and "
-            "data orders): numbers are mean ± std over seeds (sample std), per-seed values in summary.json. "
+            "data orders, augmentation and head initialisations): numbers are mean ± std over seeds (sample std), "
+            "per-seed values in summary.json. The replicates share one draw of the data (the data seed above), so "
+            "that a seed-paired difference compares two methods on the same training and test images; the "
+            "intervals therefore say nothing about another draw of the data. "
             "Barriers are measured on straight lines with BatchNorm statistics recomputed at every point; "
             "accuracies are test-set fractions shown in %; n/a marks a value not computed in this run.")
+
+
+def headline_counts(found: list[dict]) -> dict[str, dict[str, int]]:
+    """Verdicts by test kind, each comparison once (a finding that repeats another is skipped)."""
+    out: dict[str, dict[str, int]] = {}
+    for f in found:
+        if f.get("same_as"):
+            continue
+        kind = out.setdefault(f["test"], {})
+        kind[f["verdict"]] = kind.get(f["verdict"], 0) + 1
+    return out
+
+
+def _headline(summary: dict[str, Any]) -> str:
+    """The verdicts counted by test kind, each comparison once, and how each test decides."""
+    v = summary["study"].get("verdicts") or {}
+    conf = 100 * v.get("confidence", 0.9)
+    counts = headline_counts(summary["findings"])
+    parts = []
+    for test, c in counts.items():
+        parts.append(f"{test}: " + ", ".join(f"{c[k]} {k}" for k in ("holds", "does not hold", "mixed",
+                                                                     "inconclusive", "undecided") if c.get(k)))
+    repeated = [f["id"] for f in summary["findings"] if f.get("same_as")]
+    return (f"The paper's claims checked here, by test ({'; '.join(parts)})"
+            + (f"; {', '.join(repeated)} repeats another comparison and is counted once" if repeated else "")
+            + f". Each comparison is paired by seed, with the {conf:g}% Student-t interval of the mean difference. "
+            "*Superiority* (\"beats\") holds when the interval lies above 0 and does not hold below it. "
+            "*Non-inferiority* (\"matches or beats\") holds when it lies above −margin and does not hold below it. "
+            "*Equivalence* (\"matches\") holds inside ±margin (TOST) and does not hold outside it. Anything "
+            "straddling is inconclusive. Margins declared in the config's [verdicts]: "
+            f"{100 * v.get('acc_margin', 0.005):g} points of accuracy, {v.get('nll_margin', 0.01):g} NLL, train-loss "
+            f"barrier {v.get('barrier_margin', 0.1):g}. \"Detectable\" is the smallest true difference the seeds "
+            "would find with 80% power. A claim on accuracy and NLL holds when both do and is *mixed* when they "
+            "disagree.")
+
+
+def _basin_section(summary: dict[str, Any]) -> list[str]:
+    """Per method: the barrier test that places its members in or out of the basin, with distance beside it."""
+    methods = summary["methods"]
+    rows = [mm for mm in methods.values() if mm.get("position")]
+    if not rows:
+        return []
+    v = summary["study"].get("verdicts") or {}
+    L = ["## Where the members are: barriers, with distance beside them", "",
+         "A method's members are *out* of the pre-train basin when a train-loss barrier above the margin "
+         f"({v.get('barrier_margin', 0.1):g}) separates them from the fine-tuned model: on the straight line over "
+         "seeds (the interval above the margin) and on a trained Bezier curve (first seed; a curve that finds a "
+         "low path puts them back in). *In* when the line's barrier is below the margin; *unclear* otherwise. "
+         "Distance is a description, not a test. Local DE (one checkpoint) and Global DE (different checkpoints) "
+         "are the references.", ""]
+    body = []
+    for mm in rows:
+        p, s_ = mm["position"], mm["stats"]
+        line = p["line"]
+        ci = (f"[{fmt_num(line['lo'] + line['level'])}, {fmt_num(line['hi'] + line['level'])}]"
+              if line.get("lo") is not None else "n/a")
+        body.append([mm["label"], pm(s_.get("new_member_mean_barrier_train_loss")), ci,
+                     fmt_num(p.get("curve_barrier_train_loss")), _pct(s_.get("new_member_mean_barrier_test_error")),
+                     pm(s_.get("new_member_mean_dist_finetuned"), nd=2), str(mm.get("basin"))])
+    conf = 100 * v.get("confidence", 0.9)
+    L += [table(["method", "line train-loss barrier to ft", f"{conf:g}% interval", "curve barrier (first seed)",
+                 "line test-error barrier", "distance to ft", "basin"], body), ""]
+    return L
+
+
+OBJECTIVE_LABEL = {"byol": "BYOL", "simclr": "SimCLR"}
+
+
+def _source_accuracy(summary: dict[str, Any]) -> list[str]:
+    """The pre-trained checkpoints' accuracy on the source task: for a self-supervised study
+    (pretrain.objective, experiments.ssl) their linear-probe accuracy; [] when none was recorded."""
+    accs = [a for s in (summary.get("seeds") or {}).values()
+            for a in ((s.get("transfer") or {}).get("pretrained_source_acc") or {}).values()
+            if isinstance(a, (int, float)) and math.isfinite(a)]
+    if not accs:
+        return []
+    obj = (summary.get("study") or {}).get("pretrain_objective") or "supervised"
+    mean = fmt_pct(math.fsum(accs) / len(accs))
+    count = f"mean of {len(accs)} checkpoint{'s' if len(accs) > 1 else ''}" + (
+        f", from {fmt_pct(min(accs))} to {fmt_pct(max(accs))}" if len(accs) > 1 else "")
+    if obj == "supervised":
+        return [f"Pre-trained checkpoints on the source task (supervised): test accuracy {mean} ({count}).", ""]
+    return [f"Pre-trained checkpoints on the source task ({OBJECTIVE_LABEL.get(obj, obj)}, without labels): "
+            f"linear-probe accuracy {mean} on the source test set ({count}); each checkpoint's head is a linear "
+            "classifier fit to its frozen backbone's features of the source training set.", ""]
+
+
+def _diversity_and_soups(summary: dict[str, Any], chosen: set[str]) -> list[str]:
+    """Per chosen method: the members' diversity, and its uniform and greedy soups."""
+    methods = summary["methods"]
+    rows = []
+    for name, mm in methods.items():
+        if name not in chosen:
+            continue
+        s_ = mm["stats"]
+        rows.append([mm["label"], _pct(s_.get("disagreement")), pm(s_.get("kl")), _pct(s_.get("soup_acc")),
+                     pm(s_.get("soup_nll")), _pct(s_.get("greedy_soup_acc")), pm(s_.get("greedy_soup_nll"))])
+    if not rows:
+        return []
+    ft = summary["transfer"]
+    return ["## Diversity and soups", "",
+            "Diversity of the K members: the mean pairwise disagreement of their predictions and the mean KL "
+            "divergence of each member's predictive distribution from the ensemble's (test split). Soups are weight "
+            "averages with BN recomputed: uniform over the K members, and greedy as Wortsman et al. (2022): members "
+            "sorted by their validation accuracy, each kept only if the soup's validation accuracy does not fall "
+            f"(Local DE, SSE and StarSSE). The single fine-tuned model: {_pct(ft['finetuned_acc'])} / NLL "
+            f"{pm(ft.get('finetuned_nll'))}.", "",
+            table(["method", "disagreement", "KL", "uniform soup acc", "uniform soup NLL", "greedy soup acc",
+                   "greedy soup NLL"], rows), ""]
 
 
 def render_markdown(summary: dict[str, Any], figures: dict[str, str]) -> str:
@@ -101,45 +223,49 @@ def render_markdown(summary: dict[str, Any], figures: dict[str, str]) -> str:
     on = "validation" if summary.get("selection_split") == "val" else "test (the task has no validation split)"
     L = [f"# Pre-train basin study: {st['name']}", "", _describe(st), ""]
     L += ["## Findings", ""]
-    verdicts = [f["verdict"] for f in summary["findings"]]
-    if verdicts:
-        counts = ", ".join(f"{verdicts.count(v)} {v}" for v in ("holds", "does not hold", "mixed", "inconclusive",
-                                                                  "undecided") if verdicts.count(v))
-        L += [f"The paper's claims checked here: {counts}. A comparison is paired by seed; its tolerance is the "
-              "95% confidence half-width of the mean difference (Student t over seeds), never below a negligible "
-              "floor (0.2 points of accuracy, 0.002 NLL, 0.01 loss barrier). \"Beats\" holds beyond the "
-              "tolerance and is inconclusive within it; \"matches or beats\" holds within it. A claim on "
-              "accuracy and NLL holds when both do and is *mixed* when they disagree.", ""]
+    if summary["findings"]:
+        L += [_headline(summary), ""]
     for f in summary["findings"]:
-        L.append(f"- **{f['verdict']}** — {f['claim']} *Measure:* {f['measure']}. {f['text']}")
+        L.append(f"- **{f['verdict']}** ({f['test']}) — {f['claim']} *Measure:* {f['measure']}. {f['text']}")
     L.append("")
-    basin = summary.get("basin") or {}
-    if basin.get("measures"):
-        L += ["## Where the members are: the basin measures", "",
-              "Local DE members (one checkpoint) are the reference for the pre-train basin, Global DE members "
-              "(different checkpoints) for another basin. A measure separates when Global DE's mean exceeds Local "
-              "DE's on every seed; its threshold is midway between their means. A method's members are *out* of the "
-              "basin when beyond the threshold of any separating measure.", ""]
-        L += [table(["measure", "Local DE", "Global DE", "separates on every seed", "threshold"],
-                    [[b["label"], fmt_num(b["local"]), fmt_num(b["global"]), "yes" if b["separates"] else "no",
-                      fmt_num(b["threshold"])] for b in basin["measures"]]), ""]
+    L += _basin_section(summary)
     aligned = [(n, mm) for n, mm in methods.items() if mm["stats"].get("pairwise_aligned_train_loss")]
     if aligned:
         method = next((mm.get("align_method") for _, mm in aligned if mm.get("align_method")), "weight")
         L += ["## Basins up to permutation", "",
               "Mean pairwise barriers among a method's members on the straight line, before and after permuting "
               f"every member's hidden units to match the first member's ({method} matching, `landscape align`; "
-              "the aligned members compute their own functions exactly). Mean ± std over seeds.", ""]
-        L += [table(["method", "train-loss barrier", "aligned", "test-error barrier", "aligned"],
+              "the aligned members compute their own functions exactly). Mean ± std over seeds. BN statistics are "
+              "recomputed at every point, which for a BN network is all of REPAIR (Jordan et al. 2023): its "
+              "rescaling of each BN output to the endpoints' interpolated statistics is then the identity (up to the "
+              "O(1/n) gap between biased and unbiased variances: barriers agree to 1e-5 on `landscape demo --quick`), "
+              "as the recomputed BN already outputs the interpolated γ and β; REPAIR proper (`--bn repair`) is computed "
+              "for networks without BN.", ""]
+        L += [table(["method", "train-loss barrier", "aligned", "aligned + REPAIR", "test-error barrier", "aligned",
+                     "aligned + REPAIR"],
                     [[mm["label"], pm(mm["stats"].get("pairwise_train_loss")),
-                      pm(mm["stats"].get("pairwise_aligned_train_loss")), _pct(mm["stats"].get("pairwise_test_error")),
-                      _pct(mm["stats"].get("pairwise_aligned_test_error"))] for _, mm in aligned]), ""]
+                      pm(mm["stats"].get("pairwise_aligned_train_loss")),
+                      pm(mm["stats"].get("pairwise_repaired_train_loss")), _pct(mm["stats"].get("pairwise_test_error")),
+                      _pct(mm["stats"].get("pairwise_aligned_test_error")),
+                      _pct(mm["stats"].get("pairwise_repaired_test_error"))] for _, mm in aligned]), ""]
+        exits = [mm for mm in methods.values() if mm["stats"].get("aligned_barrier_to_finetuned_train_loss")]
+        if exits:
+            L += ["The largest-cycle-lr member of SSE and StarSSE against the fine-tuned model, on the line before "
+                  "and after aligning the member's units to the fine-tuned model's (does a permutation explain the "
+                  "barrier?):", "",
+                  table(["cell (last member)", "train-loss barrier to ft", "aligned", "test-error barrier to ft",
+                         "aligned"],
+                        [[mm["label"], pm(mm["stats"].get("last_member_barrier_to_finetuned_train_loss")),
+                          pm(mm["stats"].get("aligned_barrier_to_finetuned_train_loss")),
+                          _pct(mm["stats"].get("last_member_barrier_to_finetuned_test_error")),
+                          _pct(mm["stats"].get("aligned_barrier_to_finetuned_test_error"))] for mm in exits]), ""]
     L += ["## Transfer", "",
           table(["model", "test accuracy", "test NLL"],
                 [[f"fine-tuned from checkpoint 0 (`{st['finetuned_model']}`)", _pct(tr["finetuned_acc"]),
                   pm(tr["finetuned_nll"])]]
                 + ([["trained from scratch on the target", _pct(tr["scratch_acc"]), pm(tr["scratch_nll"])]]
                    if tr["scratch_acc"]["n"] else [])), ""]
+    L += _source_accuracy(summary)
     sel = summary.get("selected") or {}
     chosen = {v["cell"] for v in sel.values()}
     L += ["## Methods at ensemble size K", "",
@@ -161,6 +287,7 @@ def render_markdown(summary: dict[str, Any], figures: dict[str, str]) -> str:
                  "pairwise train-loss barrier", "basin"], rows), "",
           "Member accuracy, barriers and distances are means over the members other than the fine-tuned model "
           "itself; the soup is the uniform weight average of the members with BN recomputed.", ""]
+    L += _diversity_and_soups(summary, chosen)
     grids = [(g, v) for g, v in sel.items() if v["cells"] > 1]
     if grids:
         L += ["## The grid", "", f"Every cell of each grid table; ✓ marks the cell chosen on {on} (by ensemble "

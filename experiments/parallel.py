@@ -6,7 +6,8 @@ Training. A unit is an independent training run (one member per rank, never data
 training of one member). The study goes in rounds: rank 0 takes every unit whose starting
 snapshot is finished, deals them out so that the ranks get about the same work (the longest
 first, each to the least loaded rank), and sends with the deal the starting snapshots the units
-need; every rank trains its units; rank 0 receives the results and stores each (predictions,
+need (a Garipov FGE segment's with the optimizer state the next segment carries on with); every
+rank trains its units; rank 0 receives the results and stores each (predictions,
 then the snapshot that marks it done) in plan order. A unit is the same pure function of its
 start and its seed on any rank, so the store ends as in one process, bit for bit (with the same
 threads per process). Only rank 0 writes; the other ranks need no shared file system to train.

@@ -32,7 +32,7 @@ from landscape.analyses.align import align_all
 from landscape.analyses.connect import connect as connect_curve
 from landscape.analyses.ensemble import ensemble_arrays, finished_ensemble
 from landscape.analyses.hessian import hessian as landscape_hessian
-from landscape.core.bn import recompute_bn
+from landscape.core.bn import bn_modules, recompute_bn
 from landscape.core.checkpoints import Snapshot
 from landscape.core.params import set_buffers, vector_to_model
 from landscape.evaluate.engine import Evaluator
@@ -123,6 +123,9 @@ def analyze_core(prep, store: Store, runner, quiet: bool = True, plan=None,
     if ctx.an["pairwise"]:
         for name, pw in pairwise_barriers(ctx).items():
             out["methods"][name].update(pw)
+    if ctx.an["align"] != "none":
+        for name, ab in aligned_exit_barriers(ctx).items():
+            out["methods"][name].update(ab)
     store_ensembles(ctx, out["methods"])
     return out
 
@@ -180,31 +183,34 @@ def sharpness(ctx: AnalysisContext) -> dict[str, dict[str, Any]]:
     return out
 
 
-def curve_pairs(ctx: AnalysisContext) -> list[tuple[str, str, str]]:
-    """(label, a, b): two Global DE members (a wall or a bend between checkpoints?) and the
-    fine-tuned model with the member of the largest cycle learning rate (did it leave the basin?)."""
+def curve_pairs(ctx: AnalysisContext) -> list[tuple[str, str, str, str | None]]:
+    """(label, a, b, method): two Global DE members (a wall or a bend between checkpoints?), and
+    for SSE and for StarSSE the fine-tuned model with the last member of the cell with the largest
+    cycle learning rate (did it leave the basin? the exit verdict needs a barrier on this curve
+    as well as on the line)."""
     pairs = []
     for m in ctx.cfg.methods:
         if m.type == "global_de" and len(ctx.plan.members[m.name]) >= 3:
             names = ctx.plan.members[m.name]
-            pairs.append((f"{m.name} members", names[1], names[2]))
+            pairs.append((f"{m.name} members", names[1], names[2], None))
             break
-    cyc = [m for m in ctx.cfg.methods if m.type in ("starsse", "sse")]
-    if cyc:
-        big = max(cyc, key=lambda m: (m.params["lr_scale"], m.type == "starsse", m.params["cycle_epochs"]))
-        pairs.append((f"fine-tuned to {big.name}", ctx.plan.finetuned, ctx.plan.members[big.name][-1]))
+    for t in ("starsse", "sse"):
+        cyc = [m for m in ctx.cfg.methods if m.type == t]
+        if cyc:
+            big = max(cyc, key=lambda m: (m.params["lr_scale"], m.params["cycle_epochs"]))
+            pairs.append((f"fine-tuned to {big.name}", ctx.plan.finetuned, ctx.plan.members[big.name][-1], big.name))
     return pairs
 
 
 def study_curves(ctx: AnalysisContext) -> list[dict[str, Any]]:
     """A trained Bezier curve against the straight line for each pair of `curve_pairs`."""
     out = []
-    for label, a, b in curve_pairs(ctx):
+    for label, a, b, method in curve_pairs(ctx):
         res = connect_curve(ctx.evaluator, ctx.runner.snapshot(a), ctx.runner.snapshot(b), curve="bezier",
                             num=ctx.an["curve_points"], epochs=ctx.an["curve_epochs"], seed=ctx.plan.seed,
                             store=ctx.store, name=f"curve-{a}-{b}", provenance=ctx.provenance, overwrite=True,
                             quiet=ctx.quiet)
-        out.append({"label": label, "a": a, "b": b,
+        out.append({"label": label, "a": a, "b": b, "method": method,
                     "line_barrier": {k: v["barrier"] for k, v in res["line_barriers"].items()},
                     "curve_barrier": {k: v["barrier"] for k, v in res["barriers"].items()}})
     return out
@@ -237,44 +243,69 @@ def ensembles_by_size(ctx: AnalysisContext) -> dict[str, dict[str, Any]]:
             res.update({f"{pre}ensemble_acc": r.acc.tolist(), f"{pre}ensemble_nll": r.nll.tolist(),
                         f"{pre}member_acc": r.member_acc.tolist(), f"{pre}member_nll": r.member_nll.tolist()})
             if split == "test":
-                res.update(ensemble_ece=r.ece.tolist(), ensemble_brier=r.brier.tolist())
+                # diversity: mean pairwise disagreement of the members' predictions and mean KL of
+                # each member's predictive distribution from the ensemble's
+                res.update(ensemble_ece=r.ece.tolist(), ensemble_brier=r.brier.tolist(),
+                           ensemble_disagreement=r.disagreement.tolist(), ensemble_kl=r.kl.tolist())
         if m.type in ("sse", "starsse") or m.params.get("schedule") == "cyclic":
             res["cycle_lr"] = ctx.cfg["finetune"]["lr"] * m.params["lr_scale"]
         out[m.name] = res
     return out
 
 
-def landscape_evaluator(ctx: AnalysisContext) -> tuple[Evaluator, dict[str, Any]]:
+def landscape_evaluator(ctx: AnalysisContext, bn_mode: str = "recompute") -> tuple[Evaluator, dict[str, Any]]:
     """The evaluator of every line, matrix and plane (BN recomputed at every point), and the
     provenance that identifies its model and data in the results' fingerprints."""
     cfg, an, target = ctx.cfg, ctx.an, ctx.prep.target
     train_d = target.eval_data("train", an["train_samples"], seed=ctx.plan.seed)
     test_d = target.eval_data("test", an["test_samples"], seed=ctx.plan.seed)
-    ev = Evaluator(ctx.prep.template, train_d, test_d, bn_mode="recompute", device=ctx.prep.device,
+    ev = Evaluator(ctx.prep.template, train_d, test_d, bn_mode=bn_mode, device=ctx.prep.device,
                    batch_size=min(cfg["study"]["eval_batch_size"], 500), bn_samples=an["bn_samples"])
     prov = {"model": cfg["model"], "data": cfg["data"], "train_samples": an["train_samples"],
             "test_samples": an["test_samples"]}
     return ev, prov
 
 
+# The methods whose greedy soup is reported (Wortsman et al.'s recipe needs a held-out split).
+GREEDY_SOUP_TYPES = ("local_de", "sse", "starsse")
+
+
 def soups(ctx: AnalysisContext) -> dict[str, dict[str, float]]:
-    """Uniform weight averages, BN recomputed, evaluated on the whole test split."""
+    """Each method's uniform weight average, BN recomputed, on the whole test split; and for Local
+    DE, SSE and StarSSE the greedy soup of Wortsman et al. (2022) where the task has a validation
+    split: members sorted by their own validation accuracy, each added to the soup only if the
+    soup's validation accuracy does not fall."""
     prep, runner, an = ctx.prep, ctx.runner, ctx.an
     bs = ctx.cfg["study"]["eval_batch_size"]
     labels = prep.target.test_labels()
     model = copy.deepcopy(prep.template).to(prep.device)
     bn_x = ctx.evaluator.datasets["train"][0][: an["bn_samples"]].to(prep.device)
-    out = {}
-    for m in ctx.cfg.methods:
-        names = ctx.plan.members[m.name]
+
+    def soup_of(names: list[str], split: str = "test") -> dict[str, float]:
         params = torch.zeros_like(runner.snapshot(names[0]).params, dtype=torch.float64)
         for n in names:  # a running sum: large models never need K copies in memory
             params += runner.snapshot(n).params.double()
         vector_to_model((params / len(names)).float().to(prep.device), model)
         set_buffers(model, {k: v.to(prep.device) for k, v in runner.snapshot(names[0]).buffers.items()})
         recompute_bn(model, bn_x.contiguous(), min(bs, 500))
-        vals = logits_metrics(predict(model, prep.target, prep.device, bs), labels)
+        return logits_metrics(predict(model, prep.target, prep.device, bs, split),
+                              labels if split == "test" else prep.target.labels(split))
+
+    out = {}
+    for m in ctx.cfg.methods:
+        names = ctx.plan.members[m.name]
+        vals = soup_of(names)
         out[m.name] = {"soup_acc": vals["test_acc"], "soup_nll": vals["test_loss"]}
+        if m.type in GREEDY_SOUP_TYPES and prep.target.has_val:
+            order = sorted(names, key=lambda n: -runner.snapshot(n).meta.get("val_acc", 0.0))
+            chosen, best = [order[0]], soup_of([order[0]], "val")["test_acc"]
+            for n in order[1:]:
+                acc = soup_of(chosen + [n], "val")["test_acc"]
+                if acc >= best:
+                    chosen, best = chosen + [n], acc
+            g = soup_of(chosen)
+            out[m.name].update(greedy_soup_acc=g["test_acc"], greedy_soup_nll=g["test_loss"],
+                               greedy_soup_members=chosen)
     return out
 
 
@@ -368,19 +399,57 @@ ALIGNED_TYPES = ("local_de", "global_de")
 def aligned_pairwise_barriers(ctx: AnalysisContext, m, names: list[str], alphas: np.ndarray) -> dict[str, Any]:
     """The barrier matrix among a method's members after permuting every member's hidden units to
     match the first member's (Git Re-Basin: `landscape align`, analysis.align's method): do
-    members of different checkpoints share a basin up to the order of their units?"""
+    members of different checkpoints share a basin up to the order of their units? With
+    analysis.repair and a network without BN, the same aligned matrix again with REPAIR (`--bn
+    repair`: each hidden layer's output rescaled to the endpoints' interpolated statistics,
+    Jordan et al. 2023)."""
+    method = ctx.an["align"]
+    snaps = _aligned(ctx, [ctx.runner.snapshot(n) for n in names])
+    iu = np.triu_indices(len(names), 1)
+    out: dict[str, Any] = {"align_method": method}
+    # In a BN network REPAIR after the BN recompute is the identity up to the O(1/n) gap between
+    # biased and unbiased variances (its targets are the interpolated γ and β the recomputed BN
+    # already produces; barriers agreed to 1e-5 on the quick demo), so it runs without BN only.
+    repair = ctx.an["repair"] and not bn_modules(ctx.prep.template)
+    evaluators = [("", ctx.evaluator)] + ([("_repaired", repair_evaluator(ctx))] if repair else [])
+    for suffix, ev in evaluators:
+        res = analyses.barrier_matrix(ev, snaps, alphas, store=ctx.store,
+                                      name=f"{ctx.px}{m.name}-aligned{suffix.replace('_', '-')}",
+                                      provenance={**ctx.provenance, "method": m.name, "align": method},
+                                      overwrite=True)
+        matrices = {k[: -len("_barrier")]: np.asarray(res[k]) for k in res if k.endswith("_barrier")}
+        out[f"pairwise_barrier_aligned{suffix}"] = {k: v.tolist() for k, v in matrices.items()}
+        out[f"mean_pairwise_barrier_aligned{suffix}"] = {k: float(np.mean(v[iu])) for k, v in matrices.items()}
+    return out
+
+
+def _aligned(ctx: AnalysisContext, snaps: list[Snapshot]) -> list[Snapshot]:
+    """Every snapshot's hidden units permuted to match the first's (analysis.align's method)."""
     data = ctx.evaluator.loss_data()
     x = data["x"] if data["x"] is not None else data["stream"].head(ctx.an["train_samples"]).x
-    method = ctx.an["align"]
-    snaps = align_all(ctx.evaluator.model, [ctx.runner.snapshot(n) for n in names], example=x[:1], method=method,
-                      batches=lambda: iter(x[i:i + 250] for i in range(0, len(x), 250)))
-    res = analyses.barrier_matrix(ctx.evaluator, snaps, alphas, store=ctx.store, name=f"{ctx.px}{m.name}-aligned",
-                                  provenance={**ctx.provenance, "method": m.name, "align": method}, overwrite=True)
-    iu = np.triu_indices(len(names), 1)
-    matrices = {k[: -len("_barrier")]: np.asarray(res[k]) for k in res if k.endswith("_barrier")}
-    return {"pairwise_barrier_aligned": {k: v.tolist() for k, v in matrices.items()},
-            "mean_pairwise_barrier_aligned": {k: float(np.mean(v[iu])) for k, v in matrices.items()},
-            "align_method": method}
+    return align_all(ctx.evaluator.model, snaps, example=x[:1], method=ctx.an["align"],
+                     batches=lambda: iter(x[i:i + 250] for i in range(0, len(x), 250)))
+
+
+def repair_evaluator(ctx: AnalysisContext) -> Evaluator:
+    """The study's evaluator with REPAIR in place of the plain BN recompute."""
+    return landscape_evaluator(ctx, bn_mode="repair")[0]
+
+
+def aligned_exit_barriers(ctx: AnalysisContext) -> dict[str, dict[str, Any]]:
+    """For SSE and StarSSE, the line from the fine-tuned model to the last member of the cell with
+    the largest cycle lr after aligning that member's hidden units to the fine-tuned model's: is a
+    large-cycle-lr member's barrier a wall or a permutation?"""
+    out = {}
+    alphas = line_alphas(ctx.an["line_points"])
+    for _, a, b, method in curve_pairs(ctx):
+        if method is None:
+            continue
+        sa, sb = _aligned(ctx, [ctx.runner.snapshot(a), ctx.runner.snapshot(b)])
+        res = analyses.line(ctx.evaluator, sa, sb, alphas, store=ctx.store, name=f"aligned-{a}-{b}",
+                            provenance={**ctx.provenance, "align": ctx.an["align"]}, overwrite=True)
+        out[method] = {"aligned_barrier_to_finetuned": {k: v["barrier"] for k, v in res["barriers"].items()}}
+    return out
 
 
 def store_ensembles(ctx: AnalysisContext, methods: dict[str, dict[str, Any]]) -> None:

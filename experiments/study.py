@@ -8,16 +8,17 @@ analyses and rank 0 alone writes (experiments.parallel).
 
 DIR/results (a store folder, see landscape.store.store; names below without the sSEED- prefix)
     store.json            attrs: study_fingerprint, study_name, study_source, study_config
-    snapshots/UNIT.h5     the unit's weights, buffers and metadata (method, member, cycle, lr, seed, parent, ...)
+    snapshots/UNIT.h5     the unit's weights, buffers and metadata (method, member, cycle, lr, seed, parent, ...);
+                          a Garipov FGE segment's also its optimizer state (optimizer/KEY/PARAM, experiments.records)
     predictions/UNIT.h5   test logits [N_test, C] (and val_logits with a validation split), fp32, with metrics
     labels/test.h5        the test (labels/val.h5: validation) labels the predictions refer to
     ensembles/METHOD.h5   ensemble metrics by size, member names, soup metrics
     curves/line-ft-0-0-UNIT.h5, barriers/METHOD.h5, surfaces/plane.h5, directions/plane.h5   (analysis)
 
 A unit is finished when its predictions and its snapshot are both stored (experiments.records).
-Every unit is a pure function of its starting snapshot and its seed, so a resumed study ends
-with the same numbers as an uninterrupted one. A rerun with nothing to do writes nothing to the
-store.
+Every unit is a pure function of its starting snapshot (with the optimizer state stored in it, for
+FGE) and its seed, so a resumed study ends with the same numbers as an uninterrupted one. A rerun
+with nothing to do writes nothing to the store.
 """
 from __future__ import annotations
 
@@ -49,9 +50,9 @@ from .estimate import device_name, estimate_training, iterations_for, measure_se
 from .files import write_atomically, write_json_atomically
 from .models import check_fits, load_backbone, load_checkpoint_file, seeded_build
 from .real_digits import digits_tasks, source_digest
-from .records import unit_done, write_labels, write_predictions
+from .records import read_unit_snapshot, unit_done, write_labels, write_predictions, write_unit_snapshot
 from .report import write_report
-from .samplers import Plan, TrainingContext, Unit, plan_study, run_unit
+from .samplers import Plan, TrainingContext, Unit, UnitSnapshot, plan_study, run_unit, run_unit_with_state
 from .seed_analysis import analyze_study
 from .training import Hooks, iterations_per_epoch, logits_metrics, predict, to_fast_layout
 
@@ -166,6 +167,8 @@ def cache_dir() -> str:
 
 
 def _cache_key(cfg: StudyConfig, unit: Unit) -> str:
+    # pre holds pretrain.objective and its hyperparameters for a self-supervised study, neither for a
+    # supervised one (experiments.config drops them): a supervised entry is never a BYOL one
     pre = {k: v for k, v in cfg["pretrain"].items() if k not in ("cache", "checkpoints")}
     d = {"data": cfg["data"], "model": cfg["model"], "pretrain": pre, "unit": f"pretrain-{unit.member}",
          "seed": unit.seed, "torch": torch.__version__, "version": 2}
@@ -221,7 +224,7 @@ class Runner:
         if name in self._pinned:
             return self._pinned[name]
         if name not in self._snapshots:
-            self.remember(name, self.store.read_snapshot(name))
+            self.remember(name, read_unit_snapshot(self.store, name))  # with an FGE segment's optimizer state
         return self._snapshots[name]
 
     def remember(self, name: str, snap: Snapshot) -> None:
@@ -271,22 +274,28 @@ class Runner:
         """Train one unit and predict with it; nothing is written to the store (a rank other than
         0 sends the result to rank 0, experiments.parallel)."""
         t0 = time.perf_counter()
-        cached = False
+        cached, carry = False, None
         if unit.kind == "pretrain" and self.use_cache:
             model, cached = self._from_cache(unit), True
             if model is None:
                 model, cached = run_unit(self.ctx, unit), False
         else:
-            model = run_unit(self.ctx, unit)
+            trained = run_unit_with_state(self.ctx, unit)
+            model, carry = trained.model, trained.optimizer_state
         seconds = time.perf_counter() - t0
         model = model.cpu().eval()
-        snap = Snapshot.from_model(model, unit.name, **unit.meta())
+        snap = UnitSnapshot.from_model(model, unit.name, **unit.meta())
+        snap.optimizer_state = carry  # what the next unit carries on with (Garipov's FGE), stored with it
         logits = val = metrics = None
         if unit.kind == "pretrain":
             acc = logits_metrics(predict(model.to(self.prep.device), self.prep.source, self.prep.device,
                                          self.prep.cfg["study"]["eval_batch_size"]),
                                  self.prep.source.test_labels())["test_acc"]
             snap.meta["source_test_acc"] = acc
+            objective = self.prep.cfg["pretrain"].get("objective", "supervised")
+            snap.meta["objective"] = objective
+            if objective != "supervised":  # the head is a linear probe of the frozen backbone (experiments.ssl)
+                snap.meta["linear_probe_acc"] = acc
             if self.use_cache and not cached:
                 self._to_cache(unit, model, acc)
         else:
@@ -305,8 +314,7 @@ class Runner:
         self.timings[f.name] = f.seconds
         if f.logits is not None:
             write_predictions(self.store, f.name, f.logits, f.metrics, f.val_logits)
-        self.store.write_snapshot(f.snapshot, f.name, overwrite=True,
-                                  attrs={"train_seconds": f.seconds, "from_cache": f.cached})
+        write_unit_snapshot(self.store, f.snapshot, f.name, attrs={"train_seconds": f.seconds, "from_cache": f.cached})
         self.remember(f.name, f.snapshot)
         if not f.cached:
             self.trained.append(f.name)

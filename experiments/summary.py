@@ -38,7 +38,7 @@ def cost_epochs(m: dict[str, Any], finetune_epochs: int, members: int) -> float:
         return E + (K - 1) * p["cycle_epochs"]
     if m["type"] == "fge":
         c = p["cycle_epochs"]
-        return E + (K - 1) * c if p.get("schedule") == "cyclic" else E + c / 2 + (K - 2) * c
+        return E + (K - 1) * c if p.get("schedule") == "cyclic" else E + c / 2 + (K - 1) * c  # Garipov: K minima
     if m["type"] == "swa":
         return float(E + K * p["epochs"])
     return float("nan")
@@ -74,12 +74,20 @@ def build_summary(prep: Any, results: dict[str, Any], plan: Any = None) -> dict[
             "ensemble_brier": m["ensemble_brier"], "member_acc": m["member_acc"], "member_nll": m["member_nll"],
             "member_mean_acc": mean_or_none(m["member_acc"]),
             "soup_acc": m.get("soup_acc"), "soup_nll": m.get("soup_nll"),
+            "greedy_soup_acc": m.get("greedy_soup_acc"), "greedy_soup_nll": m.get("greedy_soup_nll"),
+            "greedy_soup_members": m.get("greedy_soup_members"),
+            "ensemble_disagreement": m.get("ensemble_disagreement"), "ensemble_kl": m.get("ensemble_kl"),
+            "disagreement": m["ensemble_disagreement"][-1] if m.get("ensemble_disagreement") else None,
+            "kl": m["ensemble_kl"][-1] if m.get("ensemble_kl") else None,
             "barrier_to_finetuned": barrier,
             "dist_finetuned": m["member_dist_finetuned"], "dist_pretrained": m["member_dist_pretrained"],
             "mean_pairwise_barrier": m.get("mean_pairwise_barrier"),
             "pairwise_barrier": m.get("pairwise_barrier"),
             "mean_pairwise_barrier_aligned": m.get("mean_pairwise_barrier_aligned"),
             "pairwise_barrier_aligned": m.get("pairwise_barrier_aligned"), "align_method": m.get("align_method"),
+            "mean_pairwise_barrier_aligned_repaired": m.get("mean_pairwise_barrier_aligned_repaired"),
+            "aligned_barrier_to_finetuned": m.get("aligned_barrier_to_finetuned"),
+            "last_member_barrier_to_finetuned": {k: v[-1] for k, v in barrier.items()},
             # means over the members that are not the fine-tuned model itself
             "new_member_mean_acc": mean_or_none([m["member_acc"][i] for i in new]),
             "new_member_mean_barrier_test_loss": mean_or_none([barrier["test_loss"][i] for i in new]),
@@ -101,7 +109,9 @@ def build_summary(prep: Any, results: dict[str, Any], plan: Any = None) -> dict[
                                           for k, v in results.get("pretrained", {}).items()}}
     summary = {"study": {"name": cfg.name, "config": cfg.source, "fingerprint": cfg.fingerprint(),
                          "members": cfg.members, "data": cfg["data"], "model": cfg["model"],
-                         "finetune": cfg["finetune"], "finetuned_model": plan.finetuned},
+                         "finetune": cfg["finetune"], "finetuned_model": plan.finetuned,
+                         "pretrain_objective": cfg["pretrain"].get("objective", "supervised"),
+                         "verdicts": cfg["verdicts"]},
                "seed": plan.seed, "transfer": transfer, "methods": methods}
     if "plane" in results:
         summary["plane"] = {"through": results["plane"]["through"], "projections": results["plane"]["projections"]}

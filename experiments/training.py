@@ -1,15 +1,24 @@
-"""The training loop and the learning-rate schedules of the study.
+"""The training loop, the optimizers and the learning-rate schedules of the study.
+
+Recipes (a [finetune] or [pretrain] table, `Optim.from_recipe`): SGD (momentum, coupled weight
+decay) or AdamW (betas, decoupled weight decay: torch.optim.AdamW's own), with an optional linear
+warmup of the first warmup_epochs.
 
 Schedules (all exact closed forms, applied through torch.optim.lr_scheduler):
 - fine-tuning and pre-training: cosine decay per epoch, lr(t) = η·½(1 + cos(π·t/E)), t = 0..E−1;
-- an SSE/StarSSE cycle: the same within the cycle, η_c·½(1 + cos(π·t/C)), restarting at η_c
-  (every cycle gets a fresh optimizer and scheduler: momentum is cleared at each snapshot);
+  with W = round(warmup_epochs × iterations per epoch) > 0 warmup steps, per iteration instead:
+  lr(i) = η·(i+1)/W for i < W, then η·½(1 + cos(π·(i−W)/(n−W))) over the other n − W steps;
+- an SSE/StarSSE cycle: the same cosine within the cycle, η_c·½(1 + cos(π·t/C)), restarting at η_c
+  (every cycle gets a fresh optimizer and scheduler: momentum is cleared at each snapshot; a
+  cycle never warms up again: it continues a trained model, it does not start a recipe);
 - FGE (Garipov et al. 2018): triangular per iteration between lr1 and lr2 with cycle c
   (iterations): t(i) = ((i mod c) + 1)/c, lr = (1−2t)·lr1 + 2t·lr2 for t ≤ ½ and
   (2−2t)·lr2 + (2t−1)·lr1 after; the minimum lr2 is reached at the middle of each cycle, where a
-  snapshot is taken;
-- SWA: torch.optim.swa_utils.SWALR (cosine annealing to the SWA lr), averaging by AveragedModel
-  at the end of each epoch, BN statistics by update_bn.
+  snapshot is taken; one optimizer for the whole run (its state carried from segment to segment);
+- SWA (Izmailov et al. 2018): torch.optim.swa_utils.SWALR anneals the lr from η to the SWA lr
+  over A epochs (cosine, per epoch), lr(e) = swa_lr + (η − swa_lr)·½(1 + cos(π·e/A)) for e < A and
+  swa_lr after; AveragedModel averages the weights at the end of epochs A..E−1; update_bn.
+With AdamW these schedules set AdamW's lr; the cyclic FGE's momentum cycle sets its beta1.
 
 All randomness of a run (data order, augmentation) comes from one torch.Generator seeded by the
 run, so a run repeated from the same starting point gives the same weights bit for bit.
@@ -60,6 +69,22 @@ def fge_lr(iteration: int, lr1: float, lr2: float, cycle: int) -> float:
     return (2 - 2 * t) * lr2 + (2 * t - 1) * lr1
 
 
+def warmup_cosine_factor(i: int, warmup: int, total: int) -> float:
+    """The lr factor at step i of `total`: (i+1)/warmup over the first `warmup` steps (linear from
+    ~0 up to 1), then the cosine decay ½(1 + cos(π·(i−warmup)/(total−warmup))) over the rest."""
+    if i < warmup:
+        return (i + 1) / warmup
+    return cosine_factor(i - warmup, total - warmup)
+
+
+def warmup_iterations(warmup_epochs: float, iters_per_epoch: int, total: int) -> int:
+    """Warmup steps: round(warmup_epochs × iterations per epoch), at least 1 when warmup_epochs > 0
+    and at most total − 1 (one step of the decay is left)."""
+    if warmup_epochs <= 0:
+        return 0
+    return max(1, min(round(warmup_epochs * iters_per_epoch), total - 1))
+
+
 def fge_cycle_iterations(cycle_epochs: float, iters_per_epoch: int) -> int:
     """Iterations of one FGE cycle, rounded to an even number (the minimum sits at the middle)."""
     return max(2, 2 * round(cycle_epochs * iters_per_epoch / 2))
@@ -89,16 +114,76 @@ class Hooks:
 
 @dataclass
 class Optim:
+    """A recipe's optimizer: SGD (momentum, weight decay added to the gradient) or AdamW (betas,
+    decoupled weight decay), and its warmup (applied by the runs that start a recipe: pre-training,
+    fine-tuning, the from-scratch baseline)."""
+
     lr: float
     momentum: float = 0.9
     weight_decay: float = 5e-4
     batch_size: int = 32
     nesterov: bool = False
+    optimizer: str = "sgd"
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_epochs: float = 0.0
 
-    def make(self, model: nn.Module, lr: float | None = None) -> torch.optim.SGD:
-        """A fresh SGD optimizer: no momentum state carried from anything before."""
-        return torch.optim.SGD(model.parameters(), lr=self.lr if lr is None else lr, momentum=self.momentum,
+    @classmethod
+    def from_recipe(cls, table: dict[str, Any], lr: float | None = None) -> Optim:
+        """The optimizer of a validated [finetune] or [pretrain] table (experiments.config)."""
+        kind = table.get("optimizer", "sgd")
+        return cls(table["lr"] if lr is None else lr, table["momentum"] if kind == "sgd" else 0.0,
+                   table["weight_decay"], table["batch_size"], optimizer=kind,
+                   betas=tuple(table.get("betas") or (0.9, 0.999)), warmup_epochs=table.get("warmup_epochs", 0.0))
+
+    @property
+    def first_moment(self) -> float:
+        """SGD's momentum, AdamW's beta1: what a momentum cycle (CyclicLR) varies."""
+        return self.betas[0] if self.optimizer == "adamw" else self.momentum
+
+    def make(self, model: nn.Module, lr: float | None = None) -> torch.optim.Optimizer:
+        """A fresh optimizer: no state carried from anything before."""
+        lr = self.lr if lr is None else lr
+        if self.optimizer == "adamw":
+            return torch.optim.AdamW(model.parameters(), lr=lr, betas=tuple(self.betas),
+                                     weight_decay=self.weight_decay)
+        return torch.optim.SGD(model.parameters(), lr=lr, momentum=self.momentum,
                                weight_decay=self.weight_decay, nesterov=self.nesterov)
+
+
+def optimizer_state(optimizer: torch.optim.Optimizer, model: nn.Module) -> dict[str, torch.Tensor]:
+    """The optimizer's per-parameter state as {"KEY/PARAM NAME": tensor} (SGD: momentum_buffer;
+    AdamW: step, exp_avg, exp_avg_sq), detached CPU copies in the parameters' logical layout."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    out: dict[str, torch.Tensor] = {}
+    for p, st in optimizer.state.items():
+        for key, v in st.items():
+            if isinstance(v, torch.Tensor):
+                out[f"{key}/{names[id(p)]}"] = v.detach().cpu().contiguous().clone()
+    return out
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, model: nn.Module, state: dict[str, torch.Tensor],
+                         what: str) -> None:
+    """Put `optimizer_state`'s output back into a fresh optimizer over the same model, checking
+    every tensor against its parameter (a damaged or foreign state is refused in one line)."""
+    params = dict(model.named_parameters())
+    by_param: dict[str, dict[str, torch.Tensor]] = {}
+    for full, v in state.items():
+        key, _, name = full.partition("/")
+        p = params.get(name)
+        if p is None or not isinstance(v, torch.Tensor) or not v.is_floating_point():
+            raise LandscapeError(f"{what}: optimizer state {full!r} does not belong to this model")
+        if key == "step":
+            if v.numel() != 1:
+                raise LandscapeError(f"{what}: optimizer state {full!r} is not one step count")
+            by_param.setdefault(name, {})[key] = v.detach().reshape(()).clone()
+            continue
+        if tuple(v.shape) != tuple(p.shape):
+            raise LandscapeError(f"{what}: optimizer state {full!r} has shape {list(v.shape)}, its parameter "
+                                 f"{list(p.shape)}")
+        by_param.setdefault(name, {})[key] = torch.empty_like(p).copy_(v)
+    for name, st in by_param.items():
+        optimizer.state[params[name]] = st
 
 
 @dataclass

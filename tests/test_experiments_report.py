@@ -153,7 +153,8 @@ def test_summary_numbers_follow_the_results():
     assert s["methods"]["local_de"]["cycle_lr"] is None
     assert s["methods"]["sse_large"]["cycle_lr"] == pytest.approx(0.02 * 8)
     assert s["transfer"]["margin"] == pytest.approx(0.2)
-    assert s["methods"]["sse_small"]["label"] == "SSE (0.5·η, C=2 ep)" and s["methods"]["swa"]["label"] == "SWA"
+    assert s["methods"]["sse_small"]["label"] == "SSE (0.5·η, C=2 ep)"
+    assert s["methods"]["swa"]["label"] == "SWA (K independent runs)"
     assert s["methods"]["fge"]["label"] == "FGE (Garipov)"
     # cost in epochs: E = 3, K = 3, C = 2
     E, K = 3, 3

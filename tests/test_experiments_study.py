@@ -81,6 +81,23 @@ def test_end_to_end_outputs(e2e):
         assert st.read("surfaces", "plane")["done"].all()
         assert set(st.names("ensembles")) == set(summary["methods"])
     assert per_seed["local_de"]["barrier_to_finetuned"]["test_loss"][0] == 0.0
+    # diversity at size K against fp64 numpy on the stored predictions: mean pairwise disagreement
+    # of the argmax predictions, mean KL(p_i || p̄) of the members from the ensemble
+    with Store(str(out / RESULTS), "r") as st:
+        for name in ("local_de", "starsse_large"):
+            m = per_seed[name]
+            logits = np.stack([st.read("predictions", n)["logits"] for n in m["members"]]).astype(np.float64)
+            logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
+                - logits.max(-1, keepdims=True)
+            p, pred = np.exp(logp), logits.argmax(-1)
+            pairs = [(i, j) for i in range(K) for j in range(i + 1, K)]
+            assert m["disagreement"] == pytest.approx(np.mean([(pred[i] != pred[j]).mean() for i, j in pairs]))
+            pbar = p.mean(0)
+            assert m["kl"] == pytest.approx((p * (logp - np.log(pbar))).sum(-1).mean(), rel=1e-4, abs=1e-6)
+            # the greedy soup starts from the member with the best validation accuracy
+            val_acc = [float((st.read("predictions", n)["val_logits"].argmax(1) == yv).mean()) for n in m["members"]]
+            assert m["greedy_soup_members"][0] == m["members"][int(np.argmax(val_acc))]
+            assert set(m["greedy_soup_members"]) <= set(m["members"]) and 0 <= m["greedy_soup_acc"] <= 1
     # curvature and curved paths (issue 13): sharpness for every method; between two Global DE
     # members of the embedded task the trained curve lowers the straight line's barrier
     assert all(m["mean_top_eigenvalue"] > 0 and m["mean_hessian_trace"] > 0 for m in per_seed.values())

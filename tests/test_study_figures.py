@@ -76,7 +76,8 @@ def make_summary(std=0.01, seeds=(0, 1, 2), grid=True):
     if grid:
         selected["sse"] = {"cell": "sse-lr0.5-c1", "cells": 4}
         selected["starsse"] = {"cell": "starsse-lr4-c0.5", "cells": 4}
-    return {"study": {"members": 3, "finetune": {"lr": eta, "epochs": E}, "seeds": list(seeds)},
+    return {"study": {"members": 3, "finetune": {"lr": eta, "epochs": E}, "seeds": list(seeds),
+                      "verdicts": {"barrier_margin": 0.1}},
             "transfer": {"finetuned_acc": st(0.79, std), "scratch_acc": st(0.55, std), "scratch_nll": st(1.4, std),
                          "finetuned_nll": st(0.5, std)},
             "methods": methods,
@@ -288,9 +289,9 @@ def test_member_figure_reference_lines(kept, tmp_path):
     acc, barrier, err, dist = (refs(fig.axes[2 * i]) for i in range(4))
     assert acc["fine-tuned model (band: ± std)"] == pytest.approx(79)
     assert acc["trained from scratch (band: ± std)"] == pytest.approx(55)
-    thr = "basin threshold (midway between Local DE and Global DE)"
-    assert barrier[thr] == pytest.approx(0.5) and dist[thr] == pytest.approx(12.5)
-    assert thr not in err  # the test-error barrier does not separate: no threshold drawn
+    margin = "barrier margin (out of the basin above it, on the line and on a trained curve)"
+    assert barrier[margin] == pytest.approx(0.1)
+    assert margin not in err and margin not in dist  # only the barrier decides; distance has no threshold
     assert dist["Global DE (band: ± std)"] == pytest.approx(20.0)
     line = next(c for c in fig.axes[6].containers if c.get_label() == "C = 1·E").lines[0]
     np.testing.assert_allclose(line.get_ydata(), [3.0, 18.0])  # SSE's distances at C = 1·E
@@ -305,6 +306,22 @@ def test_ensemble_series_are_the_chosen_cells():
     np.testing.assert_array_equal(sse["sizes"], [1, 2, 3])
     np.testing.assert_allclose(sse["acc"]["mean"], [0.80, 0.81, 0.82])
     np.testing.assert_allclose(sse["nll"]["mean"], [0.52, 0.50, 0.48])
+
+
+def test_ensembles_against_cost_in_epochs(kept, tmp_path):
+    """The third panel puts each chosen cell's k-member ensemble at the k members' training cost:
+    k·E for the deep ensembles, E + (k−1)·C for a cycle method (E = 10, C = 0.5·E here)."""
+    s = make_summary()
+    assert F.fig_ensembles(s, str(tmp_path / "e.png"))
+    fig = _fig(kept, "e.png")
+    cost_ax = fig.axes[2]
+    by_label = {c.get_label(): c.lines[0] for c in cost_ax.containers}
+    np.testing.assert_allclose(by_label["Local DE"].get_xdata(), [10, 20, 30])
+    sse = next(v for k, v in by_label.items() if k.startswith("sse (0.5"))
+    np.testing.assert_allclose(sse.get_xdata(), [10, 20, 30])  # C = 1·E for the chosen SSE cell
+    star = next(v for k, v in by_label.items() if k.startswith("starsse (4"))
+    np.testing.assert_allclose(star.get_xdata(), [10, 15, 20])
+    np.testing.assert_allclose(star.get_ydata(), 100 * np.asarray(F.ensemble_series(s)[3]["acc"]["mean"]))
 
 
 def test_interpolation_series_pick_the_members(kept, tmp_path):
@@ -335,4 +352,6 @@ def test_plane_has_both_panels(kept, tmp_path):
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
     assert titles == ["train loss on the plane, BN recomputed", "test error on the plane, BN recomputed"]
     texts = [t.get_text() for ax in fig.axes for t in ax.texts]
+    # one unit of weight space is as long on u as on v (issue 21: x spanned 8 units, y 36, at one size)
+    assert all(ax.get_aspect() == 1.0 for ax in fig.axes if ax.get_title())
     assert texts.count("fine-tuned model\ns0-ft-0-0") == 2 and texts.count("sse (4·η, C=1·E)\ns0-sse-lr4-c1-2") == 2
