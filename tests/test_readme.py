@@ -6,7 +6,6 @@ import os
 import re
 import subprocess
 
-import numpy as np
 import pytest
 
 from landscape.store.store import Store
@@ -62,6 +61,7 @@ def test_python_examples(ran, monkeypatch):
     code = blocks("python", "## Python API")[0]
     namespace: dict = {}
     exec(compile(code, "README.md", "exec"), namespace)  # our own README
-    assert namespace["line"]["bn_mode"] == "recompute"
+    assert namespace["line"].bn_mode == "recompute"
     assert len(namespace["rows"]) == 2
-    assert np.asarray(namespace["plane"]["test_loss"]).shape == (5, 5)
+    assert namespace["plane"].test_loss.shape == (5, 5)
+    assert namespace["top"].shape == (2,)
