@@ -112,7 +112,7 @@ def cmp_text(c: dict, pct: bool) -> str:
     where = f"{conf} interval [{f(c['lo'])}, {f(c['hi'])}]"
     if test == "exceeds":
         lvl = c["level"]
-        return (f"{g(c['diff'] + lvl)} against the level {g(lvl)}, {where} about it; {test}; detectable "
-                f"{g(c['detectable'])}")
+        return (f"{g(c['diff'] + lvl)}, {conf} interval [{g(c['lo'] + lvl)}, {g(c['hi'] + lvl)}], against the level "
+                f"{g(lvl)}; {test}; detectable {g(c['detectable'])}")
     margin = f", margin ±{g(c['margin'])}" if test in ("non-inferiority", "equivalence") else ""
     return f"difference {f(c['diff'])}, {where}{margin}; {test}; detectable {g(c['detectable'])}"
