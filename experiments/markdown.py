@@ -102,7 +102,7 @@ def _describe(st: dict) -> str:
             "per-seed values in summary.json. The replicates share one draw of the data (the data seed above), so "
             "that a seed-paired difference compares two methods on the same training and test images; the "
             "intervals therefore say nothing about another draw of the data. "
-            "Barriers are measured on straight lines with BatchNorm statistics recomputed at every point; "
+            "Barriers are measured on straight lines, with BatchNorm statistics (in a model that has BN) recomputed at every point; "
             "accuracies are test-set fractions shown in %; n/a marks a value not computed in this run.")
 
 

@@ -253,9 +253,9 @@ def ensembles_by_size(ctx: AnalysisContext) -> dict[str, dict[str, Any]]:
     return out
 
 
-def landscape_evaluator(ctx: AnalysisContext, bn_mode: str = "recompute") -> tuple[Evaluator, dict[str, Any]]:
-    """The evaluator of every line, matrix and plane (BN recomputed at every point), and the
-    provenance that identifies its model and data in the results' fingerprints."""
+def landscape_evaluator(ctx: AnalysisContext, bn_mode: str = "auto") -> tuple[Evaluator, dict[str, Any]]:
+    """The evaluator of every line, matrix and plane (BN recomputed at every point where the model
+    has BN: "auto"), and the provenance that identifies its model and data in the results' fingerprints."""
     cfg, an, target = ctx.cfg, ctx.an, ctx.prep.target
     train_d = target.eval_data("train", an["train_samples"], seed=ctx.plan.seed)
     test_d = target.eval_data("test", an["test_samples"], seed=ctx.plan.seed)
