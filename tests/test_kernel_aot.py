@@ -81,10 +81,13 @@ def _jobs(archs: tuple[int, ...], quick: bool, recorded: list[dict]) -> list[dic
 
 def _compile(job: dict) -> dict:
     """Compile one job; return its figures or its error (never raises)."""
+    import contextlib
     import importlib
+    import io
     import tempfile
 
     import triton
+    from triton import knobs
     from triton.backends.compiler import GPUTarget
     from triton.backends.nvidia.compiler import get_ptxas, sm_arch_from_capability
 
@@ -110,17 +113,24 @@ def _compile(job: dict) -> dict:
         if job.get("label_constexprs"):
             out["label"] += " " + " ".join(f"{n}={v}" for n, v in constexprs.items()) + f" w{job['num_warps']}"
         src = triton.compiler.ASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs)
-        k = triton.compile(src, target=GPUTarget("cuda", job["arch"], 32),
-                           options={"num_warps": job["num_warps"], "num_stages": job["num_stages"]})
+        # n_regs/n_spills are only filled in when a driver loads the cubin: read the `ptxas -v` log
+        # of the compile itself (Triton prints it with this knob), so ptxas runs once per job.
+        knobs.nvidia.dump_ptxas_log = True
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            k = triton.compile(src, target=GPUTarget("cuda", job["arch"], 32),
+                               options={"num_warps": job["num_warps"], "num_stages": job["num_stages"]})
         out["shared"] = int(k.metadata.shared)
-        # n_regs/n_spills are only filled in when a driver loads the cubin: ask ptxas instead.
-        with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
-            f.write(k.asm["ptx"])
-        try:
-            log = subprocess.run([get_ptxas(job["arch"]).path, "-v", f"--gpu-name={sm_arch_from_capability(job['arch'])}",
-                                  f.name, "-o", os.devnull], capture_output=True, text=True, check=True).stderr
-        finally:
-            os.unlink(f.name)
+        log = printed.getvalue()
+        if "registers" not in log:  # a cache hit ran no ptxas: ask it
+            with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
+                f.write(k.asm["ptx"])
+            try:
+                log = subprocess.run([get_ptxas(job["arch"]).path, "-v",
+                                      f"--gpu-name={sm_arch_from_capability(job['arch'])}", f.name, "-o", os.devnull],
+                                     capture_output=True, text=True, check=True).stderr
+            finally:
+                os.unlink(f.name)
         regs = re.search(r"Used (\d+) registers", log)
         spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
         out["n_regs"] = int(regs.group(1)) if regs else None

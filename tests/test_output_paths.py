@@ -112,15 +112,35 @@ def test_the_atomic_writer_never_replaces_a_special_file(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["fifo", "link", "target"]  # no temporary file left
 
 
+PLANE = ["plane", "m.pt", "--random", "filter", "--x", "-1:1:3", "--y", "-1:1:3", "--model", "outputs_user_mlp:make",
+         "--data", "tensors:d.pt", "--quiet"]
+
+
 def _plane(folder, out: str, name: str = "plane") -> tuple[int, str]:
+    """The plane command in a process of its own (another writer than this test's process)."""
     import subprocess
     import sys
-    argv = [sys.executable, "-m", "landscape", "plane", "m.pt", "--random", "filter", "--x", "-1:1:3", "--y",
-            "-1:1:3", "--model", "outputs_user_mlp:make", "--data", "tensors:d.pt", "--out", out, "--name", name,
-            "--quiet"]
+    argv = [sys.executable, "-m", "landscape", *PLANE, "--out", out, "--name", name]
     r = subprocess.run(argv, cwd=folder, env={**os.environ, "PYTHONPATH": str(folder)}, capture_output=True,
                        text=True, timeout=300)
     return r.returncode, r.stderr
+
+
+def _plane_here(folder, out: str, name: str = "plane") -> tuple[int, str]:
+    """The same command in this process (no interpreter start-up) where no other pid is needed."""
+    import contextlib
+    import io
+    import sys
+    err, cwd = io.StringIO(), os.getcwd()
+    os.chdir(folder)
+    sys.path.insert(0, str(folder))
+    try:
+        with contextlib.redirect_stderr(err):
+            code = cli.main([*PLANE, "--out", out, "--name", name])
+    finally:
+        sys.path.remove(str(folder))
+        os.chdir(cwd)
+    return code, err.getvalue()
 
 
 def test_a_kind_folder_that_is_a_symlink_is_refused_and_what_it_points_to_untouched(store, tmp_path):
@@ -130,10 +150,10 @@ def test_a_kind_folder_that_is_a_symlink_is_refused_and_what_it_points_to_untouc
     precious = ".precious.h5.999999-0123456789ab.tmp"  # named as a dead writer's temporary file
     (elsewhere / precious).write_text("not the store's")
     os.makedirs(folder / "s2")
-    assert _plane(folder, "s2", "first")[0] == 0  # a store of its own
+    assert _plane_here(folder, "s2", "first")[0] == 0  # a store of its own
     os.rename(folder / "s2" / "surfaces", tmp_path / "surfaces-aside")
     os.symlink(elsewhere, folder / "s2" / "surfaces")
-    code, err = _plane(folder, "s2", "second")
+    code, err = _plane_here(folder, "s2", "second")
     assert code == 2 and err.count("\n") == 1 and "'surfaces' is a symbolic link" in err, err
     assert sorted(os.listdir(elsewhere)) == [precious]
 
@@ -141,12 +161,12 @@ def test_a_kind_folder_that_is_a_symlink_is_refused_and_what_it_points_to_untouc
 def test_clean_up_removes_only_a_dead_writers_temporary_files(store, tmp_path):
     folder = store.parent
     os.makedirs(folder / "s3")
-    assert _plane(folder, "s3", "first")[0] == 0
+    assert _plane_here(folder, "s3", "first")[0] == 0
     surfaces = folder / "s3" / "surfaces"
     dead = surfaces / ".x.h5.999999-0123456789ab.tmp"  # pid 999999: not a live process here
     alive = surfaces / f".y.h5.{os.getpid()}-0123456789ab.tmp"  # this test's process: still writing
     mine = surfaces / ".notes.tmp"  # hidden and .tmp, but not the atomic writer's name
     for f in (dead, alive, mine):
         f.write_text("x")
-    assert _plane(folder, "s3", "second")[0] == 0
+    assert _plane(folder, "s3", "second")[0] == 0  # a fresh process: this one is a live other writer
     assert not dead.exists() and alive.exists() and mine.exists()
