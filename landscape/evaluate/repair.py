@@ -35,6 +35,16 @@ _BN = nn.modules.batchnorm._BatchNorm
 _AFFINE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
+def _hooked_pass(model: nn.Module, layers: "list[RepairLayer]", hook, x: torch.Tensor, batch_size: int) -> None:
+    """One statistics pass (BN re-estimated as update_bn) with hook(i) on each chosen layer."""
+    hooks = [layer.module.register_forward_hook(hook(i)) for i, layer in enumerate(layers)]
+    try:
+        statistics_pass(model, x, batch_size, bn_only_train=True)
+    finally:
+        for h in hooks:
+            h.remove()
+
+
 @dataclass
 class RepairLayer:
     name: str
@@ -128,12 +138,7 @@ def measure(model: nn.Module, layers: Sequence[RepairLayer], x: torch.Tensor, ba
             stats[i].variances.append(v)
         return record
 
-    hooks = [layer.module.register_forward_hook(hook(i)) for i, layer in enumerate(layers)]
-    try:
-        statistics_pass(model, x, batch_size, bn_only_train=True)
-    finally:
-        for h in hooks:
-            h.remove()
+    _hooked_pass(model, layers, hook, x, batch_size)
     return stats
 
 
@@ -190,12 +195,7 @@ def repair(model: nn.Module, layers: Sequence[RepairLayer], x: torch.Tensor, bat
             return torch.addcmul(c.to(out.dtype).view(shape), out, a.to(out.dtype).view(shape))
         return correct
 
-    hooks = [layer.module.register_forward_hook(hook(i)) for i, layer in enumerate(layers)]
-    try:
-        statistics_pass(model, x, batch_size, bn_only_train=True)
-    finally:
-        for h in hooks:
-            h.remove()
+    _hooked_pass(model, layers, hook, x, batch_size)
     for i, layer in enumerate(layers):
         means, variances = own[i].stacked()
         target_mean = _combine(lam, endpoints.means[i])
