@@ -957,6 +957,9 @@ def load_config(ref: str | Mapping[str, Any], overrides: list[str] = (), check_p
         except OSError as exc:
             raise LandscapeError(f"config {path!r} cannot be read: {exc.strerror}") from None
         raw = _parse_toml(data, source)
+        if "suite" in raw:  # several studies (experiments.suite): not one study's config
+            raise LandscapeError(f"config {source} is a suite of studies ([suite]): `landscape run {ref}` runs "
+                                 "them; experiments.suite.suite_studies reads their configs")
     try:
         raw = apply_overrides(raw, list(overrides))
     except LandscapeError as exc:

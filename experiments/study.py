@@ -54,6 +54,7 @@ from .records import read_unit_snapshot, unit_done, write_labels, write_predicti
 from .report import write_report
 from .samplers import Plan, TrainingContext, Unit, UnitSnapshot, plan_study, run_unit, run_unit_with_state
 from .seed_analysis import analyze_study
+from .suite import is_suite, run_suite
 from .training import Hooks, iterations_per_epoch, logits_metrics, predict, to_fast_layout
 
 RESULTS = "results"
@@ -403,6 +404,9 @@ def run_study(config: str | StudyConfig | Mapping[str, Any], out: str, *, device
     Under torchrun the ranks share the units and the analyses (experiments.parallel); rank 0
     alone writes, and returns the summary ({} on the other ranks).
     """
+    if isinstance(config, str) and is_suite(config):  # several studies side by side (experiments.suite)
+        return run_suite(config, out, overrides, device=device, quiet=quiet, hooks=hooks, use_cache=use_cache,
+                         analyze=analyze)
     cfg = config if isinstance(config, StudyConfig) else load_config(config, overrides)
     path = check_output(out, cfg)  # refuse before anything is loaded or written
     threads, before = cfg["study"]["threads"], torch.get_num_threads()

@@ -633,6 +633,8 @@ def _main(argv: Sequence[str] | None) -> int:
         args.quiet = True
     try:
         result, text = args.func(args)
+        if text is None:  # the command ran as local ranks (--procs), which printed: their exit status
+            return int(result)
         skipped = result.get("ignored_keys") if isinstance(result, dict) else None
         if skipped:  # the checkpoint keys --ignore-keys skipped: listed, never silent
             text = f"{text}\n{_listed_skipped(skipped)}"
