@@ -13,7 +13,8 @@ from landscape.core import local_ranks
 from landscape.core.errors import LandscapeError
 
 from . import demo, demo_out, run_study, suite
-from .config import SHIPPED
+from .config import SHIPPED, load_config
+from .study import check_output
 from .markdown import fmt_num, fmt_pct, pm
 
 
@@ -75,8 +76,13 @@ def _ranks(args: argparse.Namespace) -> int:
     return local_ranks.resolve(args.procs, args.device)
 
 
-def _as_ranks(n: int, args: argparse.Namespace, command: list[str]) -> tuple[int, None]:
-    """The same command as n local ranks (each with --procs 1); rank 0 prints; their exit status."""
+def _as_ranks(n: int, args: argparse.Namespace, command: list[str], config: str, out: str) -> tuple[int, None]:
+    """The same command as n local ranks (each with --procs 1); rank 0 prints; their exit status.
+    The config and the output folder are checked here first: a mistake is one line, from one process."""
+    if suite.is_suite(config):
+        suite.checked_suite(config, out, args.overrides)
+    else:
+        check_output(out, load_config(config, args.overrides))
     argv = [*command, "--procs", "1"] + (["--device", args.device] if args.device else [])
     argv += [a for o in args.overrides for a in ("--set", o)]
     argv += [flag for flag, on in (("--no-cache", args.no_cache), ("--quiet", args.quiet), ("--json", args.json))
@@ -87,7 +93,7 @@ def _as_ranks(n: int, args: argparse.Namespace, command: list[str]) -> tuple[int
 def cmd_run(args: argparse.Namespace) -> tuple[dict, str]:
     n = _ranks(args)
     if n > 1:
-        return _as_ranks(n, args, ["run", args.config, "--out", args.out])
+        return _as_ranks(n, args, ["run", args.config, "--out", args.out], args.config, args.out)
     kw = dict(device=args.device, quiet=args.quiet, use_cache=not args.no_cache)
     if suite.is_suite(args.config):
         summary = suite.run_suite(args.config, args.out, overrides=args.overrides, **kw)
@@ -128,7 +134,8 @@ def cmd_demo(args: argparse.Namespace) -> tuple[dict, str]:
     out = args.out or demo_out(args.quick)
     n = _ranks(args)
     if n > 1:
-        return _as_ranks(n, args, ["demo", "--out", out] + (["--quick"] if args.quick else []))
+        return _as_ranks(n, args, ["demo", "--out", out] + (["--quick"] if args.quick else []),
+                         "demo_quick" if args.quick else "demo", out)
     summary = demo(args.quick, out, device=args.device, quiet=args.quiet, overrides=args.overrides,
                    use_cache=not args.no_cache)
     return summary, headline(summary, out)

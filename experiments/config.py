@@ -85,7 +85,7 @@ SSL_KEYS: dict[str, tuple[str, Any]] = {
     "ema": (FLOAT, 0.99), "temperature": (FLOAT, 0.5), "projector_dim": (INT, 64), "hidden_dim": (INT, 256),
     "augment_crop": (FLOAT, 1.0), "augment_shift": (INT, 2), "augment_flip": (BOOL, False),
     "augment_brightness": (FLOAT, 0.4), "augment_contrast": (FLOAT, 0.4), "augment_noise": (FLOAT, 0.3),
-    "probe_weight_decay": (FLOAT, 1e-4)}
+    "probe_weight_decay": (FLOAT, 1e-4), "norm_decay": (BOOL, False)}
 SSL_ONLY = {"ema": "byol", "temperature": "simclr"}
 
 # A recipe's optimizer (experiments.training.Optim), in [finetune] and [pretrain]: "sgd" (momentum,

@@ -19,7 +19,9 @@ without labels; `"supervised"` (the default) is the cross-entropy run of experim
   flips for digits), brightness and contrast jitter and Gaussian noise, both relative to each
   image's own std (the embedded images are not in [0, 1], the digits are).
 - Optimizer: the [pretrain] recipe's (training.Optim.from_recipe: SGD or AdamW, lr, weight decay,
-  warmup) with the study's per-epoch cosine decay (per step after a warmup); an epoch is
+  warmup) with the study's per-epoch cosine decay (per step after a warmup), its weight decay on
+  the weights of 2 or more dimensions only (biases and norm layers spared, as BYOL's and SimCLR's
+  optimizers do; pretrain.norm_decay = true decays them too); an epoch is
   ⌊N / batch_size⌋ full batches (BatchNorm and the contrastive loss need whole batches:
   runtime.micro_batch_size does not apply here).
 
@@ -281,7 +283,7 @@ def pretrain(ctx: Any, unit: Any, model: nn.Module, g: torch.Generator) -> nn.Mo
     online = Online(backbone, projector, predictor).train()
     target = make_target(online).train() if objective == "byol" else None
     recipe = Optim.from_recipe(pre)  # the [pretrain] recipe's optimizer (SGD or AdamW) and warmup
-    opt = recipe.make(online)
+    opt = recipe.make(online, norm_decay=pre["norm_decay"])
     bs = min(pre["batch_size"], x_all.shape[0])
     ipe = x_all.shape[0] // bs
     epochs = int(unit.epochs)

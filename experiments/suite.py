@@ -140,14 +140,23 @@ def check_suite_output(out: str, labels: Sequence[str]) -> str:
     return out
 
 
-def run_suite(ref: str, out: str, overrides: Sequence[str] = (), **kwargs) -> dict[str, Any]:
-    """Every study of the suite into out/LABEL, then the side-by-side report; its summary."""
-    from .study import check_output, run_study
+def checked_suite(ref: str, out: str, overrides: Sequence[str] = ()) -> tuple[str, list[tuple[str, Any]], str]:
+    """The suite's name, its studies and its output folder, every study's folder checked before
+    the first study trains (one-line errors)."""
+    from .study import check_output
 
     name, studies = suite_studies(ref, overrides)
     out = check_suite_output(out, [label for label, _ in studies])
-    for label, cfg in studies:  # every folder checked before the first study trains
+    for label, cfg in studies:
         check_output(os.path.join(out, label), cfg)
+    return name, studies, out
+
+
+def run_suite(ref: str, out: str, overrides: Sequence[str] = (), **kwargs) -> dict[str, Any]:
+    """Every study of the suite into out/LABEL, then the side-by-side report; its summary."""
+    from .study import run_study
+
+    name, studies, out = checked_suite(ref, out, overrides)
     runs = [(label, run_study(cfg, os.path.join(out, label), **kwargs)) for label, cfg in studies]
     if any(not s for _, s in runs):
         return {}  # a rank other than 0 under torchrun: rank 0 reports

@@ -140,14 +140,21 @@ class Optim:
         """SGD's momentum, AdamW's beta1: what a momentum cycle (CyclicLR) varies."""
         return self.betas[0] if self.optimizer == "adamw" else self.momentum
 
-    def make(self, model: nn.Module, lr: float | None = None) -> torch.optim.Optimizer:
-        """A fresh optimizer: no state carried from anything before."""
+    def make(self, model: nn.Module, lr: float | None = None, norm_decay: bool = True) -> torch.optim.Optimizer:
+        """A fresh optimizer: no state carried from anything before. norm_decay=False leaves the
+        parameters with fewer than 2 dimensions (biases, BatchNorm/LayerNorm scales and shifts) out
+        of the weight decay, as BYOL's and SimCLR's optimizers do: under a scale-invariant loss the
+        decay would otherwise shrink them towards zero, and with them the features."""
         lr = self.lr if lr is None else lr
+        params: Any = model.parameters()
+        if not norm_decay:
+            ps = list(model.parameters())
+            params = [{"params": [p for p in ps if p.ndim >= 2]},
+                      {"params": [p for p in ps if p.ndim < 2], "weight_decay": 0.0}]
         if self.optimizer == "adamw":
-            return torch.optim.AdamW(model.parameters(), lr=lr, betas=tuple(self.betas),
-                                     weight_decay=self.weight_decay)
-        return torch.optim.SGD(model.parameters(), lr=lr, momentum=self.momentum,
-                               weight_decay=self.weight_decay, nesterov=self.nesterov)
+            return torch.optim.AdamW(params, lr=lr, betas=tuple(self.betas), weight_decay=self.weight_decay)
+        return torch.optim.SGD(params, lr=lr, momentum=self.momentum, weight_decay=self.weight_decay,
+                               nesterov=self.nesterov)
 
 
 def optimizer_state(optimizer: torch.optim.Optimizer, model: nn.Module) -> dict[str, torch.Tensor]:

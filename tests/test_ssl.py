@@ -317,3 +317,29 @@ def test_a_byol_study_end_to_end(tmp_path):
     assert "linear-probe accuracy" in report and "BYOL" in report
     mean = sum(accs.values()) / len(accs)
     assert f"{100 * mean:.1f}%" in report
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_self_supervised_weight_decay_spares_norms_and_biases(optimizer):
+    """norm_decay = false (the SSL default): one step with zero gradients shrinks only the weights of
+    2 or more dimensions, by the closed form of each optimizer's decay; biases and BN stay put."""
+    from experiments.training import Optim
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4, 2))
+    with torch.no_grad():
+        net[1].weight.uniform_(0.5, 1.5)
+        net[1].bias.uniform_(-1, 1)
+    before = {n: p.detach().clone() for n, p in net.named_parameters()}
+    lr, wd = 0.1, 0.01
+    recipe = Optim.from_recipe({"optimizer": optimizer, "lr": lr, "weight_decay": wd, "momentum": 0.9,
+                                "betas": [0.9, 0.999], "batch_size": 8})
+    opt = recipe.make(net, norm_decay=False)
+    for p in net.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    for n, p in net.named_parameters():
+        # SGD adds wd·w to the gradient: w - lr·wd·w; AdamW decouples it: w·(1 - lr·wd) (zero Adam step)
+        want = before[n] * (1 - lr * wd) if p.ndim >= 2 else before[n]
+        torch.testing.assert_close(p.detach(), want, rtol=0, atol=1e-7)
+    assert load_config("tiny", ['pretrain.objective="byol"'])["pretrain"]["norm_decay"] is False

@@ -5,7 +5,8 @@ its ranks (WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR, MASTER_PORT on 127.0.0.1),
 them. It is a launcher only: it joins no process group itself, so the ranks are exactly the ones
 `torchrun --standalone --nproc-per-node=N -m landscape ARGV` starts (landscape.core.distributed),
 and their numbers are those of one process with the same threads per process. Rank 0 prints the
-command's output and errors; the launcher exits with the first non-zero status of its ranks.
+command's output and errors (the other ranks' go nowhere: an error on any rank
+reaches rank 0 as the same line); the launcher exits with the first non-zero status of its ranks.
 """
 from __future__ import annotations
 
@@ -53,7 +54,10 @@ def run(n: int, argv: Sequence[str]) -> int:
         for r in range(n):
             env = {**base, "WORLD_SIZE": str(n), "RANK": str(r), "LOCAL_RANK": str(r),
                    "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-            procs.append(subprocess.Popen([sys.executable, "-m", "landscape", *argv], env=env))
+            # rank 0 prints; an error on any rank reaches rank 0 as the same line (distributed)
+            quiet = subprocess.DEVNULL if r else None
+            procs.append(subprocess.Popen([sys.executable, "-m", "landscape", *argv], env=env, stdout=quiet,
+                                          stderr=quiet))
         codes = [p.wait() for p in procs]
     except BaseException:
         # Ctrl-C reaches every rank through the terminal; a SIGTERM to the launcher is passed on
