@@ -6,6 +6,7 @@ returns (result, text) and raises LandscapeError for the user's mistakes (one li
 from __future__ import annotations
 
 import argparse
+import re
 from typing import Any
 
 from landscape.cli import command
@@ -14,8 +15,8 @@ from landscape.core.errors import LandscapeError
 
 from . import demo, demo_out, run_study, suite
 from .config import SHIPPED, load_config
-from .study import check_output
 from .markdown import fmt_num, fmt_pct, pm
+from .study import check_output
 
 
 def _common(p: argparse.ArgumentParser, procs: str) -> None:
@@ -71,7 +72,7 @@ def headline(summary: dict[str, Any], out: str) -> str:
 
 def _ranks(args: argparse.Namespace) -> int:
     """How many local ranks to start for this command (1: run it in this process)."""
-    if args.procs != local_ranks.AUTO and not (str(args.procs).isdigit() and int(args.procs) >= 1):
+    if args.procs != local_ranks.AUTO and not (re.fullmatch(r"[0-9]{1,4}", str(args.procs)) and int(args.procs) >= 1):
         raise LandscapeError(f"--procs must be a positive integer or auto, got {args.procs!r}")
     return local_ranks.resolve(args.procs, args.device)
 

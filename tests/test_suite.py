@@ -153,6 +153,8 @@ def test_procs_2_gives_the_one_process_study(tmp_path):
         runs[procs] = (s.pop("timings"), s)
     assert runs["2"][0]["ranks"] == 2 and runs["1"][0]["ranks"] == 1
     assert runs["1"][1] == runs["2"][1]
-    bad = subprocess.run([sys.executable, "-m", "landscape", "run", "tiny", "--out", str(tmp_path / "x"),
-                          "--procs", "0"], env=env, capture_output=True, text=True)
-    assert bad.returncode == 2 and "--procs must be a positive integer or auto" in bad.stderr
+    for procs in ("0", "²", "two"):
+        bad = subprocess.run([sys.executable, "-m", "landscape", "run", "tiny", "--out", str(tmp_path / "x"),
+                              "--procs", procs], env=env, capture_output=True, text=True)
+        assert bad.returncode == 2 and "--procs must be a positive integer or auto" in bad.stderr
+        assert len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "x").exists()
