@@ -14,7 +14,10 @@ from experiments.config import load_config
 from experiments.suite import with_objective
 from landscape.cli import main
 
-TINY = ["--quiet", "--no-cache"]
+# the tiny study without its costliest extras (plane, curves, sharpness, pairwise barriers): what is
+# tested here is how studies are run and reported, not the analyses
+TINY = ["--quiet", "--no-cache", "--set", "analysis.plane=false", "--set", "analysis.curves=false",
+        "--set", "analysis.sharpness=false", "--set", "analysis.pairwise=false"]
 
 
 def _without(x, key):
@@ -140,21 +143,22 @@ def test_a_suite_never_writes_over_what_it_did_not_write(tmp_path, capsys):
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="Gloo ranks as local processes")
-def test_procs_2_gives_the_one_process_study(tmp_path):
-    env = {**os.environ, "LANDSCAPE_CACHE": str(tmp_path / "cache")}
+def test_procs_2_gives_the_one_process_study(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("LANDSCAPE_CACHE", str(tmp_path / "cache"))
+    assert main(["run", "tiny", "--out", str(tmp_path / "p1"), *TINY]) == 0  # one process, this one
+    capsys.readouterr()
+    r = subprocess.run([sys.executable, "-m", "landscape", "run", "tiny", "--out", str(tmp_path / "p2"), *TINY,
+                        "--procs", "2"], env=dict(os.environ), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("study 'tiny'") == 1  # rank 0 alone prints
     runs = {}
     for procs in ("1", "2"):
-        out = tmp_path / f"p{procs}"
-        r = subprocess.run([sys.executable, "-m", "landscape", "run", "tiny", "--out", str(out), *TINY,
-                            "--procs", procs], env=env, capture_output=True, text=True, timeout=300)
-        assert r.returncode == 0, r.stderr
-        assert r.stdout.count("study 'tiny'") == 1  # rank 0 alone prints
-        s = json.loads((out / "summary.json").read_text())
+        s = json.loads((tmp_path / f"p{procs}" / "summary.json").read_text())
         runs[procs] = (s.pop("timings"), s)
     assert runs["2"][0]["ranks"] == 2 and runs["1"][0]["ranks"] == 1
     assert runs["1"][1] == runs["2"][1]
-    for procs in ("0", "²", "two"):
-        bad = subprocess.run([sys.executable, "-m", "landscape", "run", "tiny", "--out", str(tmp_path / "x"),
-                              "--procs", procs], env=env, capture_output=True, text=True)
-        assert bad.returncode == 2 and "--procs must be a positive integer or auto" in bad.stderr
-        assert len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "x").exists()
+    for procs in ("0", "²", "two"):  # refused before any rank starts
+        assert main(["run", "tiny", "--out", str(tmp_path / "x"), "--procs", procs]) == 2
+        err = capsys.readouterr().err
+        assert "--procs must be a positive integer or auto" in err and len(err.strip().splitlines()) == 1
+        assert not (tmp_path / "x").exists()
