@@ -941,6 +941,17 @@ def _parse_toml(data: bytes, source: str) -> dict[str, Any]:
         raise LandscapeError(f"config {source} is not valid TOML: arrays or tables nested too deeply") from None
 
 
+def read_config_file(ref: str) -> tuple[str, dict[str, Any]]:
+    """The path a config reference names and its TOML document, unvalidated (one-line errors)."""
+    path = resolve_config_path(ref)
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise LandscapeError(f"config {path!r} cannot be read: {exc.strerror}") from None
+    return path, _parse_toml(data, os.path.basename(path))
+
+
 def load_config(ref: str | Mapping[str, Any], overrides: list[str] = (), check_paths: bool = True) -> StudyConfig:
     """Load and validate a study config: a TOML path, a shipped config name, or an already-parsed dict."""
     if isinstance(ref, Mapping):
@@ -949,14 +960,8 @@ def load_config(ref: str | Mapping[str, Any], overrides: list[str] = (), check_p
         except RecursionError:
             raise LandscapeError("config <dict>: nested too deeply") from None
     else:
-        path = resolve_config_path(str(ref))
+        path, raw = read_config_file(str(ref))
         source = os.path.basename(path)
-        try:
-            with open(path, "rb") as f:
-                data = f.read(MAX_CONFIG_BYTES + 1)
-        except OSError as exc:
-            raise LandscapeError(f"config {path!r} cannot be read: {exc.strerror}") from None
-        raw = _parse_toml(data, source)
         if "suite" in raw:  # several studies (experiments.suite): not one study's config
             raise LandscapeError(f"config {source} is a suite of studies ([suite]): `landscape run {ref}` runs "
                                  "them; experiments.suite.suite_studies reads their configs")

@@ -172,12 +172,18 @@ def _basin_section(summary: dict[str, Any]) -> list[str]:
 OBJECTIVE_LABEL = {"byol": "BYOL", "simclr": "SimCLR"}
 
 
+def source_accuracies(summary: dict[str, Any]) -> list[float]:
+    """Every seed's pre-trained checkpoints' source-task accuracy (a linear probe's for a
+    self-supervised study) that was recorded and is finite."""
+    return [a for s in (summary.get("seeds") or {}).values()
+            for a in ((s.get("transfer") or {}).get("pretrained_source_acc") or {}).values()
+            if isinstance(a, (int, float)) and math.isfinite(a)]
+
+
 def _source_accuracy(summary: dict[str, Any]) -> list[str]:
     """The pre-trained checkpoints' accuracy on the source task: for a self-supervised study
     (pretrain.objective, experiments.ssl) their linear-probe accuracy; [] when none was recorded."""
-    accs = [a for s in (summary.get("seeds") or {}).values()
-            for a in ((s.get("transfer") or {}).get("pretrained_source_acc") or {}).values()
-            if isinstance(a, (int, float)) and math.isfinite(a)]
+    accs = source_accuracies(summary)
     if not accs:
         return []
     obj = (summary.get("study") or {}).get("pretrain_objective") or "supervised"

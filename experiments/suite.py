@@ -26,29 +26,19 @@ from typing import Any, Mapping, Sequence
 
 from landscape.core.errors import LandscapeError
 
-from .config import OBJECTIVES, SSL_KEYS, SSL_ONLY, _parse_toml, apply_overrides, parse_config, resolve_config_path
+from .config import OBJECTIVES, SSL_KEYS, SSL_ONLY, apply_overrides, parse_config, read_config_file
 from .files import write_json_atomically, write_text_atomically
-from .markdown import OBJECTIVE_LABEL, fmt_pct, pm, table
+from .markdown import OBJECTIVE_LABEL, fmt_pct, pm, source_accuracies, table
 
 LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$")
 OWN_FILES = ("report.md", "summary.json")
 MAX_STUDIES = 8
 
 
-def read_toml(ref: str) -> tuple[str, dict[str, Any]]:
-    path = resolve_config_path(ref)
-    try:
-        with open(path, "rb") as f:
-            data = f.read(1 << 20)
-    except OSError as exc:
-        raise LandscapeError(f"config {path!r} cannot be read: {exc.strerror}") from None
-    return path, _parse_toml(data, os.path.basename(path))
-
-
 def is_suite(ref: str) -> bool:
     """Whether the config `ref` names is a suite (a [suite] table) rather than one study."""
     try:
-        return "suite" in read_toml(ref)[1]
+        return "suite" in read_config_file(ref)[1]
     except LandscapeError:
         return False  # the study loader reports the problem with its own message
 
@@ -71,7 +61,7 @@ def with_objective(raw: dict[str, Any], objective: str) -> dict[str, Any]:
 
 def suite_studies(ref: str, overrides: Sequence[str] = ()) -> tuple[str, list[tuple[str, Any]]]:
     """The suite's name and its (label, StudyConfig) pairs, validated (one-line errors)."""
-    path, raw = read_toml(ref)
+    path, raw = read_config_file(ref)
     where = os.path.basename(path)
     if set(raw) != {"suite"}:
         raise LandscapeError(f"config {where}: a suite config holds only the [suite] table, "
@@ -98,7 +88,7 @@ def suite_studies(ref: str, overrides: Sequence[str] = ()) -> tuple[str, list[tu
             raise LandscapeError(f"{w}.set must be a list of \"SECTION.KEY=VALUE\" strings")
         sub = entry["config"]
         local = os.path.join(os.path.dirname(path), sub if sub.endswith(".toml") else sub + ".toml")
-        sub_path, sub_raw = read_toml(local if os.path.isfile(local) else sub)
+        sub_path, sub_raw = read_config_file(local if os.path.isfile(local) else sub)
         if "suite" in sub_raw:
             raise LandscapeError(f"{w}: {sub!r} is itself a suite")
         if "objective" in entry:
@@ -123,6 +113,10 @@ def check_suite_output(out: str, labels: Sequence[str]) -> str:
         if foreign:
             raise LandscapeError(f"output folder {out!r} holds {foreign[0]!r}, which a suite does not write; "
                                  "choose another --out")
+        for label in labels:  # a study's folder: a real folder, never a link to somewhere else
+            p = os.path.join(out, label)
+            if os.path.lexists(p) and (os.path.islink(p) or not os.path.isdir(p)):
+                raise LandscapeError(f"output {p!r} exists and is not a folder of its own; choose another --out")
         for name in OWN_FILES:
             p = os.path.join(out, name)
             if os.path.lexists(p) and (os.path.islink(p) or not os.path.isfile(p)):
@@ -196,9 +190,7 @@ def compare_runs(run_dirs: Sequence[str], out: str, labels: Sequence[str] | None
 
 
 def _source_acc(s: Mapping[str, Any]) -> float | None:
-    accs = [a for seed in (s.get("seeds") or {}).values()
-            for a in ((seed.get("transfer") or {}).get("pretrained_source_acc") or {}).values()
-            if isinstance(a, (int, float)) and math.isfinite(a)]
+    accs = source_accuracies(s)
     return math.fsum(accs) / len(accs) if accs else None
 
 

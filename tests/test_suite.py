@@ -129,6 +129,13 @@ def test_a_suite_never_writes_over_what_it_did_not_write(tmp_path, capsys):
     assert main(["run", _suite(tmp_path, SUITE), "--out", str(out), *TINY]) == 2
     assert "holds 'notes.txt'" in capsys.readouterr().err
     os.remove(out / "notes.txt")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    os.symlink(elsewhere, out / "byol")  # a label's folder that is a link: never written through
+    assert main(["run", _suite(tmp_path, SUITE), "--out", str(out), *TINY]) == 2
+    assert "is not a folder of its own" in capsys.readouterr().err
+    assert os.listdir(elsewhere) == [] and sorted(os.listdir(out)) == ["byol"]
+    os.remove(out / "byol")
     (out / "summary.json").write_text('{"mine": 1}')
     assert main(["run", _suite(tmp_path, SUITE), "--out", str(out), *TINY]) == 2
     assert "not a comparison's" in capsys.readouterr().err
